@@ -1,0 +1,248 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which Service Kubervisor guards, how it detects anomalous pods and how it brings them back.
+// The printer columns repeat `type_`, which this lint mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubervisor.k8s.io",
+    version = "v1alpha1",
+    kind = "KubervisorService",
+    plural = "kubervisorservices",
+    singular = "kubervisorservice",
+    shortname = "kvs",
+    namespaced,
+    status = "KubervisorServiceStatus",
+    derive = "PartialEq",
+    doc = "KubervisorService takes anomalous pods of a Service out of its traffic, never below a minimum.",
+    annotation(
+        "api-approved.kubernetes.io",
+        "unapproved, the group name is kept for compatibility with existing KubervisorService manifests"
+    ),
+    printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Managed",
+        type_ = "integer",
+        json_path = ".status.podCount.nbPodsManaged"
+    ),
+    printcolumn(
+        name = "Broken",
+        type_ = "integer",
+        json_path = ".status.podCount.nbPodsBreaked"
+    ),
+    printcolumn(
+        name = "Paused",
+        type_ = "integer",
+        json_path = ".status.podCount.nbPodsPaused"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KubervisorServiceSpec {
+    /// Name of the Service, in the same namespace, whose pods are guarded.
+    #[serde(default)]
+    pub service: String,
+    /// Anomaly detections; each runs on its own evaluation period.
+    #[serde(default)]
+    pub breakers: Vec<BreakerStrategy>,
+    /// How ejected pods come back, for breakers without an activator of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_activator: Option<ActivatorStrategy>,
+    /// Compute and report every decision, but never patch or delete a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+}
+
+/// One anomaly detection and the protection that bounds what it may eject.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerStrategy {
+    /// Name of the breaker, a DNS-1035 label, unique within the resource.
+    #[serde(default)]
+    pub name: String,
+    /// Seconds between two evaluations (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation_period: Option<f64>,
+    /// Never leave fewer pods than this with traffic (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_pods_available_count: Option<u32>,
+    /// Never leave fewer than this percentage of the Ready managed pods with traffic (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_pods_available_ratio: Option<u32>,
+    /// Judge pods by the share of a discrete value (such as an HTTP code) outside a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discrete_value_out_of_list: Option<DiscreteValueOutOfList>,
+    /// Judge pods by how far a continuous value deviates from the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_value_deviation: Option<ContinuousValueDeviation>,
+    /// Ask an HTTP service (`host[:port][/path]` or a URL) which pods are anomalous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_service: Option<String>,
+    /// How the pods this breaker ejected come back (default: the resource's defaultActivator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activator: Option<ActivatorStrategy>,
+}
+
+/// A PromQL query whose series carry a pod name label and a discrete value label.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscreteValueOutOfList {
+    /// Prometheus to query: `host:port` (meaning http://) or a full URL.
+    #[serde(default)]
+    pub prometheus_service: String,
+    /// Query returning one series per pod and discrete value, e.g. requests by code.
+    #[serde(default, rename = "promQL")]
+    pub prom_ql: String,
+    /// Label holding the discrete value (for example `code`).
+    #[serde(default)]
+    pub key: String,
+    /// Label holding the pod name.
+    #[serde(default, rename = "podNamekey")]
+    pub pod_name_key: String,
+    /// Values that count as good; everything else is bad.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub good_values: Vec<String>,
+    /// Values that count as bad; everything else is good.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_values: Vec<String>,
+    /// Percentage of bad values above which a pod is anomalous (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<u32>,
+    /// Pods with fewer observations than this are not judged (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_activity: Option<u32>,
+}
+
+/// A PromQL query giving, per pod, its value relative to the fleet (1.0 means no deviation).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContinuousValueDeviation {
+    /// Prometheus to query: `host:port` (meaning http://) or a full URL.
+    #[serde(default)]
+    pub prometheus_service: String,
+    /// Query returning one series per pod, the pod's value divided by the fleet's.
+    #[serde(default, rename = "promQL")]
+    pub prom_ql: String,
+    /// Label holding the pod name.
+    #[serde(default, rename = "podNamekey")]
+    pub pod_name_key: String,
+    /// Deviation from 1.0, in percent, above which a pod is anomalous (default 75).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deviation_percent: Option<f64>,
+}
+
+/// How ejected pods are brought back, killed or parked.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivatorStrategy {
+    /// `periodic`, `retryAndKill` or `retryAndPause` (default periodic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ActivatorMode>,
+    /// Seconds an ejected pod stays out before it gets traffic again (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<f64>,
+    /// Ejections after which a pod is killed or paused instead of put back (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_count: Option<u32>,
+    /// Paused pods allowed at once; past it, retryAndPause kills (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pause_count: Option<u32>,
+}
+
+/// What the activator does with an ejected pod.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ActivatorMode {
+    /// Put the pod back after `period`, however often it fails.
+    #[default]
+    Periodic,
+    /// Put the pod back after retryCount × period; kill it past maxRetryCount.
+    RetryAndKill,
+    /// Like retryAndKill, but park the pod (`traffic=pause`) for investigation instead.
+    RetryAndPause,
+}
+
+impl ActivatorMode {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivatorMode::Periodic => "periodic",
+            ActivatorMode::RetryAndKill => "retryAndKill",
+            ActivatorMode::RetryAndPause => "retryAndPause",
+        }
+    }
+}
+
+/// What Kubervisor observed and decided, written through the status subresource.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubervisorServiceStatus {
+    /// Conditions following Kubernetes conventions; `Ready` tells whether the breakers run.
+    #[serde(default)]
+    pub conditions: Vec<KubervisorServiceCondition>,
+    /// When Kubervisor started guarding the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// Pods by traffic state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_count: Option<PodCountStatus>,
+    /// The `metadata.generation` the status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Counts of managed pods by traffic state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCountStatus {
+    /// Pods selected by the Service (ignoring the traffic label).
+    #[serde(default)]
+    pub nb_pods_managed: u32,
+    /// Pods ejected from traffic (`kubervisor/traffic=no`).
+    #[serde(default)]
+    pub nb_pods_breaked: u32,
+    /// Pods parked for investigation (`kubervisor/traffic=pause`).
+    #[serde(default)]
+    pub nb_pods_paused: u32,
+    /// Pods whose Kubervisor labels or annotations could not be read.
+    #[serde(default)]
+    pub nb_pods_unknown: u32,
+    /// When the counts were taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+}
+
+/// One condition of a KubervisorService.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubervisorServiceCondition {
+    /// Condition type, such as `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// When the condition was last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// One CamelCase word for machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A sentence for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,284 @@
+//! The activator: what happens to ejected pods once their time has come.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use kubervisor_api::pod::Traffic;
+use kubervisor_api::{ActivatorMode, ResolvedSpec};
+
+use crate::PodView;
+
+/// What the activator does with one ejected pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Give it traffic again (`traffic=yes`).
+    Activate,
+    /// Park it for investigation (`traffic=pause`).
+    Pause,
+    /// Delete it, so that its controller replaces it.
+    Kill,
+}
+
+impl Action {
+    /// A verb for logs, events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Activate => "activate",
+            Action::Pause => "pause",
+            Action::Kill => "kill",
+        }
+    }
+}
+
+/// A decision on one ejected pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activation {
+    pub pod: String,
+    pub action: Action,
+    pub reason: String,
+}
+
+/// Decides, at `now`, what happens to each pod with `traffic=no`.
+///
+/// Each pod is handled by the activator of the breaker that ejected it (its
+/// `kubervisor/strategy` label) or by the default one. Pods are taken in name order
+/// so that the pause budget goes to the same pods whatever the input order.
+pub fn plan_activations(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Vec<Activation> {
+    let mut paused = pods
+        .iter()
+        .filter(|p| p.marks.traffic() == Some(Traffic::Pause) && !p.terminating)
+        .count();
+    let mut ejected: Vec<&PodView> = pods
+        .iter()
+        .filter(|p| p.marks.traffic() == Some(Traffic::No) && !p.terminating)
+        .collect();
+    ejected.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut plan = Vec::new();
+    for pod in ejected {
+        // Unreadable marks: the pod is reported unknown and left alone.
+        let (Some(Ok(break_at)), Some(retries)) = (&pod.marks.break_at, pod.marks.retries()) else {
+            continue;
+        };
+        let activator = spec.activator_for(pod.marks.strategy.as_deref());
+        let mode = activator.mode.as_str();
+        let exhausted = retries > activator.max_retry_count;
+        let decision = match activator.mode {
+            ActivatorMode::RetryAndKill if exhausted => Some((
+                Action::Kill,
+                format!(
+                    "pod {} killed by activator {mode}: ejected {retries} times > maxRetryCount {}",
+                    pod.name, activator.max_retry_count
+                ),
+            )),
+            ActivatorMode::RetryAndPause
+                if exhausted && paused < activator.max_pause_count as usize =>
+            {
+                paused += 1;
+                Some((
+                    Action::Pause,
+                    format!(
+                        "pod {} paused by activator {mode}: ejected {retries} times > maxRetryCount {}; {paused} of at most {} pods paused",
+                        pod.name, activator.max_retry_count, activator.max_pause_count
+                    ),
+                ))
+            }
+            ActivatorMode::RetryAndPause if exhausted => Some((
+                Action::Kill,
+                format!(
+                    "pod {} killed by activator {mode}: ejected {retries} times > maxRetryCount {} and already {paused} paused (maxPauseCount {})",
+                    pod.name, activator.max_retry_count, activator.max_pause_count
+                ),
+            )),
+            _ => {
+                // Retry modes wait longer after each ejection; never less than one period.
+                let waits = match activator.mode {
+                    ActivatorMode::Periodic => 1,
+                    _ => retries.max(1),
+                };
+                let wait = activator.period.saturating_mul(waits);
+                let due = add(*break_at, wait);
+                (now >= due).then(|| {
+                    (
+                        Action::Activate,
+                        format!(
+                            "pod {} re-activated by activator {mode}: ejected at {break_at}, {} s out (period {} s, retry {retries})",
+                            pod.name,
+                            secs(wait),
+                            secs(activator.period)
+                        ),
+                    )
+                })
+            }
+        };
+        if let Some((action, reason)) = decision {
+            plan.push(Activation {
+                pod: pod.name.clone(),
+                action,
+                reason,
+            });
+        }
+    }
+    plan
+}
+
+fn add(at: Timestamp, wait: Duration) -> Timestamp {
+    let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
+    at.saturating_add(wait).unwrap_or(Timestamp::MAX)
+}
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use kubervisor_api::{ResolvedActivator, ResolvedSpec};
+
+    use super::*;
+    use crate::pod::fixtures::{ejected, pod};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn spec(mode: ActivatorMode, max_retry_count: u32, max_pause_count: u32) -> ResolvedSpec {
+        ResolvedSpec {
+            service: "web".into(),
+            breakers: vec![],
+            default_activator: ResolvedActivator {
+                mode,
+                period: Duration::from_secs(10),
+                max_retry_count,
+                max_pause_count,
+            },
+            dry_run: false,
+        }
+    }
+
+    fn actions(plan: &[Activation]) -> Vec<(&str, Action)> {
+        plan.iter().map(|a| (a.pod.as_str(), a.action)).collect()
+    }
+
+    #[test]
+    fn periodic_puts_the_pod_back_once_the_period_has_passed() {
+        let spec = spec(ActivatorMode::Periodic, 3, 1);
+        let pods = [ejected("a", "b", t(0), 7)];
+        assert!(plan_activations(&spec, &pods, t(9)).is_empty());
+        let plan = plan_activations(&spec, &pods, t(10));
+        assert_eq!(actions(&plan), [("a", Action::Activate)]);
+        assert!(
+            plan[0]
+                .reason
+                .contains("re-activated by activator periodic"),
+            "{}",
+            plan[0].reason
+        );
+    }
+
+    #[test]
+    fn retry_and_kill_waits_retry_count_periods_then_kills_past_max() {
+        let spec = spec(ActivatorMode::RetryAndKill, 3, 1);
+        let pods = [ejected("a", "b", t(0), 3)];
+        assert!(plan_activations(&spec, &pods, t(29)).is_empty());
+        assert_eq!(
+            actions(&plan_activations(&spec, &pods, t(30))),
+            [("a", Action::Activate)]
+        );
+        let pods = [ejected("a", "b", t(0), 4)];
+        let plan = plan_activations(&spec, &pods, t(0));
+        assert_eq!(actions(&plan), [("a", Action::Kill)]);
+        assert!(
+            plan[0].reason.contains("ejected 4 times > maxRetryCount 3"),
+            "{}",
+            plan[0].reason
+        );
+    }
+
+    #[test]
+    fn retry_and_pause_pauses_until_max_pause_count_then_kills() {
+        let spec = spec(ActivatorMode::RetryAndPause, 1, 1);
+        let pods = [ejected("a", "b", t(0), 2), ejected("c", "b", t(0), 2)];
+        let plan = plan_activations(&spec, &pods, t(0));
+        assert_eq!(actions(&plan), [("a", Action::Pause), ("c", Action::Kill)]);
+        let mut pods = pods.to_vec();
+        pods.push(pod("z", Traffic::Pause));
+        let plan = plan_activations(&spec, &pods, t(0));
+        assert_eq!(actions(&plan), [("a", Action::Kill), ("c", Action::Kill)]);
+        assert!(
+            plan[0]
+                .reason
+                .contains("already 1 paused (maxPauseCount 1)"),
+            "{}",
+            plan[0].reason
+        );
+    }
+
+    #[test]
+    fn retry_modes_never_reactivate_before_one_period_even_without_retry_count() {
+        let spec = spec(ActivatorMode::RetryAndKill, 3, 1);
+        let mut p = ejected("a", "b", t(0), 0);
+        p.marks.retry_count = None;
+        assert!(plan_activations(&spec, std::slice::from_ref(&p), t(9)).is_empty());
+        assert_eq!(
+            actions(&plan_activations(&spec, &[p], t(10))),
+            [("a", Action::Activate)]
+        );
+    }
+
+    #[test]
+    fn a_breakers_own_activator_handles_the_pods_it_ejected() {
+        let mut spec = spec(ActivatorMode::Periodic, 3, 1);
+        spec.breakers.push(kubervisor_api::ResolvedBreaker {
+            name: "slow".into(),
+            evaluation_period: Duration::from_secs(5),
+            min_pods_available_count: 1,
+            min_pods_available_ratio: 0,
+            detection: kubervisor_api::Detection::Custom(kubervisor_api::CustomRule {
+                url: "x".into(),
+            }),
+            activator: Some(ResolvedActivator {
+                mode: ActivatorMode::RetryAndKill,
+                period: Duration::from_secs(60),
+                max_retry_count: 0,
+                max_pause_count: 0,
+            }),
+        });
+        let pods = [
+            ejected("by-slow", "slow", t(0), 1),
+            ejected("by-other", "other", t(0), 1),
+        ];
+        let plan = plan_activations(&spec, &pods, t(10));
+        assert_eq!(
+            actions(&plan),
+            [("by-other", Action::Activate), ("by-slow", Action::Kill)]
+        );
+    }
+
+    #[test]
+    fn unreadable_marks_and_terminating_pods_are_left_alone() {
+        let spec = spec(ActivatorMode::Periodic, 3, 1);
+        let mut bad_time = ejected("a", "b", t(0), 1);
+        bad_time.marks.break_at = Some(Err("bad".into()));
+        let mut bad_retry = ejected("b", "b", t(0), 1);
+        bad_retry.marks.retry_count = Some(Err("bad".into()));
+        let mut going = ejected("c", "b", t(0), 1);
+        going.terminating = true;
+        let mut missing = ejected("d", "b", t(0), 1);
+        missing.marks.break_at = None;
+        let serving = pod("e", Traffic::Yes);
+        assert!(
+            plan_activations(
+                &spec,
+                &[bad_time, bad_retry, going, missing, serving],
+                t(1000)
+            )
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The breaker: which anomalous pods lose traffic, never leaving fewer than the minimum.
+
+use crate::PodView;
+use crate::detect::Findings;
+
+/// The protection of one breaker, from `minPodsAvailableCount` and `minPodsAvailableRatio`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MinAvailable {
+    pub count: u32,
+    /// Percent of the Ready managed pods, whatever their traffic label.
+    pub ratio_percent: u32,
+}
+
+impl MinAvailable {
+    /// Pods that must keep traffic, given `ready_managed` Ready managed pods.
+    ///
+    /// The ratio applies to all Ready managed pods, not to those still serving:
+    /// otherwise each ejection would lower the floor for the next tick.
+    pub fn floor(self, ready_managed: usize) -> usize {
+        let by_ratio = (ready_managed as u64 * u64::from(self.ratio_percent)).div_ceil(100);
+        (self.count as usize).max(by_ratio as usize)
+    }
+}
+
+/// A pod to take out of traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ejection {
+    pub pod: String,
+    /// The retry count to record: one more than before.
+    pub retry_count: u32,
+    /// Which numbers and which rule, for events and logs.
+    pub reason: String,
+}
+
+/// An anomalous pod that keeps its traffic, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spared {
+    pub pod: String,
+    pub reason: String,
+}
+
+/// The outcome of one breaker evaluation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EjectionPlan {
+    pub ejections: Vec<Ejection>,
+    pub spared: Vec<Spared>,
+    /// Ready managed pods, whatever their traffic label.
+    pub ready_managed: usize,
+    /// Pods serving before the plan.
+    pub serving: usize,
+    /// Pods that must keep serving.
+    pub min_available: usize,
+}
+
+impl EjectionPlan {
+    /// Pods serving once the plan is carried out.
+    pub fn serving_after(&self) -> usize {
+        self.serving - self.ejections.len()
+    }
+}
+
+/// Decides which anomalous pods the breaker `breaker` ejects.
+///
+/// Only Running, Ready pods labelled `traffic=yes` are candidates. At most
+/// (serving − floor) pods are ejected, worst offenders first, ties broken by name.
+pub fn plan_ejections(
+    breaker: &str,
+    limits: MinAvailable,
+    pods: &[PodView],
+    findings: &Findings,
+) -> EjectionPlan {
+    let ready_managed = pods.iter().filter(|p| p.is_serving_capable()).count();
+    let serving = pods.iter().filter(|p| p.has_traffic()).count();
+    let min_available = limits.floor(ready_managed);
+    let mut budget = serving.saturating_sub(min_available);
+    let mut plan = EjectionPlan {
+        ready_managed,
+        serving,
+        min_available,
+        ..EjectionPlan::default()
+    };
+    let mut anomalies: Vec<&crate::detect::Anomaly> = findings.anomalies.iter().collect();
+    anomalies.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.pod.cmp(&b.pod)));
+    for anomaly in anomalies {
+        let Some(pod) = pods.iter().find(|p| p.name == anomaly.pod) else {
+            plan.spared.push(Spared {
+                pod: anomaly.pod.clone(),
+                reason: format!(
+                    "{}, but it is not a managed pod of this Service",
+                    anomaly.evidence
+                ),
+            });
+            continue;
+        };
+        if let Some(why) = pod.not_a_candidate() {
+            plan.spared.push(Spared {
+                pod: pod.name.clone(),
+                reason: format!("{}, but not ejected: {why}", anomaly.evidence),
+            });
+            continue;
+        }
+        if budget == 0 {
+            plan.spared.push(Spared {
+                pod: pod.name.clone(),
+                reason: format!(
+                    "{}, but not ejected: {} of {} pods must keep traffic ({})",
+                    anomaly.evidence,
+                    min_available,
+                    ready_managed,
+                    describe_limits(limits)
+                ),
+            });
+            continue;
+        }
+        budget -= 1;
+        let retry_count = pod.marks.retries().unwrap_or(0).saturating_add(1);
+        let serving_after = serving - plan.ejections.len() - 1;
+        plan.ejections.push(Ejection {
+            pod: pod.name.clone(),
+            retry_count,
+            reason: format!(
+                "pod {} ejected by breaker {breaker}: {}; {serving_after} of {ready_managed} pods keep traffic (minimum {min_available})",
+                pod.name, anomaly.evidence
+            ),
+        });
+    }
+    plan
+}
+
+fn describe_limits(limits: MinAvailable) -> String {
+    format!(
+        "minPodsAvailableCount {}, minPodsAvailableRatio {}%",
+        limits.count, limits.ratio_percent
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use kubervisor_api::pod::Traffic;
+
+    use super::*;
+    use crate::detect::{self, Anomaly};
+    use crate::pod::fixtures::pod;
+
+    fn fleet(n: usize) -> Vec<PodView> {
+        (0..n)
+            .map(|i| pod(&format!("p{i}"), Traffic::Yes))
+            .collect()
+    }
+
+    fn reported(names: &[&str]) -> Findings {
+        detect::custom(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+    }
+
+    fn ejected(plan: &EjectionPlan) -> Vec<&str> {
+        plan.ejections.iter().map(|e| e.pod.as_str()).collect()
+    }
+
+    const COUNT_3: MinAvailable = MinAvailable {
+        count: 3,
+        ratio_percent: 0,
+    };
+
+    #[test]
+    fn two_of_five_faulty_with_min_three_ejects_two() {
+        let plan = plan_ejections("custom", COUNT_3, &fleet(5), &reported(&["p1", "p3"]));
+        assert_eq!(ejected(&plan), ["p1", "p3"]);
+        assert_eq!(plan.serving_after(), 3);
+        assert!(plan.spared.is_empty());
+        assert_eq!(
+            plan.ejections[0].reason,
+            "pod p1 ejected by breaker custom: reported by the custom detector; 4 of 5 pods keep traffic (minimum 3)"
+        );
+    }
+
+    #[test]
+    fn four_of_five_faulty_with_ratio_fifty_ejects_only_two() {
+        let limits = MinAvailable {
+            count: 1,
+            ratio_percent: 50,
+        };
+        let plan = plan_ejections("r", limits, &fleet(5), &reported(&["p0", "p1", "p2", "p3"]));
+        // ceil(5 × 50%) = 3 must keep traffic.
+        assert_eq!(plan.min_available, 3);
+        assert_eq!(ejected(&plan), ["p0", "p1"]);
+        assert_eq!(plan.spared.len(), 2);
+        assert!(
+            plan.spared[0]
+                .reason
+                .contains("3 of 5 pods must keep traffic")
+        );
+    }
+
+    #[test]
+    fn ratio_floor_is_computed_on_all_ready_pods_so_it_does_not_erode() {
+        let limits = MinAvailable {
+            count: 1,
+            ratio_percent: 50,
+        };
+        let mut pods = fleet(5);
+        pods[0] = pod("p0", Traffic::No);
+        pods[1] = pod("p1", Traffic::No);
+        // Two already out; 3 serve and the floor is still 3: nothing more goes.
+        let plan = plan_ejections("r", limits, &pods, &reported(&["p2", "p3", "p4"]));
+        assert!(plan.ejections.is_empty());
+        assert_eq!(plan.min_available, 3);
+    }
+
+    #[test]
+    fn worst_offender_is_ejected_first_when_budget_is_short() {
+        let rule = kubervisor_api::ContinuousRule {
+            prometheus_service: "p:1".into(),
+            promql: "q".into(),
+            pod_name_key: "pod".into(),
+            max_deviation_percent: 10.0,
+        };
+        let samples: Vec<detect::ContinuousSample> = [("p0", 1.5), ("p1", 3.0), ("p2", 1.0)]
+            .iter()
+            .map(|(pod, value)| detect::ContinuousSample {
+                pod: pod.to_string(),
+                value: *value,
+            })
+            .collect();
+        let findings = detect::continuous(&rule, &samples);
+        let plan = plan_ejections(
+            "price",
+            MinAvailable {
+                count: 2,
+                ratio_percent: 0,
+            },
+            &fleet(3),
+            &findings,
+        );
+        assert_eq!(ejected(&plan), ["p1"]);
+    }
+
+    #[test]
+    fn pods_not_ready_not_running_terminating_or_not_serving_are_not_candidates() {
+        let mut pods = fleet(6);
+        pods[0].ready = false;
+        pods[1].running = false;
+        pods[2].terminating = true;
+        pods[3] = pod("p3", Traffic::Pause);
+        let all = reported(&["p0", "p1", "p2", "p3", "ghost"]);
+        let plan = plan_ejections(
+            "b",
+            MinAvailable {
+                count: 0,
+                ratio_percent: 0,
+            },
+            &pods,
+            &all,
+        );
+        assert!(plan.ejections.is_empty());
+        let reasons: Vec<(&str, &str)> = plan
+            .spared
+            .iter()
+            .map(|s| (s.pod.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 5);
+        for (pod, expected) in [
+            ("p0", "not Ready"),
+            ("p1", "not Running"),
+            ("p2", "terminating"),
+            ("p3", "traffic=pause"),
+            ("ghost", "not a managed pod"),
+        ] {
+            let (_, reason) = reasons.iter().find(|(p, _)| *p == pod).unwrap();
+            assert!(reason.contains(expected), "{pod}: {reason}");
+        }
+    }
+
+    #[test]
+    fn ejection_counts_one_more_retry() {
+        let mut pods = fleet(3);
+        pods[0].marks.retry_count = Some(Ok(2));
+        let plan = plan_ejections(
+            "b",
+            MinAvailable {
+                count: 1,
+                ratio_percent: 0,
+            },
+            &pods,
+            &reported(&["p0", "p1"]),
+        );
+        assert_eq!(plan.ejections[0].retry_count, 3);
+        assert_eq!(plan.ejections[1].retry_count, 1);
+    }
+
+    #[test]
+    fn floor_rounds_the_ratio_up_and_takes_the_larger_limit() {
+        let limits = |count, ratio_percent| MinAvailable {
+            count,
+            ratio_percent,
+        };
+        assert_eq!(limits(1, 50).floor(5), 3);
+        assert_eq!(limits(1, 34).floor(3), 2);
+        assert_eq!(limits(4, 10).floor(10), 4);
+        assert_eq!(limits(0, 0).floor(10), 0);
+        assert_eq!(limits(0, 100).floor(7), 7);
+        assert_eq!(limits(1, 0).floor(0), 1);
+    }
+
+    #[test]
+    fn anomalies_given_out_of_order_are_still_ejected_by_score_then_name() {
+        let findings = Findings {
+            anomalies: vec![
+                Anomaly {
+                    pod: "p2".into(),
+                    score: 0.9,
+                    evidence: "e".into(),
+                },
+                Anomaly {
+                    pod: "p0".into(),
+                    score: 0.9,
+                    evidence: "e".into(),
+                },
+            ],
+            ..Findings::default()
+        };
+        let plan = plan_ejections(
+            "b",
+            MinAvailable {
+                count: 2,
+                ratio_percent: 0,
+            },
+            &fleet(3),
+            &findings,
+        );
+        assert_eq!(ejected(&plan), ["p0"]);
+    }
+}

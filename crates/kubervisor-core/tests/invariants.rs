@@ -1,0 +1,234 @@
+//! Property tests of the decision engine's promises.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kubervisor_api::pod::*;
+use kubervisor_api::{ActivatorMode, ResolvedActivator, ResolvedSpec};
+use kubervisor_core::PodView;
+use kubervisor_core::activator::{Action, plan_activations};
+use kubervisor_core::breaker::{MinAvailable, plan_ejections};
+use kubervisor_core::detect::{Anomaly, Findings};
+use proptest::prelude::*;
+
+fn view(
+    name: String,
+    running: bool,
+    ready: bool,
+    terminating: bool,
+    traffic: &str,
+    break_at: Timestamp,
+    retries: u32,
+) -> PodView {
+    let labels: BTreeMap<String, String> =
+        [(TRAFFIC_LABEL.to_string(), traffic.to_string())].into();
+    let annotations: BTreeMap<String, String> = [
+        (BREAK_AT_ANNOTATION.to_string(), format_break_at(break_at)),
+        (RETRY_COUNT_ANNOTATION.to_string(), retries.to_string()),
+    ]
+    .into();
+    PodView {
+        name,
+        running,
+        ready,
+        terminating,
+        marks: PodMarks::read(Some(&labels), Some(&annotations)),
+    }
+}
+
+fn base() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn arb_pod(index: usize) -> impl Strategy<Value = PodView> {
+    (
+        prop::bool::weighted(0.9),
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.05),
+        prop::sample::select(vec!["yes", "yes", "yes", "no", "pause", "bogus"]),
+        0i64..120,
+        0u32..6,
+    )
+        .prop_map(
+            move |(running, ready, terminating, traffic, ago, retries)| {
+                let at = base()
+                    .checked_sub(jiff::SignedDuration::from_secs(ago))
+                    .unwrap();
+                view(
+                    format!("pod-{index:03}"),
+                    running,
+                    ready,
+                    terminating,
+                    traffic,
+                    at,
+                    retries,
+                )
+            },
+        )
+}
+
+fn arb_fleet() -> impl Strategy<Value = Vec<PodView>> {
+    (0usize..25).prop_flat_map(|n| (0..n).map(arb_pod).collect::<Vec<_>>())
+}
+
+fn arb_findings(pods: usize) -> impl Strategy<Value = Findings> {
+    prop::collection::vec((0..pods.max(1) + 2, 0u8..5), 0..pods + 3).prop_map(|picks| {
+        let mut anomalies: Vec<Anomaly> = picks
+            .into_iter()
+            .map(|(i, score)| Anomaly {
+                pod: format!("pod-{i:03}"),
+                score: f64::from(score) / 4.0,
+                evidence: "test".into(),
+            })
+            .collect();
+        anomalies.sort_by(|a, b| a.pod.cmp(&b.pod));
+        anomalies.dedup_by(|a, b| a.pod == b.pod);
+        Findings {
+            anomalies,
+            ..Findings::default()
+        }
+    })
+}
+
+fn arb_limits() -> impl Strategy<Value = MinAvailable> {
+    (0u32..8, 0u32..=100).prop_map(|(count, ratio_percent)| MinAvailable {
+        count,
+        ratio_percent,
+    })
+}
+
+fn serving(pods: &[PodView]) -> usize {
+    pods.iter().filter(|p| p.has_traffic()).count()
+}
+
+fn fleet_and_findings() -> impl Strategy<Value = (Vec<PodView>, Findings)> {
+    arb_fleet().prop_flat_map(|pods| {
+        let n = pods.len();
+        (Just(pods), arb_findings(n))
+    })
+}
+
+proptest! {
+    #[test]
+    fn never_ejects_below_the_floor((pods, findings) in fleet_and_findings(), limits in arb_limits()) {
+        let plan = plan_ejections("b", limits, &pods, &findings);
+        let floor = limits.floor(pods.iter().filter(|p| p.is_serving_capable()).count());
+        prop_assert_eq!(plan.serving, serving(&pods));
+        if plan.ejections.is_empty() {
+            return Ok(());
+        }
+        prop_assert!(plan.serving_after() >= floor, "{} serving after, floor {}", plan.serving_after(), floor);
+    }
+
+    #[test]
+    fn never_ejects_a_pod_that_is_not_anomalous_or_not_serving((pods, findings) in fleet_and_findings(), limits in arb_limits()) {
+        let plan = plan_ejections("b", limits, &pods, &findings);
+        for ejection in &plan.ejections {
+            prop_assert!(findings.anomalies.iter().any(|a| a.pod == ejection.pod));
+            let pod = pods.iter().find(|p| p.name == ejection.pod).unwrap();
+            prop_assert!(pod.has_traffic());
+        }
+        // Every anomaly is either ejected or spared with a reason, never dropped silently.
+        prop_assert_eq!(plan.ejections.len() + plan.spared.len(), findings.anomalies.len());
+    }
+
+    #[test]
+    fn same_input_in_any_order_gives_the_same_decision(
+        (pods, findings) in fleet_and_findings(),
+        limits in arb_limits(),
+        seed in any::<u64>(),
+    ) {
+        let first = plan_ejections("b", limits, &pods, &findings);
+        let again = plan_ejections("b", limits, &pods, &findings);
+        prop_assert_eq!(&first, &again);
+        let mut shuffled_pods = pods.clone();
+        let mut shuffled = findings.clone();
+        // A cheap deterministic shuffle: rotate by the seed.
+        if !shuffled_pods.is_empty() {
+            let k = (seed as usize) % shuffled_pods.len();
+            shuffled_pods.rotate_left(k);
+        }
+        shuffled.anomalies.reverse();
+        let other = plan_ejections("b", limits, &shuffled_pods, &shuffled);
+        prop_assert_eq!(&first.ejections, &other.ejections);
+    }
+
+    #[test]
+    fn protection_does_not_erode_over_many_ticks(
+        n in 1usize..20,
+        limits in arb_limits(),
+        faulty in prop::collection::vec(prop::collection::btree_set(0usize..20, 0..20), 1..15),
+    ) {
+        let mut pods: Vec<PodView> = (0..n)
+            .map(|i| view(format!("pod-{i:03}"), true, true, false, "yes", base(), 0))
+            .collect();
+        let floor = limits.floor(n);
+        for tick in faulty {
+            let findings = Findings {
+                anomalies: tick.iter().filter(|i| **i < n).map(|i| Anomaly {
+                    pod: format!("pod-{i:03}"),
+                    score: 1.0,
+                    evidence: "test".into(),
+                }).collect(),
+                ..Findings::default()
+            };
+            let before = serving(&pods);
+            let plan = plan_ejections("b", limits, &pods, &findings);
+            for ejection in &plan.ejections {
+                let pod = pods.iter_mut().find(|p| p.name == ejection.pod).unwrap();
+                pod.marks.traffic = Some(Ok(Traffic::No));
+            }
+            let after = serving(&pods);
+            prop_assert!(after >= floor.min(before), "tick left {} serving, floor {}", after, floor);
+        }
+    }
+
+    #[test]
+    fn activator_never_touches_a_pod_whose_time_has_not_come(
+        pods in arb_fleet(),
+        mode in prop::sample::select(vec![ActivatorMode::Periodic, ActivatorMode::RetryAndKill, ActivatorMode::RetryAndPause]),
+        period in 1u64..60,
+        max_retry_count in 0u32..5,
+        max_pause_count in 0u32..3,
+    ) {
+        let spec = ResolvedSpec {
+            service: "web".into(),
+            breakers: vec![],
+            default_activator: ResolvedActivator {
+                mode,
+                period: Duration::from_secs(period),
+                max_retry_count,
+                max_pause_count,
+            },
+            dry_run: false,
+        };
+        let now = base();
+        let plan = plan_activations(&spec, &pods, now);
+        let paused_before = pods.iter().filter(|p| p.marks.traffic() == Some(Traffic::Pause) && !p.terminating).count();
+        let mut pauses = 0;
+        for decision in &plan {
+            let pod = pods.iter().find(|p| p.name == decision.pod).unwrap();
+            prop_assert_eq!(pod.marks.traffic(), Some(Traffic::No));
+            prop_assert!(!pod.terminating);
+            let retries = pod.marks.retries().unwrap();
+            let Some(Ok(break_at)) = &pod.marks.break_at else { panic!("acted without breakAt") };
+            match decision.action {
+                Action::Activate => {
+                    let waits = if mode == ActivatorMode::Periodic { 1 } else { retries.max(1) };
+                    let due = break_at.checked_add(jiff::SignedDuration::from_secs((period * u64::from(waits)) as i64)).unwrap();
+                    prop_assert!(now >= due, "activated at {} before due {}", now, due);
+                    prop_assert!(mode == ActivatorMode::Periodic || retries <= max_retry_count);
+                }
+                Action::Kill | Action::Pause => {
+                    prop_assert!(mode != ActivatorMode::Periodic);
+                    prop_assert!(retries > max_retry_count);
+                    if decision.action == Action::Pause {
+                        pauses += 1;
+                    }
+                }
+            }
+        }
+        prop_assert!(pauses == 0 || paused_before + pauses <= max_pause_count as usize);
+    }
+}

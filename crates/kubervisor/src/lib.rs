@@ -1,0 +1,4 @@
+//! Kubervisor, the operator: metric sources, the cluster index, per-resource loops,
+//! effects on pods, the HTTP endpoint and the command line.
+
+pub mod cli;

@@ -1,0 +1,1 @@
+//! kubesim: a Kubernetes API emulator with a simulated workload.

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the real components the tests and the demo run against, when missing:
+# kubectl (Debian package kubernetes-client) and Prometheus (Debian package prometheus).
+set -euo pipefail
+
+missing=()
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    sudo=sudo
+else
+    sudo=
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: please install ${missing[*]} (kubectl and prometheus must be on PATH)" >&2
+    exit 1
+fi
+echo "installing ${missing[*]} with apt-get" >&2
+$sudo apt-get update -qq
+# The Debian prometheus package would start a system service; only the binary is needed.
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
