@@ -2,3 +2,5 @@
 //! effects on pods, the HTTP endpoint and the command line.
 
 pub mod cli;
+pub mod harness;
+pub mod source;

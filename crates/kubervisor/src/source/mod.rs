@@ -1,0 +1,546 @@
+//! Metric sources: Prometheus queries and custom detectors, feeding the core detectors.
+//!
+//! One evaluation of a breaker is one request. Identical Prometheus requests in flight at the
+//! same time (same endpoint, same PromQL) share one HTTP exchange. Every failure is an error
+//! value, never an empty or a full set of anomalies: the caller ejects nothing because of it.
+
+mod address;
+mod custom;
+mod prometheus;
+mod transport;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use http::{HeaderValue, Method, StatusCode, header};
+use kubervisor_api::{ContinuousRule, CustomRule, Detection, DiscreteRule};
+use kubervisor_core::detect::{self, ContinuousSample, DiscreteSample, Findings};
+
+pub use address::Endpoint;
+pub use prometheus::{Labels, QueryResult, Sample, Series};
+
+use prometheus::DisplayLabels;
+pub(crate) use transport::HttpClient;
+use transport::{Roots, TransportError};
+
+/// Largest Prometheus answer read, to bound memory on a runaway query.
+const MAX_PROMETHEUS_BODY: usize = 64 << 20;
+/// Largest custom detector answer read.
+const MAX_CUSTOM_BODY: usize = 8 << 20;
+
+/// How the controller reaches its sources; configured once at startup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSettings {
+    /// A file holding a bearer token sent to Prometheus (never to custom detectors).
+    pub bearer_token_file: Option<PathBuf>,
+    /// A PEM bundle of the authorities HTTPS sources are checked against, instead of the system's.
+    pub ca_bundle: Option<PathBuf>,
+    /// How long a custom detector may take to answer.
+    pub custom_timeout: Duration,
+    /// The cap of a Prometheus query's timeout, which is otherwise the evaluation period.
+    pub max_query_timeout: Duration,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        SourceSettings {
+            bearer_token_file: None,
+            ca_bundle: None,
+            custom_timeout: Duration::from_secs(1),
+            max_query_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What was asked of which source, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Prometheus { base: String, promql: String },
+    Custom { url: String },
+}
+
+impl Request {
+    fn decode(&self, reason: String) -> SourceError {
+        SourceError::Decode {
+            request: self.clone(),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Prometheus { base, promql } => {
+                write!(f, "query `{promql}` to Prometheus {base}")
+            }
+            Request::Custom { url } => write!(f, "custom detector {url}"),
+        }
+    }
+}
+
+/// Why a source gave no usable answer. Cloneable because one answer may serve several breakers.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceError {
+    #[error("invalid {field} `{address}`: {reason}")]
+    Address {
+        field: &'static str,
+        address: String,
+        reason: String,
+    },
+    #[error("cannot use the {what} {}: {reason}", path.display())]
+    Config {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{request}: {reason}")]
+    Unreachable { request: Request, reason: String },
+    #[error("{request}: no complete answer after {} s", after.as_secs_f64())]
+    Timeout { request: Request, after: Duration },
+    #[error("{request}: HTTP {status}: {body}")]
+    Http {
+        request: Request,
+        status: u16,
+        body: String,
+    },
+    #[error("{request}: Prometheus answered {error_type}: {error}")]
+    Prometheus {
+        request: Request,
+        error_type: String,
+        error: String,
+    },
+    #[error("{request}: {reason}")]
+    Decode { request: Request, reason: String },
+    #[error(
+        "series {series} of {request} has no label `{label}` (the breaker's {field}); keep it in the query's `by (…)` clause"
+    )]
+    MissingLabel {
+        request: Request,
+        series: String,
+        label: String,
+        field: &'static str,
+    },
+}
+
+impl SourceError {
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Address { .. } => "address",
+            SourceError::Config { .. } => "config",
+            SourceError::Unreachable { .. } => "unreachable",
+            SourceError::Timeout { .. } => "timeout",
+            SourceError::Http { .. } => "http",
+            SourceError::Prometheus { .. } => "prometheus",
+            SourceError::Decode { .. } => "decode",
+            SourceError::MissingLabel { .. } => "missing_label",
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<QueryResult, SourceError>>>;
+
+/// The metric sources of the controller: cheap to clone, shared by every breaker.
+#[derive(Clone)]
+pub struct Sources {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: HttpClient,
+    authorization: Option<HeaderValue>,
+    settings: SourceSettings,
+    /// Prometheus requests under way, keyed by URL and form body (without the timeout).
+    in_flight: Mutex<HashMap<(String, String), Flight>>,
+}
+
+impl fmt::Debug for Sources {
+    // By hand, so the bearer token never reaches a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sources")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sources {
+    /// Reads the token file and the CA bundle once; a missing or bad file is an error naming it.
+    pub fn new(settings: SourceSettings) -> Result<Sources, SourceError> {
+        let authorization = settings
+            .bearer_token_file
+            .as_deref()
+            .map(read_bearer_token)
+            .transpose()?;
+        let roots = match settings.ca_bundle.as_deref() {
+            Some(path) => {
+                let config_error = |reason: String| SourceError::Config {
+                    what: "CA bundle",
+                    path: path.to_path_buf(),
+                    reason,
+                };
+                let pem = std::fs::read(path).map_err(|e| config_error(e.to_string()))?;
+                Roots::Bundle(transport::roots_from_pem(&pem).map_err(config_error)?)
+            }
+            None => Roots::Native,
+        };
+        let http = HttpClient::new(roots).map_err(|e| SourceError::Config {
+            what: "TLS settings",
+            path: settings.ca_bundle.clone().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+        Ok(Sources {
+            inner: Arc::new(Inner {
+                http,
+                authorization,
+                settings,
+                in_flight: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The settings these sources were built with.
+    pub fn settings(&self) -> &SourceSettings {
+        &self.inner.settings
+    }
+
+    /// The timeout of a breaker's query: its evaluation period, capped.
+    pub fn query_timeout(&self, evaluation_period: Duration) -> Duration {
+        let cap = self.inner.settings.max_query_timeout;
+        if evaluation_period.is_zero() {
+            cap
+        } else {
+            evaluation_period.min(cap)
+        }
+    }
+
+    /// One evaluation of a breaker's detection: one request, then the matching core detector.
+    pub async fn findings(
+        &self,
+        detection: &Detection,
+        evaluation_period: Duration,
+    ) -> Result<Findings, SourceError> {
+        let timeout = self.query_timeout(evaluation_period);
+        match detection {
+            Detection::Discrete(rule) => {
+                let samples = self.discrete_samples(rule, timeout).await?;
+                Ok(detect::discrete(rule, &samples))
+            }
+            Detection::Continuous(rule) => {
+                let samples = self.continuous_samples(rule, timeout).await?;
+                Ok(detect::continuous(rule, &samples))
+            }
+            Detection::Custom(rule) => Ok(detect::custom(&self.custom_pods(rule).await?)),
+        }
+    }
+
+    /// The samples of a `discreteValueOutOfList` query: one per series, with pod and key labels.
+    pub async fn discrete_samples(
+        &self,
+        rule: &DiscreteRule,
+        timeout: Duration,
+    ) -> Result<Vec<DiscreteSample>, SourceError> {
+        let (request, samples) = self
+            .instant_vector(
+                &rule.prometheus_service,
+                &rule.promql,
+                timeout,
+                &rule.pod_name_key,
+            )
+            .await?;
+        samples
+            .into_iter()
+            .map(|sample| {
+                Ok(DiscreteSample {
+                    pod: required_label(
+                        &request,
+                        &sample.labels,
+                        &rule.pod_name_key,
+                        "podNameKey",
+                    )?,
+                    key: required_label(&request, &sample.labels, &rule.key, "key")?,
+                    value: sample.value,
+                })
+            })
+            .collect()
+    }
+
+    /// The samples of a `continuousValueDeviation` query: one per series, with the pod label.
+    pub async fn continuous_samples(
+        &self,
+        rule: &ContinuousRule,
+        timeout: Duration,
+    ) -> Result<Vec<ContinuousSample>, SourceError> {
+        let (request, samples) = self
+            .instant_vector(
+                &rule.prometheus_service,
+                &rule.promql,
+                timeout,
+                &rule.pod_name_key,
+            )
+            .await?;
+        samples
+            .into_iter()
+            .map(|sample| {
+                Ok(ContinuousSample {
+                    pod: required_label(
+                        &request,
+                        &sample.labels,
+                        &rule.pod_name_key,
+                        "podNameKey",
+                    )?,
+                    value: sample.value,
+                })
+            })
+            .collect()
+    }
+
+    /// The pods a custom detector reports anomalous: GET, 200 and a `PodList`, or an error.
+    pub async fn custom_pods(&self, rule: &CustomRule) -> Result<Vec<String>, SourceError> {
+        let endpoint = Endpoint::custom(&rule.url)?;
+        let url = endpoint.to_string();
+        let request = Request::Custom { url: url.clone() };
+        let timeout = self.inner.settings.custom_timeout;
+        let accept = [(header::ACCEPT, HeaderValue::from_static("application/json"))];
+        let answer = self
+            .inner
+            .http
+            .send(Method::GET, &url, &accept, None, timeout, MAX_CUSTOM_BODY)
+            .await
+            .map_err(|e| transport_error(&request, e, timeout))?;
+        if answer.status != StatusCode::OK {
+            return Err(SourceError::Http {
+                request,
+                status: answer.status.as_u16(),
+                body: prometheus::excerpt(&answer.body),
+            });
+        }
+        custom::parse_pod_list(&request, &answer.body)
+    }
+
+    /// An instant query (`/api/v1/query`) at the current time.
+    pub async fn query(
+        &self,
+        base: &str,
+        promql: &str,
+        timeout: Duration,
+    ) -> Result<QueryResult, SourceError> {
+        let endpoint = Endpoint::prometheus(base)?;
+        self.prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
+            .await
+    }
+
+    /// A range query (`/api/v1/query_range`) from `start` to `end` every `step`.
+    pub async fn query_range(
+        &self,
+        base: &str,
+        promql: &str,
+        start: jiff::Timestamp,
+        end: jiff::Timestamp,
+        step: Duration,
+        timeout: Duration,
+    ) -> Result<QueryResult, SourceError> {
+        let endpoint = Endpoint::prometheus(base)?;
+        let seconds = |t: jiff::Timestamp| format!("{}", t.as_millisecond() as f64 / 1000.0);
+        let params = [
+            ("start", seconds(start)),
+            ("end", seconds(end)),
+            ("step", format!("{}", step.as_secs_f64())),
+        ];
+        self.prometheus(&endpoint, "/api/v1/query_range", promql, &params, timeout)
+            .await
+    }
+
+    async fn instant_vector(
+        &self,
+        base: &str,
+        promql: &str,
+        timeout: Duration,
+        pod_label: &str,
+    ) -> Result<(Request, Vec<Sample>), SourceError> {
+        let endpoint = Endpoint::prometheus(base)?;
+        let request = Request::Prometheus {
+            base: endpoint.to_string(),
+            promql: promql.to_string(),
+        };
+        let result = self
+            .prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
+            .await?;
+        match result {
+            // No series is "no data": nothing is judged, so nothing is ejected.
+            QueryResult::Vector(samples) => Ok((request, samples)),
+            QueryResult::Matrix(_) => Err(request.decode(
+                "the query returned a matrix, expected a vector: drop the range selector `[…]` at its end or wrap it in a function such as increase() or rate()".into(),
+            )),
+            other => {
+                let reason = format!(
+                    "the query returned a {}, expected a vector with one series per pod (label `{pod_label}`)",
+                    other.type_name()
+                );
+                Err(request.decode(reason))
+            }
+        }
+    }
+
+    /// Sends a Prometheus API request, sharing it with identical requests already under way.
+    async fn prometheus(
+        &self,
+        endpoint: &Endpoint,
+        api_path: &str,
+        promql: &str,
+        params: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<QueryResult, SourceError> {
+        let url = endpoint.join(api_path);
+        let request = Request::Prometheus {
+            base: endpoint.to_string(),
+            promql: promql.to_string(),
+        };
+        let mut pairs: Vec<(&str, &str)> = vec![("query", promql)];
+        pairs.extend(params.iter().map(|(name, value)| (*name, value.as_str())));
+        let form = prometheus::form_encode(&pairs);
+        let key = (url, form);
+        let flight = {
+            let mut in_flight = self.inner.lock_in_flight();
+            match in_flight.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let flight = self.start_flight(key.clone(), request.clone(), timeout);
+                    in_flight.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        // A breaker joining a longer request still waits no more than its own timeout.
+        tokio::time::timeout(timeout, flight)
+            .await
+            .unwrap_or(Err(SourceError::Timeout {
+                request,
+                after: timeout,
+            }))
+    }
+
+    /// Runs the request in its own task, so it completes (within its timeout) and leaves the
+    /// in-flight map even when every breaker waiting on it has given up.
+    fn start_flight(&self, key: (String, String), request: Request, timeout: Duration) -> Flight {
+        let inner = Arc::clone(&self.inner);
+        let failed = request.clone();
+        let task = tokio::spawn(async move {
+            let (url, form) = &key;
+            // Prometheus abandons the evaluation when the client would anyway.
+            let body = format!("{form}&timeout={}ms", timeout.as_millis().max(1));
+            let result = inner.post(url, body, &request, timeout).await;
+            inner.lock_in_flight().remove(&key);
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(SourceError::Unreachable {
+                    request: failed,
+                    reason: format!("the request task failed: {e}"),
+                })
+            })
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+impl Inner {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Flight>> {
+        // The map holds no invariant a panic could break halfway.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: String,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<QueryResult, SourceError> {
+        let mut headers = vec![(header::ACCEPT, HeaderValue::from_static("application/json"))];
+        if let Some(authorization) = &self.authorization {
+            headers.push((header::AUTHORIZATION, authorization.clone()));
+        }
+        let form = Some(("application/x-www-form-urlencoded", body));
+        let answer = self
+            .http
+            .send(
+                Method::POST,
+                url,
+                &headers,
+                form,
+                timeout,
+                MAX_PROMETHEUS_BODY,
+            )
+            .await
+            .map_err(|e| transport_error(request, e, timeout))?;
+        prometheus::parse_answer(request, answer.status, &answer.body)
+    }
+}
+
+fn read_bearer_token(path: &Path) -> Result<HeaderValue, SourceError> {
+    let config_error = |reason: String| SourceError::Config {
+        what: "bearer token file",
+        path: path.to_path_buf(),
+        reason,
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(config_error("the file is empty".into()));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        config_error("the token contains characters not allowed in a header".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn required_label(
+    request: &Request,
+    labels: &Labels,
+    label: &str,
+    field: &'static str,
+) -> Result<String, SourceError> {
+    labels
+        .get(label)
+        .cloned()
+        .ok_or_else(|| SourceError::MissingLabel {
+            request: request.clone(),
+            series: DisplayLabels(labels).to_string(),
+            label: label.to_string(),
+            field,
+        })
+}
+
+fn transport_error(request: &Request, error: TransportError, timeout: Duration) -> SourceError {
+    match error {
+        TransportError::Unreachable(reason) => SourceError::Unreachable {
+            request: request.clone(),
+            reason: format!("cannot connect: {reason}"),
+        },
+        TransportError::Broken(reason) => SourceError::Unreachable {
+            request: request.clone(),
+            reason: format!("the connection failed: {reason}"),
+        },
+        TransportError::Timeout => SourceError::Timeout {
+            request: request.clone(),
+            after: timeout,
+        },
+        TransportError::TooLarge(limit) => {
+            request.decode(format!("the answer is larger than {} MiB", limit >> 20))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! A small HTTP client on the hyper stack kube-client already brings: timeouts, size limits,
+//! TLS from a CA bundle or the system's roots, errors classified for users.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// What went wrong with one HTTP exchange, before any meaning is given to the body.
+#[derive(Debug)]
+pub(crate) enum TransportError {
+    /// No connection could be made (refused, DNS, TLS handshake).
+    Unreachable(String),
+    /// The connection broke or the body could not be read.
+    Broken(String),
+    /// No complete answer within the timeout.
+    Timeout,
+    /// The body exceeded the size limit.
+    TooLarge(usize),
+}
+
+/// A complete HTTP answer.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// An HTTP/1 client for plain HTTP and HTTPS.
+#[derive(Clone)]
+pub(crate) struct HttpClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// Which certificate authorities HTTPS connections trust.
+pub(crate) enum Roots {
+    /// The certificates of a PEM bundle.
+    Bundle(RootCertStore),
+    /// The operating system's store.
+    Native,
+    /// None: for clients that only ever speak plain HTTP.
+    Empty,
+}
+
+impl HttpClient {
+    /// A client for plain HTTP and for HTTPS servers whose certificates `roots` vouch for.
+    pub fn new(roots: Roots) -> Result<HttpClient, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?;
+        let tls = match roots {
+            Roots::Bundle(store) => builder.with_root_certificates(store),
+            Roots::Empty => builder.with_root_certificates(RootCertStore::empty()),
+            Roots::Native => match builder.clone().with_native_roots() {
+                Ok(with_roots) => with_roots,
+                // Plain HTTP still works; HTTPS then fails with a certificate error naming the server.
+                Err(e) => {
+                    tracing::warn!(error = %e, "no system CA certificates; HTTPS sources need a CA bundle");
+                    builder.with_root_certificates(RootCertStore::empty())
+                }
+            },
+        }
+        .with_no_client_auth();
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(HttpClient { inner })
+    }
+
+    /// A client for plain HTTP only, which needs no certificates.
+    pub fn plain() -> Result<HttpClient, rustls::Error> {
+        HttpClient::new(Roots::Empty)
+    }
+
+    /// Sends one request and reads the whole answer, all within `timeout`.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(header::HeaderName, HeaderValue)],
+        body: Option<(&'static str, String)>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Answer, TransportError> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let body = match body {
+            Some((content_type, body)) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                Full::new(Bytes::from(body))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request
+            .body(body)
+            .map_err(|e| TransportError::Unreachable(format!("invalid request: {e}")))?;
+        let exchange = async {
+            let response = self.inner.request(request).await.map_err(|e| {
+                // hyper-util's own layer ("client error (Connect)") says less than its causes.
+                let reason = e.source().map_or_else(|| e.to_string(), error_chain);
+                if e.is_connect() {
+                    TransportError::Unreachable(reason)
+                } else {
+                    TransportError::Broken(reason)
+                }
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), max_body)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        TransportError::TooLarge(max_body)
+                    } else {
+                        TransportError::Broken(error_chain(e.as_ref()))
+                    }
+                })?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(TransportError::Timeout))
+    }
+}
+
+/// The certificates of a PEM bundle; a bundle without any is refused.
+pub(crate) fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("invalid certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(roots)
+}
+
+/// An error and its causes on one line, repeated messages once.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
