@@ -3,4 +3,6 @@
 
 pub mod cli;
 pub mod harness;
+pub mod leader;
 pub mod source;
+pub mod telemetry;
