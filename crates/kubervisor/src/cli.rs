@@ -25,12 +25,135 @@ struct Cli {
 enum Command {
     /// Print the KubervisorService CustomResourceDefinition as YAML.
     Crd,
+    /// Run the operator.
+    Run(Box<RunArgs>),
     /// Check KubervisorService manifests: print each with defaults applied, or every error.
     Check {
         /// Manifest file to check (`-` for standard input); repeat for several.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Kubeconfig file; without it, KUBECONFIG, ~/.kube/config or the pod's service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// API server URL, overriding the kubeconfig's.
+    #[arg(long)]
+    master: Option<String>,
+    /// Listen address of /live, /ready and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8086")]
+    addr: std::net::SocketAddr,
+    /// Watch only this namespace (default: every namespace the service account may see).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Create or update the CRD at startup and wait until it is Established.
+    #[arg(long)]
+    install_crd: bool,
+    /// Run several replicas: only the holder of a Lease acts.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: --namespace, else the client's default namespace).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "kubervisor")]
+    lease_name: String,
+    /// This replica's identity for leader election and events (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// File holding a bearer token sent to Prometheus.
+    #[arg(long)]
+    prometheus_bearer_token_file: Option<PathBuf>,
+    /// PEM bundle of the certificate authorities that HTTPS sources are checked against.
+    #[arg(long)]
+    source_ca_bundle: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("kubervisor-{}", std::process::id()));
+    let options = crate::operator::RunOptions {
+        kubeconfig: args.kubeconfig,
+        master: args.master,
+        addr: args.addr,
+        namespace: args.namespace,
+        install_crd: args.install_crd,
+        leader_elect: args.leader_elect,
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity,
+        sources: crate::source::SourceSettings {
+            bearer_token_file: args.prometheus_bearer_token_file,
+            ca_bundle: args.source_ca_bundle,
+            ..Default::default()
+        },
+        timing: Default::default(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::operator::run(options, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }
 
 /// Parses the arguments and runs the command.
@@ -42,6 +165,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { files } => check(&files),
+        Command::Run(args) => run(*args),
     }
 }
 

@@ -2,7 +2,12 @@
 //! effects on pods, the HTTP endpoint and the command line.
 
 pub mod cli;
+pub mod effects;
 pub mod harness;
+pub mod index;
 pub mod leader;
+pub mod operator;
 pub mod source;
+pub mod supervisor;
 pub mod telemetry;
+pub mod watch;

@@ -1,0 +1,637 @@
+//! The in-memory index the watches fill: slim pods, Services and KubervisorServices.
+//!
+//! Decisions read snapshots from here; nothing on the hot path calls GET on the API.
+//! Pods are kept slim (labels, Kubervisor annotations, phase, readiness) so that a large
+//! fleet costs little memory, and indexed by label so that a Service selector resolves
+//! without scanning every pod.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
+use kubervisor_api::KubervisorService;
+use kubervisor_api::pod::{BREAK_AT_ANNOTATION, PodMarks, RETRY_COUNT_ANNOTATION, TRAFFIC_LABEL};
+use kubervisor_core::PodView;
+use tokio::sync::watch;
+
+/// What decisions need of a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlimPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub labels: BTreeMap<String, String>,
+    /// Only the annotations of the pod contract.
+    pub annotations: BTreeMap<String, String>,
+    /// Whether the pod has any annotation at all (a JSON Patch must create the map if not).
+    pub has_annotations: bool,
+    pub running: bool,
+    pub ready: bool,
+    pub terminating: bool,
+}
+
+impl SlimPod {
+    /// Keeps what decisions need of a full pod.
+    pub fn from_pod(pod: &Pod) -> SlimPod {
+        let status = pod.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+        let annotations = pod
+            .annotations()
+            .iter()
+            .filter(|(k, _)| *k == BREAK_AT_ANNOTATION || *k == RETRY_COUNT_ANNOTATION)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        SlimPod {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+            resource_version: pod.resource_version().unwrap_or_default(),
+            labels: pod.labels().clone(),
+            annotations,
+            has_annotations: !pod.annotations().is_empty(),
+            running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// The decision engine's view of this pod.
+    pub fn view(&self) -> PodView {
+        PodView {
+            name: self.name.clone(),
+            running: self.running,
+            ready: self.ready,
+            terminating: self.terminating,
+            marks: PodMarks::read(Some(&self.labels), Some(&self.annotations)),
+        }
+    }
+}
+
+/// What Kubervisor needs of a Service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlimService {
+    pub namespace: String,
+    pub name: String,
+    /// `None` for a Service without selector (its endpoints are managed by hand).
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+impl SlimService {
+    /// Keeps what Kubervisor needs of a full Service.
+    pub fn from_service(service: &Service) -> SlimService {
+        SlimService {
+            namespace: service.namespace().unwrap_or_default(),
+            name: service.name_any(),
+            selector: service
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// The selector of the pods Kubervisor manages: the Service's, without the
+    /// traffic requirement Kubervisor itself toggles. `None` when that leaves nothing.
+    pub fn managed_selector(&self) -> Option<BTreeMap<String, String>> {
+        let mut selector = self.selector.clone()?;
+        selector.remove(TRAFFIC_LABEL);
+        (!selector.is_empty()).then_some(selector)
+    }
+}
+
+#[derive(Default)]
+struct NamespacePods {
+    pods: BTreeMap<String, Arc<SlimPod>>,
+    /// (label key, value) → pod names.
+    by_label: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl NamespacePods {
+    fn insert(&mut self, pod: Arc<SlimPod>) {
+        self.remove(&pod.name);
+        for (k, v) in &pod.labels {
+            self.by_label
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .insert(pod.name.clone());
+        }
+        self.pods.insert(pod.name.clone(), pod);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<SlimPod>> {
+        let old = self.pods.remove(name)?;
+        for (k, v) in &old.labels {
+            let key = (k.clone(), v.clone());
+            if let Some(names) = self.by_label.get_mut(&key) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_label.remove(&key);
+                }
+            }
+        }
+        Some(old)
+    }
+
+    fn matching(&self, selector: &BTreeMap<String, String>) -> Vec<Arc<SlimPod>> {
+        let mut sets: Vec<&BTreeSet<String>> = Vec::with_capacity(selector.len());
+        for (k, v) in selector {
+            match self.by_label.get(&(k.clone(), v.clone())) {
+                Some(names) => sets.push(names),
+                None => return Vec::new(),
+            }
+        }
+        sets.sort_by_key(|s| s.len());
+        let Some((smallest, rest)) = sets.split_first() else {
+            return Vec::new();
+        };
+        smallest
+            .iter()
+            .filter(|name| rest.iter().all(|s| s.contains(*name)))
+            .filter_map(|name| self.pods.get(name).cloned())
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pods: HashMap<String, NamespacePods>,
+    pods_synced: bool,
+    services: HashMap<(String, String), Arc<SlimService>>,
+    services_synced: bool,
+    kvs: BTreeMap<(String, String), KvsEntry>,
+    kvs_synced: bool,
+}
+
+/// A KubervisorService as watched: the object, or its metadata and why its spec or
+/// status could not be read (reported on its status as an invalid spec).
+#[derive(Clone, Debug)]
+pub struct KvsEntry {
+    pub object: Arc<KubervisorService>,
+    pub decode_error: Option<String>,
+}
+
+impl KvsEntry {
+    /// Reads a watched object leniently: one unreadable resource must not stop the others.
+    pub fn decode(object: kube::api::DynamicObject) -> KvsEntry {
+        let metadata = object.metadata.clone();
+        let value = serde_json::json!({
+            "apiVersion": kubervisor_api::API_VERSION,
+            "kind": kubervisor_api::KIND,
+            "metadata": {},
+            "spec": object.data.get("spec").cloned().unwrap_or(serde_json::json!({})),
+            "status": object.data.get("status").cloned().unwrap_or(serde_json::Value::Null),
+        });
+        match serde_path_to_error::deserialize::<_, KubervisorService>(value) {
+            Ok(mut kvs) => {
+                kvs.metadata = metadata;
+                KvsEntry {
+                    object: Arc::new(kvs),
+                    decode_error: None,
+                }
+            }
+            Err(e) => {
+                let mut kvs = KubervisorService::new(
+                    &object.metadata.name.clone().unwrap_or_default(),
+                    Default::default(),
+                );
+                kvs.metadata = metadata;
+                KvsEntry {
+                    object: Arc::new(kvs),
+                    decode_error: Some(format!("{}: {}", e.path(), e.inner())),
+                }
+            }
+        }
+    }
+}
+
+/// The index shared by every loop of the operator.
+pub struct Index {
+    state: RwLock<State>,
+    /// Bumped on every change in a namespace, so its loops wake up.
+    namespaces: RwLock<HashMap<String, watch::Sender<u64>>>,
+    /// Bumped on every KubervisorService change.
+    kvs_changes: watch::Sender<u64>,
+    synced: watch::Sender<bool>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            state: RwLock::default(),
+            namespaces: RwLock::default(),
+            kvs_changes: watch::Sender::new(0),
+            synced: watch::Sender::new(false),
+        }
+    }
+}
+
+/// Which kind of object a watch event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Pod,
+    Service,
+    KubervisorService,
+}
+
+impl Index {
+    pub fn new() -> Arc<Index> {
+        Arc::new(Index::default())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touch(&self, namespace: &str) {
+        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = namespaces.get(namespace) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A receiver that changes whenever a pod, Service or KubervisorService of `namespace` changes.
+    pub fn subscribe(&self, namespace: &str) -> watch::Receiver<u64> {
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+        namespaces
+            .entry(namespace.to_string())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// A receiver that changes whenever any KubervisorService changes.
+    pub fn subscribe_kvs(&self) -> watch::Receiver<u64> {
+        self.kvs_changes.subscribe()
+    }
+
+    /// A receiver that turns true once every watch has listed its objects.
+    pub fn subscribe_synced(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    fn update_synced(&self, state: &State) {
+        let synced = state.pods_synced && state.services_synced && state.kvs_synced;
+        self.synced
+            .send_if_modified(|s| std::mem::replace(s, synced) != synced);
+    }
+
+    // --- pods
+
+    pub fn apply_pod(&self, pod: &Pod) {
+        let slim = Arc::new(SlimPod::from_pod(pod));
+        let namespace = slim.namespace.clone();
+        self.write()
+            .pods
+            .entry(namespace.clone())
+            .or_default()
+            .insert(slim);
+        self.touch(&namespace);
+    }
+
+    pub fn delete_pod(&self, pod: &Pod) {
+        let namespace = pod.namespace().unwrap_or_default();
+        if let Some(ns) = self.write().pods.get_mut(&namespace) {
+            ns.remove(&pod.name_any());
+        }
+        self.touch(&namespace);
+    }
+
+    /// Replaces every pod with a fresh listing.
+    pub fn reset_pods(&self, pods: &[Pod]) {
+        let mut fresh: HashMap<String, NamespacePods> = HashMap::new();
+        for pod in pods {
+            let slim = Arc::new(SlimPod::from_pod(pod));
+            fresh
+                .entry(slim.namespace.clone())
+                .or_default()
+                .insert(slim);
+        }
+        let touched: BTreeSet<String> = {
+            let mut state = self.write();
+            let old = std::mem::replace(&mut state.pods, fresh);
+            state.pods_synced = true;
+            self.update_synced(&state);
+            old.keys().chain(state.pods.keys()).cloned().collect()
+        };
+        touched.iter().for_each(|ns| self.touch(ns));
+    }
+
+    /// Pods of `namespace` whose labels include every pair of `selector`.
+    pub fn pods_matching(
+        &self,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Vec<Arc<SlimPod>> {
+        self.read()
+            .pods
+            .get(namespace)
+            .map(|ns| ns.matching(selector))
+            .unwrap_or_default()
+    }
+
+    /// Pods of every namespace carrying label `key` = `value`, in (namespace, name) order.
+    pub fn pods_labelled(&self, key: &str, value: &str) -> Vec<Arc<SlimPod>> {
+        let selector = BTreeMap::from([(key.to_string(), value.to_string())]);
+        let state = self.read();
+        let mut namespaces: Vec<&String> = state.pods.keys().collect();
+        namespaces.sort();
+        namespaces
+            .into_iter()
+            .flat_map(|ns| state.pods[ns].matching(&selector))
+            .collect()
+    }
+
+    /// Every pod with any value of label `key`, across namespaces.
+    pub fn pods_with_label(&self, key: &str) -> Vec<Arc<SlimPod>> {
+        let state = self.read();
+        state
+            .pods
+            .values()
+            .flat_map(|ns| {
+                ns.pods
+                    .values()
+                    .filter(|p| p.labels.contains_key(key))
+                    .cloned()
+            })
+            .collect()
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.read().pods.values().map(|ns| ns.pods.len()).sum()
+    }
+
+    // --- services
+
+    pub fn apply_service(&self, service: &Service) {
+        let slim = Arc::new(SlimService::from_service(service));
+        let namespace = slim.namespace.clone();
+        let key = (namespace.clone(), slim.name.clone());
+        let changed = {
+            let mut state = self.write();
+            state.services.insert(key, slim.clone()).as_deref() != Some(&*slim)
+        };
+        if changed {
+            self.touch(&namespace);
+        }
+    }
+
+    pub fn delete_service(&self, service: &Service) {
+        let namespace = service.namespace().unwrap_or_default();
+        self.write()
+            .services
+            .remove(&(namespace.clone(), service.name_any()));
+        self.touch(&namespace);
+    }
+
+    pub fn reset_services(&self, services: &[Service]) {
+        let fresh: HashMap<(String, String), Arc<SlimService>> = services
+            .iter()
+            .map(|s| {
+                let slim = SlimService::from_service(s);
+                ((slim.namespace.clone(), slim.name.clone()), Arc::new(slim))
+            })
+            .collect();
+        let touched: BTreeSet<String> = {
+            let mut state = self.write();
+            let old = std::mem::replace(&mut state.services, fresh);
+            state.services_synced = true;
+            self.update_synced(&state);
+            old.keys()
+                .chain(state.services.keys())
+                .map(|(ns, _)| ns.clone())
+                .collect()
+        };
+        touched.iter().for_each(|ns| self.touch(ns));
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<SlimService>> {
+        self.read()
+            .services
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    // --- kubervisorservices
+
+    pub fn apply_kvs(&self, entry: KvsEntry) {
+        let namespace = entry.object.namespace().unwrap_or_default();
+        let key = (namespace.clone(), entry.object.name_any());
+        self.write().kvs.insert(key, entry);
+        self.kvs_changes.send_modify(|n| *n += 1);
+        self.touch(&namespace);
+    }
+
+    pub fn delete_kvs(&self, namespace: &str, name: &str) {
+        let namespace = namespace.to_string();
+        self.write()
+            .kvs
+            .remove(&(namespace.clone(), name.to_string()));
+        self.kvs_changes.send_modify(|n| *n += 1);
+        self.touch(&namespace);
+    }
+
+    pub fn reset_kvs(&self, items: Vec<KvsEntry>) {
+        let fresh: BTreeMap<(String, String), KvsEntry> = items
+            .into_iter()
+            .map(|e| {
+                (
+                    (
+                        e.object.namespace().unwrap_or_default(),
+                        e.object.name_any(),
+                    ),
+                    e,
+                )
+            })
+            .collect();
+        {
+            let mut state = self.write();
+            state.kvs = fresh;
+            state.kvs_synced = true;
+            self.update_synced(&state);
+        }
+        self.kvs_changes.send_modify(|n| *n += 1);
+    }
+
+    pub fn kvs(&self, namespace: &str, name: &str) -> Option<KvsEntry> {
+        self.read()
+            .kvs
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every KubervisorService, in (namespace, name) order.
+    pub fn all_kvs(&self) -> Vec<KvsEntry> {
+        self.read().kvs.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, ServiceSpec};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(ns: &str, name: &str, labels: &[(&str, &str)], ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                resource_version: Some("1".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                annotations: Some(BTreeMap::from([
+                    ("breaker/retryCount".to_string(), "2".to_string()),
+                    ("unrelated/large".to_string(), "x".repeat(1000)),
+                ])),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn sel(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn names(pods: &[Arc<SlimPod>]) -> Vec<&str> {
+        pods.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn slim_pod_keeps_only_what_decisions_need() {
+        let slim = SlimPod::from_pod(&pod("ns", "a", &[("app", "web")], true));
+        assert!(slim.running && slim.ready && !slim.terminating);
+        assert_eq!(slim.annotations, sel(&[("breaker/retryCount", "2")]));
+        assert_eq!(slim.view().marks.retries(), Some(2));
+    }
+
+    #[test]
+    fn selector_matches_by_label_index_within_the_namespace() {
+        let index = Index::default();
+        index.apply_pod(&pod("ns", "a", &[("app", "web"), ("tier", "front")], true));
+        index.apply_pod(&pod("ns", "b", &[("app", "web")], true));
+        index.apply_pod(&pod("ns", "c", &[("app", "api")], true));
+        index.apply_pod(&pod("other", "d", &[("app", "web")], true));
+        assert_eq!(
+            names(&index.pods_matching("ns", &sel(&[("app", "web")]))),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(&index.pods_matching("ns", &sel(&[("app", "web"), ("tier", "front")]))),
+            ["a"]
+        );
+        assert!(index.pods_matching("ns", &sel(&[("app", "db")])).is_empty());
+        assert!(index.pods_matching("ns", &sel(&[])).is_empty());
+    }
+
+    #[test]
+    fn relabelled_pod_moves_between_selectors_and_deleted_pod_disappears() {
+        let index = Index::default();
+        index.apply_pod(&pod("ns", "a", &[("app", "web")], true));
+        index.apply_pod(&pod("ns", "a", &[("app", "api")], true));
+        assert!(
+            index
+                .pods_matching("ns", &sel(&[("app", "web")]))
+                .is_empty()
+        );
+        assert_eq!(
+            names(&index.pods_matching("ns", &sel(&[("app", "api")]))),
+            ["a"]
+        );
+        index.delete_pod(&pod("ns", "a", &[], true));
+        assert!(
+            index
+                .pods_matching("ns", &sel(&[("app", "api")]))
+                .is_empty()
+        );
+        assert_eq!(index.pod_count(), 0);
+    }
+
+    #[test]
+    fn relisting_replaces_everything_and_marks_synced_once_all_kinds_listed() {
+        let index = Index::default();
+        index.apply_pod(&pod("ns", "stale", &[("app", "web")], true));
+        index.reset_pods(&[pod("ns", "fresh", &[("app", "web")], true)]);
+        assert_eq!(
+            names(&index.pods_matching("ns", &sel(&[("app", "web")]))),
+            ["fresh"]
+        );
+        assert!(!index.is_synced());
+        index.reset_services(&[]);
+        assert!(!index.is_synced());
+        index.reset_kvs(Vec::new());
+        assert!(index.is_synced());
+    }
+
+    #[test]
+    fn namespace_subscribers_wake_on_changes_in_their_namespace_only() {
+        let index = Index::default();
+        let mut ns = index.subscribe("ns");
+        let mut other = index.subscribe("other");
+        index.apply_pod(&pod("ns", "a", &[("app", "web")], true));
+        assert!(ns.has_changed().unwrap());
+        assert!(!other.has_changed().unwrap());
+        ns.mark_unchanged();
+        other.mark_unchanged();
+    }
+
+    #[test]
+    fn managed_selector_drops_the_traffic_requirement() {
+        let service = Service {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(sel(&[("app", "web"), (TRAFFIC_LABEL, "yes")])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let slim = SlimService::from_service(&service);
+        assert_eq!(slim.managed_selector(), Some(sel(&[("app", "web")])));
+        let only_traffic = SlimService {
+            selector: Some(sel(&[(TRAFFIC_LABEL, "yes")])),
+            ..slim.clone()
+        };
+        assert_eq!(only_traffic.managed_selector(), None);
+        let none = SlimService {
+            selector: None,
+            ..slim
+        };
+        assert_eq!(none.managed_selector(), None);
+    }
+}

@@ -1,0 +1,390 @@
+//! A simulated cluster with the operator running against it over HTTP.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kubervisor::operator::{self, RunOptions};
+use kubervisor::supervisor::Timing;
+use kubervisor_api::KubervisorService;
+use kubesim::{Sim, SimConfig};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout` with the last state.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if tokio::time::Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last state: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub sim: Sim,
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+    operator: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        JoinHandle<anyhow::Result<()>>,
+    )>,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        Cluster::start_with(SimConfig {
+            ready_delay: Duration::from_millis(100),
+            ..SimConfig::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(config: SimConfig) -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kubervisor=debug")),
+            )
+            .with_test_writer()
+            .try_init();
+        let sim = Sim::start(config).await.expect("kubesim starts");
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig).unwrap();
+        let client = sim.client();
+        Cluster {
+            sim,
+            client,
+            kubeconfig,
+            _dir: dir,
+            operator: None,
+        }
+    }
+
+    /// Starts the operator in-process, as `kubervisor run --kubeconfig … --install-crd` would.
+    pub async fn start_operator(&mut self) {
+        assert!(self.operator.is_none(), "operator already running");
+        let options = RunOptions {
+            kubeconfig: Some(self.kubeconfig.clone()),
+            master: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            namespace: None,
+            install_crd: true,
+            leader_elect: false,
+            lease_namespace: None,
+            lease_name: "kubervisor".into(),
+            identity: "e2e".into(),
+            sources: Default::default(),
+            timing: Timing {
+                reconcile_min_interval: Duration::from_millis(50),
+                resync: Duration::from_secs(2),
+                activator_period: Duration::from_millis(200),
+            },
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(operator::run(options, async move {
+            let _ = rx.await;
+        }));
+        self.operator = Some((tx, task));
+        // The CRD is installed by the operator; wait until custom resources are served.
+        let api: Api<KubervisorService> = Api::namespaced(self.client.clone(), "default");
+        eventually("the CRD to be served", Duration::from_secs(10), || {
+            let api = api.clone();
+            async move {
+                api.list(&ListParams::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+    }
+
+    /// Stops the operator as SIGTERM would, and waits until it has exited.
+    pub async fn stop_operator(&mut self) {
+        let (tx, task) = self.operator.take().expect("operator running");
+        let _ = tx.send(());
+        task.await
+            .expect("operator task")
+            .expect("operator exits cleanly");
+    }
+
+    /// A Deployment of `replicas` pods labelled `app: name`, and a Service over them
+    /// whose selector requires `kubervisor/traffic: yes`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        replicas: i32,
+        pod_annotations: BTreeMap<String, String>,
+    ) {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}, "annotations": pod_annotations},
+                    "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+                }
+            }
+        }))
+        .unwrap();
+        Api::<Deployment>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &deployment)
+            .await
+            .unwrap();
+        let service: Service = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "selector": {"app": name, "kubervisor/traffic": "yes"},
+                "ports": [{"port": 80}]
+            }
+        }))
+        .unwrap();
+        Api::<Service>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap();
+    }
+
+    /// A KubervisorService `web` over Service `web` with the given breakers and activator.
+    pub async fn guard(
+        &self,
+        breakers: serde_json::Value,
+        activator: serde_json::Value,
+        dry_run: bool,
+    ) {
+        self.create_kvs(json!({
+            "apiVersion": "kubervisor.k8s.io/v1alpha1",
+            "kind": "KubervisorService",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"service": "web", "breakers": breakers, "defaultActivator": activator, "dryRun": dry_run}
+        }))
+        .await;
+    }
+
+    pub async fn create_kvs(&self, manifest: serde_json::Value) {
+        let kvs: KubervisorService = serde_json::from_value(manifest).unwrap();
+        self.kvs_api()
+            .create(&PostParams::default(), &kvs)
+            .await
+            .unwrap();
+    }
+
+    pub fn kvs_api(&self) -> Api<KubervisorService> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    pub async fn delete_kvs(&self, name: &str) {
+        self.kvs_api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    /// Pods with `app=name`, by name: (traffic label, Ready).
+    pub async fn pods(&self, app: &str) -> BTreeMap<String, Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .map(|list| {
+                list.items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .map(|p| (p.metadata.name.clone().unwrap(), p))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Traffic label of each live pod of `app`.
+    pub async fn traffic(&self, app: &str) -> BTreeMap<String, String> {
+        self.pods(app)
+            .await
+            .into_iter()
+            .map(|(name, pod)| {
+                let traffic = pod
+                    .metadata
+                    .labels
+                    .unwrap_or_default()
+                    .get("kubervisor/traffic")
+                    .cloned()
+                    .unwrap_or_else(|| "-".into());
+                (name, traffic)
+            })
+            .collect()
+    }
+
+    pub async fn wait_ready_pods(&self, app: &str, n: usize) -> Vec<String> {
+        eventually(
+            &format!("{n} Ready pods of {app} with traffic=yes"),
+            Duration::from_secs(15),
+            || async {
+                let traffic = self.traffic(app).await;
+                let ready = self
+                    .pods(app)
+                    .await
+                    .values()
+                    .filter(|p| {
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                    })
+                    .count();
+                let yes = traffic.values().filter(|t| *t == "yes").count();
+                if ready == n && yes == n {
+                    Ok(traffic.into_keys().collect())
+                } else {
+                    Err(format!("{ready} ready, traffic {traffic:?}"))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Addresses in the Service's Endpoints.
+    pub async fn endpoint_addresses(&self, service: &str) -> usize {
+        let endpoints = Api::<Endpoints>::namespaced(self.client.clone(), "default")
+            .get_opt(service)
+            .await
+            .ok()
+            .flatten();
+        endpoints
+            .and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+
+    /// Events of `reason` in the default namespace, as (regarding name, note).
+    pub async fn events(&self, reason: &str) -> Vec<(String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), "default");
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| {
+                (
+                    e.regarding.and_then(|r| r.name).unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Sets an annotation on one pod (the simulated workload reads them live).
+    pub async fn annotate(&self, pod: &str, key: &str, value: &str) {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .patch(
+                pod,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn label(&self, pod: &str, key: &str) -> Option<String> {
+        self.pods_any(pod)
+            .await
+            .and_then(|p| p.metadata.labels.unwrap_or_default().get(key).cloned())
+    }
+
+    pub async fn annotation(&self, pod: &str, key: &str) -> Option<String> {
+        self.pods_any(pod)
+            .await
+            .and_then(|p| p.metadata.annotations.unwrap_or_default().get(key).cloned())
+    }
+
+    async fn pods_any(&self, pod: &str) -> Option<Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .get_opt(pod)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn status(&self, name: &str) -> serde_json::Value {
+        let kvs = self.kvs_api().get(name).await.unwrap();
+        serde_json::to_value(kvs.status).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.operator.take() {
+            task.abort();
+        }
+    }
+}
+
+/// An HTTP detector answering a Kubernetes PodList of the pods it is told are faulty.
+pub struct CustomDetector {
+    pub url: String,
+    faulty: Arc<Mutex<Vec<String>>>,
+    _server: JoinHandle<()>,
+}
+
+impl CustomDetector {
+    pub async fn start() -> CustomDetector {
+        let faulty: Arc<Mutex<Vec<String>>> = Arc::default();
+        let state = faulty.clone();
+        let app = axum::Router::new().route(
+            "/faulty",
+            axum::routing::get(move || {
+                let state = state.clone();
+                async move {
+                    let names = state.lock().unwrap().clone();
+                    let items: Vec<serde_json::Value> = names
+                        .iter()
+                        .map(|n| json!({"metadata": {"name": n}}))
+                        .collect();
+                    axum::Json(json!({"apiVersion": "v1", "kind": "PodList", "items": items}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/faulty", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        CustomDetector {
+            url,
+            faulty,
+            _server: server,
+        }
+    }
+
+    pub fn report(&self, pods: &[String]) {
+        *self.faulty.lock().unwrap() = pods.to_vec();
+    }
+}

@@ -1,0 +1,5 @@
+//! End to end: kubesim, the operator in-process, and (for the Prometheus scenarios) a
+//! real Prometheus scraping the simulated fleet.
+
+mod harness;
+mod scenarios;

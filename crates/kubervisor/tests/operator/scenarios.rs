@@ -1,0 +1,654 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Cluster, CustomDetector, eventually};
+
+fn count(traffic: &BTreeMap<String, String>, value: &str) -> usize {
+    traffic.values().filter(|t| *t == value).count()
+}
+
+fn custom_breaker(detector: &CustomDetector, min_count: u32, min_ratio: u32) -> serde_json::Value {
+    json!([{
+        "name": "faulty",
+        "evaluationPeriod": 0.3,
+        "minPodsAvailableCount": min_count,
+        "minPodsAvailableRatio": min_ratio,
+        "customService": detector.url,
+    }])
+}
+
+const NEVER: serde_json::Value = serde_json::Value::Null;
+
+fn periodic(period: f64) -> serde_json::Value {
+    json!({"mode": "periodic", "period": period})
+}
+
+/// Waits until exactly `n` pods have `traffic=value`, and returns every pod's traffic label.
+async fn wait_traffic(cluster: &Cluster, value: &str, n: usize) -> BTreeMap<String, String> {
+    eventually(
+        &format!("{n} pods with traffic={value}"),
+        Duration::from_secs(15),
+        || async {
+            let traffic = cluster.traffic("web").await;
+            if count(&traffic, value) == n {
+                Ok(traffic)
+            } else {
+                Err(format!("{traffic:?}"))
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value {
+    eventually(
+        &format!("Ready condition with reason {reason}"),
+        Duration::from_secs(10),
+        || async {
+            let status = cluster.status("web").await;
+            let ready = status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+                .unwrap_or_default();
+            if ready["reason"] == reason {
+                Ok(ready)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await
+}
+
+async fn setup(replicas: i32) -> (Cluster, CustomDetector, Vec<String>) {
+    let mut cluster = Cluster::start().await;
+    cluster.start_operator().await;
+    let detector = CustomDetector::start().await;
+    cluster.deploy("web", replicas, BTreeMap::new()).await;
+    (cluster, detector, Vec::new())
+}
+
+/// The original operator's own scenario: 5 pods, 2 reported faulty, at least 3 must keep traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_detector_ejects_two_of_five_and_deletion_restores_them() {
+    let (mut cluster, detector, _) = setup(5).await;
+    // Pods have no traffic label yet: the Service has no endpoints until Kubervisor adopts them.
+    cluster
+        .guard(custom_breaker(&detector, 3, 0), periodic(3600.0), false)
+        .await;
+    let pods = cluster.wait_ready_pods("web", 5).await;
+    let faulty = vec![pods[1].clone(), pods[3].clone()];
+    detector.report(&faulty);
+
+    let traffic = wait_traffic(&cluster, "no", 2).await;
+    assert_eq!(count(&traffic, "yes"), 3);
+    for pod in &faulty {
+        assert_eq!(traffic[pod], "no", "{pod} should be the one ejected");
+        assert_eq!(
+            cluster.label(pod, "kubervisor/strategy").await.as_deref(),
+            Some("faulty")
+        );
+        assert_eq!(
+            cluster
+                .annotation(pod, "breaker/retryCount")
+                .await
+                .as_deref(),
+            Some("1")
+        );
+    }
+    eventually("3 endpoint addresses", Duration::from_secs(5), || async {
+        let n = cluster.endpoint_addresses("web").await;
+        if n == 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} addresses"))
+        }
+    })
+    .await;
+    eventually(
+        "status 5 managed / 2 broken / 0 paused",
+        Duration::from_secs(5),
+        || async {
+            let status = cluster.status("web").await;
+            let c = &status["podCount"];
+            if c["nbPodsManaged"] == 5 && c["nbPodsBreaked"] == 2 && c["nbPodsPaused"] == 0 {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+    let ejected = cluster.events("PodEjected").await;
+    let on_kvs: Vec<&String> = ejected
+        .iter()
+        .filter(|(on, _)| on == "web")
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(on_kvs.len(), 2, "{ejected:?}");
+    assert!(
+        on_kvs[0].contains("reported by the custom detector")
+            && on_kvs[0].contains("pods keep traffic (minimum 3)"),
+        "{on_kvs:?}"
+    );
+
+    // Every pod reported faulty: the minimum holds, and the refusal is reported.
+    detector.report(&pods);
+    eventually(
+        "a MinimumAvailable event",
+        Duration::from_secs(10),
+        || async {
+            let events = cluster.events("MinimumAvailable").await;
+            if events.is_empty() {
+                Err("none yet".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(count(&cluster.traffic("web").await, "yes"), 3);
+
+    cluster.delete_kvs("web").await;
+    eventually("every pod handed back", Duration::from_secs(10), || async {
+        let pods = cluster.pods("web").await;
+        let clean = pods.values().all(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            let annotations = p.metadata.annotations.clone().unwrap_or_default();
+            labels.get("kubervisor/traffic").map(String::as_str) == Some("yes")
+                && !labels.contains_key("kubervisor/name")
+                && !labels.contains_key("kubervisor/strategy")
+                && !annotations.contains_key("breaker/breakAt")
+                && !annotations.contains_key("breaker/retryCount")
+        });
+        let gone = cluster.kvs_api().get_opt("web").await.unwrap().is_none();
+        if clean && gone && pods.len() == 5 {
+            Ok(())
+        } else {
+            Err(format!("gone={gone} {:?}", cluster.traffic("web").await))
+        }
+    })
+    .await;
+    cluster.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_of_five_faulty_with_ratio_fifty_ejects_only_two() {
+    let (cluster, detector, _) = setup(5).await;
+    cluster
+        .guard(custom_breaker(&detector, 1, 50), periodic(3600.0), false)
+        .await;
+    let pods = cluster.wait_ready_pods("web", 5).await;
+    detector.report(&pods[..4]);
+    wait_traffic(&cluster, "no", 2).await;
+    // Further evaluations keep the floor of ceil(5 × 50%) = 3: the refusal is reported, nothing more goes.
+    eventually(
+        "a MinimumAvailable event",
+        Duration::from_secs(10),
+        || async {
+            let events = cluster.events("MinimumAvailable").await;
+            match events.first() {
+                Some((_, note)) if note.contains("3 of 5 pods must keep traffic") => Ok(()),
+                _ => Err(format!("{events:?}")),
+            }
+        },
+    )
+    .await;
+    let traffic = cluster.traffic("web").await;
+    assert_eq!(count(&traffic, "yes"), 3, "{traffic:?}");
+    assert_eq!(traffic[&pods[4]], "yes", "the healthy pod keeps traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_activator_puts_the_pod_back_after_its_period() {
+    let (cluster, detector, _) = setup(3).await;
+    cluster
+        .guard(custom_breaker(&detector, 1, 0), periodic(2.0), false)
+        .await;
+    let pods = cluster.wait_ready_pods("web", 3).await;
+    detector.report(&pods[..1]);
+    wait_traffic(&cluster, "no", 1).await;
+    let break_at: jiff::Timestamp = cluster
+        .annotation(&pods[0], "breaker/breakAt")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    detector.report(&[]);
+    wait_traffic(&cluster, "yes", 3).await;
+    let back_after = jiff::Timestamp::now().duration_since(break_at);
+    assert!(
+        back_after >= jiff::SignedDuration::from_secs(2),
+        "re-activated after {back_after:?}, before the period"
+    );
+    assert!(!cluster.events("PodActivated").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_kill_deletes_a_pod_that_keeps_failing_and_its_replacement_is_adopted() {
+    let (cluster, detector, _) = setup(3).await;
+    let activator = json!({"mode": "retryAndKill", "period": 0.5, "maxRetryCount": 1});
+    cluster
+        .guard(custom_breaker(&detector, 1, 0), activator, false)
+        .await;
+    let pods = cluster.wait_ready_pods("web", 3).await;
+    let doomed = pods[0].clone();
+    detector.report(std::slice::from_ref(&doomed));
+    // Ejected (retry 1), back after one period, ejected again (retry 2 > 1): killed.
+    eventually(
+        "the failing pod deleted and replaced",
+        Duration::from_secs(20),
+        || async {
+            let traffic = cluster.traffic("web").await;
+            if !traffic.contains_key(&doomed) && traffic.len() == 3 && count(&traffic, "yes") == 3 {
+                Ok(())
+            } else {
+                Err(format!("{traffic:?}"))
+            }
+        },
+    )
+    .await;
+    let killed = cluster.events("PodKilled").await;
+    assert!(
+        killed
+            .iter()
+            .any(|(_, note)| note.contains(&doomed) && note.contains("maxRetryCount 1")),
+        "{killed:?}"
+    );
+    // The replacement was adopted.
+    let pods = cluster.pods("web").await;
+    for pod in pods.values() {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("kubervisor/name").map(String::as_str),
+            Some("web")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_pause_parks_one_pod_then_kills_once_the_pause_budget_is_used() {
+    let (cluster, detector, _) = setup(4).await;
+    let activator =
+        json!({"mode": "retryAndPause", "period": 0.5, "maxRetryCount": 0, "maxPauseCount": 1});
+    cluster
+        .guard(custom_breaker(&detector, 1, 0), activator, false)
+        .await;
+    let pods = cluster.wait_ready_pods("web", 4).await;
+    let (first, second) = (pods[0].clone(), pods[1].clone());
+    detector.report(&[first.clone(), second.clone()]);
+    eventually(
+        "one paused, one killed",
+        Duration::from_secs(15),
+        || async {
+            let traffic = cluster.traffic("web").await;
+            if traffic.get(&first).map(String::as_str) == Some("pause")
+                && !traffic.contains_key(&second)
+                && traffic.len() == 4
+            {
+                Ok(())
+            } else {
+                Err(format!("{traffic:?}"))
+            }
+        },
+    )
+    .await;
+    eventually("status shows 1 paused", Duration::from_secs(5), || async {
+        let status = cluster.status("web").await;
+        if status["podCount"]["nbPodsPaused"] == 1 {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    // The replacement is adopted: the paused pod stays out of the endpoints, the 3 others serve.
+    eventually("3 endpoint addresses", Duration::from_secs(10), || async {
+        let n = cluster.endpoint_addresses("web").await;
+        if n == 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} addresses"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_reports_decisions_and_touches_no_pod() {
+    let (cluster, detector, _) = setup(4).await;
+    cluster
+        .guard(custom_breaker(&detector, 1, 0), NEVER, true)
+        .await;
+    let pods = eventually("4 Ready pods", Duration::from_secs(10), || async {
+        let pods = cluster.pods("web").await;
+        if pods.len() == 4 {
+            Ok(pods.into_keys().collect::<Vec<_>>())
+        } else {
+            Err(format!("{}", pods.len()))
+        }
+    })
+    .await;
+    wait_ready_reason(&cluster, "DryRun").await;
+    detector.report(&pods[..2]);
+    eventually(
+        "two DryRunEject events",
+        Duration::from_secs(10),
+        || async {
+            let events = cluster.events("DryRunEject").await;
+            let on_kvs = events
+                .iter()
+                .filter(|(on, note)| on == "web" && note.starts_with("dry run: "))
+                .count();
+            if on_kvs == 2 {
+                Ok(())
+            } else {
+                Err(format!("{events:?}"))
+            }
+        },
+    )
+    .await;
+    for pod in cluster.pods("web").await.values() {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert!(
+            labels.keys().all(|k| !k.starts_with("kubervisor/")),
+            "dry run labelled a pod: {labels:?}"
+        );
+        assert!(
+            pod.metadata
+                .annotations
+                .clone()
+                .unwrap_or_default()
+                .keys()
+                .all(|k| !k.starts_with("breaker/"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spec_and_missing_service_reach_the_status() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_operator().await;
+    cluster
+        .create_kvs(json!({
+            "apiVersion": "kubervisor.k8s.io/v1alpha1",
+            "kind": "KubervisorService",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"service": "web", "breakers": []}
+        }))
+        .await;
+    let ready = wait_ready_reason(&cluster, "InvalidSpec").await;
+    assert_eq!(ready["status"], "False");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.breakers: at least one breaker is required"),
+        "{ready}"
+    );
+
+    let detector = CustomDetector::start().await;
+    let patch = json!({"spec": {"breakers": custom_breaker(&detector, 1, 0)}});
+    cluster
+        .kvs_api()
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let ready = wait_ready_reason(&cluster, "ServiceNotFound").await;
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("Service default/web not found"),
+        "{ready}"
+    );
+
+    cluster.deploy("web", 2, BTreeMap::new()).await;
+    wait_ready_reason(&cluster, "Running").await;
+    cluster.wait_ready_pods("web", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_scenario_loses_nothing_and_repeats_nothing() {
+    let (mut cluster, detector, _) = setup(5).await;
+    cluster
+        .guard(custom_breaker(&detector, 2, 0), periodic(3.0), false)
+        .await;
+    let pods = cluster.wait_ready_pods("web", 5).await;
+    detector.report(&pods[..2]);
+    wait_traffic(&cluster, "no", 2).await;
+    let break_at = cluster
+        .annotation(&pods[0], "breaker/breakAt")
+        .await
+        .unwrap();
+    detector.report(&[]);
+
+    cluster.stop_operator().await;
+    cluster.start_operator().await;
+
+    // The restarted operator brings them back on time, from the annotations alone.
+    wait_traffic(&cluster, "yes", 5).await;
+    let back_after = jiff::Timestamp::now().duration_since(break_at.parse().unwrap());
+    assert!(
+        back_after >= jiff::SignedDuration::from_secs(3),
+        "back after {back_after:?}"
+    );
+    for pod in &pods[..2] {
+        assert_eq!(
+            cluster
+                .annotation(pod, "breaker/retryCount")
+                .await
+                .as_deref(),
+            Some("1"),
+            "{pod} ejected once"
+        );
+    }
+    assert_eq!(
+        cluster
+            .annotation(&pods[0], "breaker/breakAt")
+            .await
+            .unwrap(),
+        break_at
+    );
+    // Still acting: a new faulty pod is ejected once.
+    detector.report(&pods[4..]);
+    wait_traffic(&cluster, "no", 1).await;
+    assert_eq!(
+        cluster
+            .annotation(&pods[4], "breaker/retryCount")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        cluster
+            .events("PodEjected")
+            .await
+            .iter()
+            .filter(|(on, _)| on == "web")
+            .count(),
+        3
+    );
+}
+
+mod prometheus {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use kubervisor::harness::prometheus::{PrometheusOptions, PrometheusProcess};
+    use kubesim::SimConfig;
+    use serde_json::json;
+
+    use super::{count, wait_ready_reason, wait_traffic};
+    use crate::harness::{Cluster, eventually};
+
+    /// A cluster whose pods a real Prometheus scrapes every second.
+    async fn cluster_with_prometheus(
+        replicas: i32,
+    ) -> (Cluster, PrometheusProcess, tempfile::TempDir, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sd_file = dir.path().join("targets.json");
+        let mut cluster = Cluster::start_with(SimConfig {
+            ready_delay: Duration::from_millis(100),
+            prometheus_sd: Some(sd_file.clone()),
+            default_rps: 100.0,
+            ..SimConfig::default()
+        })
+        .await;
+        let prometheus = PrometheusProcess::start(PrometheusOptions::new(&sd_file))
+            .await
+            .expect("prometheus starts (install it with `apt-get install prometheus`)");
+        cluster.start_operator().await;
+        cluster.deploy("web", replicas, BTreeMap::new()).await;
+        let pods = eventually("pods created", Duration::from_secs(10), || async {
+            let pods = cluster.pods("web").await;
+            if pods.len() == replicas as usize {
+                Ok(pods.into_keys().collect::<Vec<_>>())
+            } else {
+                Err(format!("{}", pods.len()))
+            }
+        })
+        .await;
+        (cluster, prometheus, dir, pods)
+    }
+
+    fn discrete(prometheus: &str) -> serde_json::Value {
+        json!([{
+            "name": "errors",
+            "evaluationPeriod": 1,
+            "minPodsAvailableCount": 2,
+            "discreteValueOutOfList": {
+                "prometheusService": prometheus,
+                "promQL": "sum by (code, pod) (increase(http_requests_total{service=\"web\"}[5s]))",
+                "key": "code",
+                "podNamekey": "pod",
+                "goodValues": ["200"],
+                "tolerance": 50,
+                "minActivity": 10
+            }
+        }])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn discrete_detector_ejects_pods_with_high_error_rate_and_the_service_recovers() {
+        let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(5).await;
+        let bad = [pods[0].clone(), pods[2].clone()];
+        for pod in &bad {
+            cluster
+                .annotate(pod, "sim.kubervisor.io/error-rate", "0.8")
+                .await;
+        }
+        cluster
+            .guard(
+                discrete(prometheus.address()),
+                json!({"mode": "periodic", "period": 3600}),
+                false,
+            )
+            .await;
+        cluster.wait_ready_pods("web", 5).await;
+        let traffic = wait_traffic(&cluster, "no", 2).await;
+        for pod in &bad {
+            assert_eq!(traffic[pod], "no", "{traffic:?}");
+        }
+        let note = cluster.events("PodEjected").await;
+        assert!(
+            note.iter()
+                .any(|(_, n)| n.contains("bad code") && n.contains("> tolerance 50%")),
+            "{note:?}"
+        );
+        // Measured by the simulated load: the Service serves no more errors once they are out.
+        let before = cluster
+            .sim
+            .service_stats("default", "web")
+            .expect("load on web");
+        assert!(
+            before.errors > 0,
+            "errors were served before the ejection: {before:?}"
+        );
+        eventually(
+            "a window of error-free traffic",
+            Duration::from_secs(10),
+            || async {
+                let now = cluster.sim.service_stats("default", "web").unwrap();
+                let (requests, errors) =
+                    (now.requests - before.requests, now.errors - before.errors);
+                if requests >= 100 && errors == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{errors} errors in {requests} requests"))
+                }
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn continuous_detector_ejects_the_pod_whose_price_deviates() {
+        let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(5).await;
+        for (i, pod) in pods.iter().enumerate() {
+            let price = if i == 3 { "40" } else { "10" };
+            cluster
+                .annotate(pod, "sim.kubervisor.io/price", price)
+                .await;
+        }
+        let breakers = json!([{
+            "name": "price",
+            "evaluationPeriod": 1,
+            "minPodsAvailableCount": 2,
+            "continuousValueDeviation": {
+                "prometheusService": format!("http://{}", prometheus.address()),
+                "promQL": "(rate(price_sum{service=\"web\"}[5s]) / rate(price_count{service=\"web\"}[5s])) / scalar(sum(rate(price_sum{service=\"web\"}[5s])) / sum(rate(price_count{service=\"web\"}[5s])))",
+                "podNamekey": "pod",
+                "maxDeviationPercent": 75
+            }
+        }]);
+        cluster
+            .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+            .await;
+        cluster.wait_ready_pods("web", 5).await;
+        let traffic = wait_traffic(&cluster, "no", 1).await;
+        assert_eq!(traffic[&pods[3]], "no", "{traffic:?}");
+        assert_eq!(count(&traffic, "yes"), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prometheus_outage_ejects_nothing_and_reaches_the_status() {
+        let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(4).await;
+        for pod in &pods {
+            cluster
+                .annotate(pod, "sim.kubervisor.io/error-rate", "1")
+                .await;
+        }
+        let address = prometheus.address().to_string();
+        prometheus.stop().await;
+        cluster
+            .guard(
+                discrete(&address),
+                json!({"mode": "periodic", "period": 3600}),
+                false,
+            )
+            .await;
+        cluster.wait_ready_pods("web", 4).await;
+        let ready = wait_ready_reason(&cluster, "SourceError").await;
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.contains("breaker errors") && message.contains(&address),
+            "{message}"
+        );
+        let warnings = cluster.events("SourceError").await;
+        assert!(
+            warnings
+                .iter()
+                .any(|(_, n)| n.contains("no pod is ejected")),
+            "{warnings:?}"
+        );
+        // Every pod fails, yet no source answered: all keep traffic.
+        assert_eq!(count(&cluster.traffic("web").await, "yes"), 4);
+    }
+}
