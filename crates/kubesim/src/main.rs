@@ -1,1 +1,94 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// kubesim: a Kubernetes API emulator with a simulated workload.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API on 127.0.0.1 until killed.
+    Serve {
+        /// API port (0 picks a free one; the URL is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Where to write a kubeconfig for kubectl and kube-rs.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Keep a Prometheus file_sd_configs document of the pods' metrics targets here.
+        #[arg(long)]
+        prometheus_sd: Option<PathBuf>,
+        /// Seconds from pod start to Ready.
+        #[arg(long, default_value_t = 0.5)]
+        ready_delay: f64,
+        /// Requests per second per Service without the sim.kubervisor.io/rps annotation.
+        #[arg(long, default_value_t = 50.0)]
+        rps: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            port,
+            kubeconfig,
+            prometheus_sd,
+            ready_delay,
+            rps,
+        } => {
+            if !(ready_delay.is_finite() && ready_delay >= 0.0) {
+                anyhow::bail!("--ready-delay must be a non-negative number of seconds");
+            }
+            let config = kubesim::SimConfig {
+                port,
+                ready_delay: Duration::from_secs_f64(ready_delay),
+                prometheus_sd,
+                default_rps: rps,
+                ..Default::default()
+            };
+            let sim = kubesim::Sim::start(config).await?;
+            sim.write_kubeconfig(&kubeconfig)?;
+            tracing::info!(url = %sim.url(), metrics = %sim.metrics_addr(), kubeconfig = %kubeconfig.display(), "kubesim serving");
+            println!("{}", sim.url());
+            wait_for_signal().await;
+            sim.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,141 @@
+//! Fault injection: failing or slowing API requests and dropping watches, for tests.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+struct FailRule {
+    verb: String,
+    resource: String,
+    remaining: u32,
+    status: u16,
+}
+
+#[derive(Debug, Clone)]
+struct LatencyRule {
+    verb: String,
+    resource: String,
+    delay: Duration,
+}
+
+/// What the server should do with one request before serving it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultDecision {
+    pub delay: Duration,
+    pub fail_with: Option<u16>,
+}
+
+/// Handle for injecting faults into the API server. `"*"` matches any verb or resource.
+///
+/// Verbs: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`.
+/// Resources are plural names (`pods`, `leases`, a CRD's plural); subresources match as `pods/status`
+/// and also as `pods`.
+#[derive(Debug)]
+pub struct Faults {
+    fail: Mutex<Vec<FailRule>>,
+    latency: Mutex<Vec<LatencyRule>>,
+    close: watch::Sender<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            fail: Mutex::new(Vec::new()),
+            latency: Mutex::new(Vec::new()),
+            close: watch::channel(0).0,
+        }
+    }
+}
+
+fn matches(rule_verb: &str, rule_res: &str, verb: &str, resource: &str) -> bool {
+    let base = resource.split('/').next().unwrap_or(resource);
+    (rule_verb == "*" || rule_verb == verb)
+        && (rule_res == "*" || rule_res == resource || rule_res == base)
+}
+
+impl Faults {
+    /// The next `count` requests matching `verb` and `resource` fail with `status`.
+    pub fn fail_next(&self, verb: &str, resource: &str, count: u32, status: u16) {
+        self.fail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(FailRule {
+                verb: verb.to_string(),
+                resource: resource.to_string(),
+                remaining: count,
+                status,
+            });
+    }
+
+    /// Every request matching `verb` and `resource` waits `delay` first (until cleared).
+    pub fn add_latency(&self, verb: &str, resource: &str, delay: Duration) {
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(LatencyRule {
+                verb: verb.to_string(),
+                resource: resource.to_string(),
+                delay,
+            });
+    }
+
+    /// Ends every open watch stream; clients must re-watch.
+    pub fn close_watches(&self) {
+        self.close.send_modify(|n| *n += 1);
+    }
+
+    /// Removes all failure and latency rules.
+    pub fn clear(&self) {
+        self.fail.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Consumes a matching failure rule, if any, and sums the matching latencies.
+    pub fn decide(&self, verb: &str, resource: &str) -> FaultDecision {
+        let delay = self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| matches(&r.verb, &r.resource, verb, resource))
+            .map(|r| r.delay)
+            .sum();
+        let mut fail = self.fail.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fail_with = None;
+        if let Some(rule) = fail
+            .iter_mut()
+            .find(|r| r.remaining > 0 && matches(&r.verb, &r.resource, verb, resource))
+        {
+            rule.remaining -= 1;
+            fail_with = Some(rule.status);
+        }
+        fail.retain(|r| r.remaining > 0);
+        FaultDecision { delay, fail_with }
+    }
+
+    /// A receiver that changes whenever watches must close.
+    pub fn watch_closer(&self) -> watch::Receiver<u64> {
+        self.close.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_next_fails_exactly_count_matching_requests() {
+        let f = Faults::default();
+        f.fail_next("patch", "pods", 2, 500);
+        assert_eq!(f.decide("get", "pods").fail_with, None);
+        assert_eq!(f.decide("patch", "pods/status").fail_with, Some(500));
+        assert_eq!(f.decide("patch", "pods").fail_with, Some(500));
+        assert_eq!(f.decide("patch", "pods").fail_with, None);
+        f.add_latency("*", "leases", Duration::from_millis(5));
+        assert_eq!(f.decide("update", "leases").delay, Duration::from_millis(5));
+    }
+}
