@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::Reporter;
 use kubervisor_api::pod::{
     BREAK_AT_ANNOTATION, NAME_LABEL, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL, TRAFFIC_LABEL,
     Traffic, format_break_at,
@@ -37,7 +39,7 @@ pub enum Written {
 #[derive(Clone)]
 pub struct Effects {
     client: Client,
-    recorder: Recorder,
+    reporter: Reporter,
     metrics: Arc<Metrics>,
 }
 
@@ -163,8 +165,8 @@ pub fn pod_reference(pod: &SlimPod) -> ObjectReference {
 impl Effects {
     pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Effects {
         Effects {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
+            reporter,
             metrics,
         }
     }
@@ -215,6 +217,10 @@ impl Effects {
 
     /// Publishes an event on `regarding` (and, when given, on a pod too). Failures are logged only:
     /// an event is a report, never a reason to stop acting.
+    ///
+    /// Each decision is its own event: kube's `Recorder` folds events with the same reason
+    /// and object into one series that keeps the first note, which would lose the numbers
+    /// of later decisions. Callers report lasting states once, so nothing floods.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -224,29 +230,60 @@ impl Effects {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            // The API server caps notes at 1 kB.
-            note: Some(truncate(note, 1000)),
-            action: action.to_string(),
-            secondary: pod.map(pod_reference),
-        };
-        if let Err(e) = self.recorder.publish(&event, regarding).await {
-            warn!(reason, error = %e, "could not publish an event");
+        let note = truncate(note, 1000);
+        let related = pod.map(pod_reference);
+        self.create_event(regarding, related.as_ref(), warning, reason, action, &note)
+            .await;
+        if let Some(pod_ref) = related {
+            self.create_event(&pod_ref, Some(regarding), warning, reason, action, &note)
+                .await;
         }
-        if let Some(pod) = pod {
-            let on_pod = Event {
-                secondary: Some(regarding.clone()),
-                ..event
-            };
-            if let Err(e) = self.recorder.publish(&on_pod, &pod_reference(pod)).await {
-                warn!(reason, pod = %pod.name, error = %e, "could not publish an event on the pod");
-            }
+    }
+
+    async fn create_event(
+        &self,
+        regarding: &ObjectReference,
+        related: Option<&ObjectReference>,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let now = Timestamp::now();
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let event = Event {
+            metadata: ObjectMeta {
+                // The naming scheme of client-go: unique per object and instant.
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or("object"),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some(action.to_string()),
+            reason: Some(reason.to_string()),
+            note: Some(note.to_string()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.to_string()),
+            regarding: Some(regarding.clone()),
+            related: related.cloned(),
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            warn!(reason, object = ?regarding.name, error = %e, "could not publish an event");
         }
     }
 }
