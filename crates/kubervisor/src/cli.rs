@@ -25,6 +25,15 @@ struct Cli {
 enum Command {
     /// Print the KubervisorService CustomResourceDefinition as YAML.
     Crd,
+    /// Show the operator at work on a simulated cluster, with no cluster needed.
+    Demo {
+        /// Print plain lines instead of redrawing a table (for logs and CI).
+        #[arg(long)]
+        no_tui: bool,
+        /// Leave the simulated cluster and Prometheus running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the operator.
     Run(Box<RunArgs>),
     /// Check KubervisorService manifests: print each with defaults applied, or every error.
@@ -132,6 +141,28 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+fn demo(no_tui: bool, keep: bool) -> ExitCode {
+    // Quiet by default: the demo's own view is the output; RUST_LOG shows the operator's logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logs(LogFormat::Text);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = crate::demo::DemoOptions { tui: !no_tui, keep };
+    match runtime.block_on(crate::demo::run(options)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -166,6 +197,7 @@ pub fn main() -> ExitCode {
         }
         Command::Check { files } => check(&files),
         Command::Run(args) => run(*args),
+        Command::Demo { no_tui, keep } => demo(no_tui, keep),
     }
 }
 

@@ -2,6 +2,7 @@
 //! effects on pods, the HTTP endpoint and the command line.
 
 pub mod cli;
+pub mod demo;
 pub mod effects;
 pub mod harness;
 pub mod index;

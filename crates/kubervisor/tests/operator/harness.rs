@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubervisor::operator::{self, RunOptions};
@@ -134,38 +133,15 @@ impl Cluster {
         replicas: i32,
         pod_annotations: BTreeMap<String, String>,
     ) {
-        let deployment: Deployment = serde_json::from_value(json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}, "annotations": pod_annotations},
-                    "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
-                }
-            }
-        }))
+        kubervisor::demo::fixtures::deploy_guarded_service(
+            &self.client,
+            "default",
+            name,
+            replicas,
+            pod_annotations,
+        )
+        .await
         .unwrap();
-        Api::<Deployment>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &deployment)
-            .await
-            .unwrap();
-        let service: Service = serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "selector": {"app": name, "kubervisor/traffic": "yes"},
-                "ports": [{"port": 80}]
-            }
-        }))
-        .unwrap();
-        Api::<Service>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &service)
-            .await
-            .unwrap();
     }
 
     /// A KubervisorService `web` over Service `web` with the given breakers and activator.
