@@ -1,0 +1,763 @@
+//! The plugin binary against a simulated cluster, and through the real kubectl.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Cluster, PLUGIN, cells, eventually, require_kubectl, run, status};
+use serde_json::{Value, json};
+
+fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+/// Every row without its AGE cell (which depends on the clock), after checking it looks like one.
+fn without_age(table: &str, age_column: usize) -> Vec<Vec<String>> {
+    cells(table)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut row)| {
+            let age = row.remove(age_column);
+            if i > 0 {
+                assert!(
+                    age.ends_with('s') || age.ends_with('m'),
+                    "AGE {age:?} in {table}"
+                );
+            }
+            row
+        })
+        .collect()
+}
+
+/// Two KubervisorServices in `default` (one reconciled, one not) and one in `shop`.
+async fn three_resources() -> Cluster {
+    let cluster = Cluster::start().await;
+    cluster.namespace("shop").await;
+    cluster.kvs("default", "web", "web").await;
+    cluster
+        .set_status(
+            "default",
+            "web",
+            status("True", "Running", "breakers errors running", [5, 1, 1, 0]),
+        )
+        .await;
+    cluster.kvs("default", "api", "api").await;
+    cluster.kvs("shop", "cart", "cart").await;
+    cluster
+        .set_status(
+            "shop",
+            "cart",
+            status(
+                "False",
+                "ServiceNotFound",
+                "Service shop/cart not found",
+                [0, 0, 0, 0],
+            ),
+        )
+        .await;
+    cluster
+}
+
+#[tokio::test]
+async fn list_shows_the_current_namespace_as_a_table() {
+    let cluster = three_resources().await;
+    for args in [&[][..], &["list"][..]] {
+        let run = cluster.plugin(args).await;
+        assert_eq!(
+            without_age(run.ok(), 6),
+            [
+                strings(&["NAME", "SERVICE", "STATE", "MANAGED", "BROKEN", "PAUSED"]),
+                strings(&["api", "api", "<none>", "<none>", "<none>", "<none>"]),
+                strings(&["web", "web", "Running", "5", "1", "1"]),
+            ],
+            "{args:?}: {run:#?}"
+        );
+        assert!(
+            run.stdout.starts_with("NAME   SERVICE   STATE     MANAGED"),
+            "{}",
+            run.stdout
+        );
+    }
+    let run = cluster.plugin(&["list", "-n", "shop"]).await;
+    assert_eq!(
+        without_age(run.ok(), 6)[1],
+        strings(&["cart", "cart", "ServiceNotFound", "0", "0", "0"])
+    );
+    // Flags before the command work too, as with kubectl.
+    let run = cluster.plugin(&["--namespace=shop", "list"]).await;
+    assert!(run.ok().contains("cart"), "{run:#?}");
+}
+
+#[tokio::test]
+async fn list_all_namespaces_puts_the_namespace_first() {
+    let cluster = three_resources().await;
+    for args in [&["-A"][..], &["list", "--all-namespaces"][..]] {
+        let run = cluster.plugin(args).await;
+        assert_eq!(
+            without_age(run.ok(), 7),
+            [
+                strings(&[
+                    "NAMESPACE",
+                    "NAME",
+                    "SERVICE",
+                    "STATE",
+                    "MANAGED",
+                    "BROKEN",
+                    "PAUSED"
+                ]),
+                strings(&[
+                    "default", "api", "api", "<none>", "<none>", "<none>", "<none>"
+                ]),
+                strings(&["default", "web", "web", "Running", "5", "1", "1"]),
+                strings(&["shop", "cart", "cart", "ServiceNotFound", "0", "0", "0"]),
+            ],
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn list_wide_adds_unknown_dry_run_and_breakers() {
+    let cluster = three_resources().await;
+    let run = cluster.plugin(&["list", "-o", "wide"]).await;
+    let rows = cells(run.ok());
+    assert_eq!(
+        rows[0],
+        strings(&[
+            "NAME", "SERVICE", "STATE", "MANAGED", "BROKEN", "PAUSED", "UNKNOWN", "DRYRUN", "AGE",
+            "BREAKERS"
+        ])
+    );
+    assert_eq!(
+        rows[2][..8],
+        strings(&["web", "web", "Running", "5", "1", "1", "0", "false"])
+    );
+    assert_eq!(rows[2][9], "errors(discrete)");
+}
+
+#[tokio::test]
+async fn an_empty_namespace_says_so_on_stderr() {
+    let cluster = Cluster::start().await;
+    let run = cluster.plugin(&[]).await;
+    assert_eq!(run.ok(), "");
+    assert_eq!(run.stderr, "No resources found in default namespace.\n");
+    let run = cluster.plugin(&["-n", "nowhere"]).await;
+    assert_eq!(run.ok(), "");
+    assert_eq!(run.stderr, "No resources found in nowhere namespace.\n");
+    let run = cluster.plugin(&["-A"]).await;
+    assert_eq!(run.ok(), "");
+    assert_eq!(run.stderr, "No resources found\n");
+}
+
+#[tokio::test]
+async fn json_and_yaml_print_a_list_of_the_objects() {
+    let cluster = three_resources().await;
+    let run = cluster.plugin(&["-o", "json"]).await;
+    let doc: Value = serde_json::from_str(run.ok()).expect("JSON");
+    let run = cluster.plugin(&["list", "-o", "yaml"]).await;
+    let from_yaml: Value = serde_saphyr::from_str(run.ok()).expect("YAML");
+    assert_eq!(doc, from_yaml);
+    assert_eq!(doc["apiVersion"], "v1");
+    assert_eq!(doc["kind"], "List");
+    let items = doc["items"].as_array().unwrap();
+    let names: Vec<&str> = items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(items[1]["kind"], "KubervisorService");
+    assert_eq!(items[1]["apiVersion"], "kubervisor.k8s.io/v1alpha1");
+    assert_eq!(items[1]["spec"]["service"], "web");
+    assert_eq!(items[1]["status"]["podCount"]["nbPodsManaged"], 5);
+
+    let run = cluster.plugin(&["-A", "-o", "json"]).await;
+    let doc: Value = serde_json::from_str(run.ok()).unwrap();
+    assert_eq!(doc["items"].as_array().unwrap().len(), 3);
+    let run = cluster.plugin(&["-n", "nowhere", "-o", "json"]).await;
+    let doc: Value = serde_json::from_str(run.ok()).unwrap();
+    assert_eq!(doc["items"], json!([]));
+}
+
+#[tokio::test]
+async fn kubeconfig_env_context_and_its_namespace_are_honoured() {
+    let cluster = three_resources().await;
+    let dir = cluster.dir.path();
+    // A first file whose current context points nowhere, and a context on the cluster defaulting to `shop`.
+    let unreachable = dir.join("unreachable");
+    std::fs::write(
+        &unreachable,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: nowhere\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: nowhere\n  context:\n    cluster: nowhere\n    user: nobody\ncurrent-context: nowhere\nusers:\n- name: nobody\n  user: {}\n",
+    )
+    .unwrap();
+    let shop = dir.join("shop");
+    std::fs::write(
+        &shop,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\ncontexts:\n- name: sim-shop\n  context:\n    cluster: sim\n    user: sim\n    namespace: shop\nusers:\n- name: sim\n  user: {{}}\n",
+            cluster.sim.url()
+        ),
+    )
+    .unwrap();
+    let merged = std::env::join_paths([&unreachable, &shop]).unwrap();
+    let merged = merged.to_str().unwrap();
+
+    let run = harness::run(
+        PLUGIN,
+        &["--context", "sim-shop"],
+        dir,
+        &[("KUBECONFIG", merged)],
+    )
+    .await;
+    assert_eq!(cells(run.ok())[1][0], "cart", "{run:#?}");
+    let run = harness::run(
+        PLUGIN,
+        &["--context", "sim-shop", "-n", "default"],
+        dir,
+        &[("KUBECONFIG", merged)],
+    )
+    .await;
+    assert_eq!(cells(run.ok())[1][0], "api", "{run:#?}");
+    // --kubeconfig wins over KUBECONFIG.
+    let run = harness::run(
+        PLUGIN,
+        &["--kubeconfig", cluster.kubeconfig.to_str().unwrap()],
+        dir,
+        &[("KUBECONFIG", merged)],
+    )
+    .await;
+    assert_eq!(cells(run.ok())[1][0], "api", "{run:#?}");
+    // ~/.kube/config is read when nothing else is given.
+    std::fs::create_dir_all(dir.join(".kube")).unwrap();
+    std::fs::copy(&cluster.kubeconfig, dir.join(".kube/config")).unwrap();
+    let run = harness::run(PLUGIN, &[], dir, &[]).await;
+    assert_eq!(cells(run.ok())[1][0], "api", "{run:#?}");
+
+    let run = harness::run(
+        PLUGIN,
+        &["--context", "nope"],
+        dir,
+        &[("KUBECONFIG", merged)],
+    )
+    .await;
+    assert_eq!(
+        run.failed(),
+        "error: context \"nope\" not found in the kubeconfig\n"
+    );
+}
+
+/// The Service `web` (guarded), pods in every traffic state, a stray pod carrying our
+/// name, and a pod of another app.
+async fn guarded_web(active: bool) -> Cluster {
+    let cluster = Cluster::start().await;
+    let selector = if active {
+        json!({"app": "web", "kubervisor/traffic": "yes"})
+    } else {
+        json!({"app": "web"})
+    };
+    cluster.service("default", "web", selector).await;
+    cluster.kvs("default", "web", "web").await;
+    cluster
+        .set_status(
+            "default",
+            "web",
+            status("True", "Running", "breakers errors running", [5, 1, 1, 1]),
+        )
+        .await;
+    cluster
+}
+
+#[tokio::test]
+async fn describe_shows_the_spec_conditions_and_every_managed_pod() {
+    let cluster = guarded_web(true).await;
+    let none = json!({});
+    cluster
+        .pod(
+            "default",
+            "web-1",
+            json!({"app": "web", "kubervisor/traffic": "yes", "kubervisor/name": "web"}),
+            none.clone(),
+        )
+        .await;
+    cluster
+        .pod(
+            "default",
+            "web-2",
+            json!({"app": "web", "kubervisor/traffic": "no", "kubervisor/name": "web", "kubervisor/strategy": "errors"}),
+            json!({"breaker/breakAt": "2026-11-25T10:00:00Z", "breaker/retryCount": "2"}),
+        )
+        .await;
+    cluster
+        .pod(
+            "default",
+            "web-3",
+            json!({"app": "web", "kubervisor/traffic": "pause", "kubervisor/name": "web", "kubervisor/strategy": "errors"}),
+            json!({"breaker/breakAt": "2026-11-25T09:00:00Z", "breaker/retryCount": "4"}),
+        )
+        .await;
+    cluster
+        .pod("default", "web-4", json!({"app": "web"}), none.clone())
+        .await;
+    cluster
+        .pod(
+            "default",
+            "moved-1",
+            json!({"app": "old", "kubervisor/traffic": "yes", "kubervisor/name": "web"}),
+            none.clone(),
+        )
+        .await;
+    cluster
+        .pod(
+            "default",
+            "other-1",
+            json!({"app": "other", "kubervisor/traffic": "yes"}),
+            none,
+        )
+        .await;
+    cluster
+        .wait_ready("default", &["web-1", "web-2", "web-3", "web-4", "moved-1"])
+        .await;
+
+    let run = cluster.plugin(&["describe", "web"]).await;
+    let out = run.ok();
+    for expected in [
+        "Name:         web\n",
+        "Namespace:    default\n",
+        "Service:      web (selector app=web,kubervisor/traffic=yes; active)\n",
+        "Dry Run:      false\n",
+        "Pod Counts:   5 managed, 1 broken, 1 paused, 1 unknown\n",
+        "Unknown Pods:\n  web-4: label kubervisor/traffic is missing\n",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+    }
+    let rows = cells(out);
+    let find = |first: &str| {
+        rows.iter()
+            .find(|r| r.first().map(String::as_str) == Some(first))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {first} in\n{out}"))
+    };
+    assert_eq!(
+        find("errors")[..3],
+        strings(&["errors", "discreteValueOutOfList", "5s"])
+    );
+    assert_eq!(
+        find("(default)"),
+        strings(&["(default)", "retryAndPause", "30s", "3", "1"])
+    );
+    assert_eq!(
+        find("Ready"),
+        strings(&[
+            "Ready",
+            "True",
+            "Running",
+            "2026-11-25T10:00:00Z",
+            &find("Ready")[4],
+            "ago)",
+            "breakers",
+            "errors",
+            "running"
+        ])
+    );
+    let pod_header = strings(&[
+        "NAME", "TRAFFIC", "READY", "STRATEGY", "BREAK-AT", "RETRIES",
+    ]);
+    let pods_at = rows
+        .iter()
+        .position(|r| *r == pod_header)
+        .expect("pod table");
+    let pods: Vec<Vec<String>> = rows[pods_at + 1..pods_at + 6].to_vec();
+    let names: Vec<&str> = pods.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        ["moved-1", "web-1", "web-2", "web-3", "web-4"],
+        "{out}"
+    );
+    assert_eq!(
+        pods[1],
+        strings(&["web-1", "yes", "True", "<none>", "<none>", "0"])
+    );
+    assert_eq!(
+        pods[2][..5],
+        strings(&["web-2", "no", "True", "errors", "2026-11-25T10:00:00Z"])
+    );
+    assert_eq!(pods[2].last().unwrap(), "2");
+    assert_eq!(
+        pods[3][..5],
+        strings(&["web-3", "pause", "True", "errors", "2026-11-25T09:00:00Z"])
+    );
+    assert_eq!(pods[3].last().unwrap(), "4");
+    assert_eq!(
+        pods[4],
+        strings(&["web-4", "<none>", "True", "<none>", "<none>", "0"])
+    );
+    assert!(!out.contains("other-1"), "{out}");
+}
+
+#[tokio::test]
+async fn activate_and_deactivate_change_the_service_selector_idempotently() {
+    let cluster = guarded_web(false).await;
+    for name in ["web-1", "web-2"] {
+        cluster
+            .pod(
+                "default",
+                name,
+                json!({"app": "web", "kubervisor/traffic": "yes", "kubervisor/name": "web"}),
+                json!({}),
+            )
+            .await;
+    }
+    cluster
+        .pod("default", "other-1", json!({"app": "other"}), json!({}))
+        .await;
+
+    let run = cluster.plugin(&["activate", "web"]).await;
+    assert_eq!(
+        run.ok(),
+        "kubervisorservice \"web\" activated: service \"web\" now selects app=web,kubervisor/traffic=yes\n"
+    );
+    assert_eq!(run.stderr, "");
+    let selector = cluster.selector("default", "web").await;
+    assert_eq!(
+        selector.get("kubervisor/traffic").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(selector.get("app").map(String::as_str), Some("web"));
+    assert!(
+        cluster
+            .plugin(&["describe", "web"])
+            .await
+            .ok()
+            .contains("; active)")
+    );
+
+    let run = cluster.plugin(&["activate", "web"]).await;
+    assert!(run.ok().contains("is already active"), "{run:#?}");
+
+    let run = cluster.plugin(&["deactivate", "web"]).await;
+    assert_eq!(
+        run.ok(),
+        "kubervisorservice \"web\" deactivated: service \"web\" now selects app=web, whatever the pods' kubervisor/traffic label\n"
+    );
+    let selector = cluster.selector("default", "web").await;
+    assert_eq!(selector.len(), 1, "{selector:?}");
+    assert_eq!(selector.get("app").map(String::as_str), Some("web"));
+
+    let run = cluster.plugin(&["deactivate", "web"]).await;
+    assert!(run.ok().contains("is already inactive"), "{run:#?}");
+}
+
+#[tokio::test]
+async fn activate_is_refused_while_not_ready_unless_forced() {
+    let cluster = guarded_web(false).await;
+    cluster
+        .set_status(
+            "default",
+            "web",
+            status(
+                "False",
+                "SourceError",
+                "breaker errors: prometheus unreachable",
+                [0, 0, 0, 0],
+            ),
+        )
+        .await;
+    let run = cluster.plugin(&["activate", "web"]).await;
+    assert_eq!(
+        run.failed(),
+        "error: refusing to activate kubervisorservice \"web\": it is not Ready (Ready=False, reason SourceError: breaker errors: prometheus unreachable); pass --force to activate anyway\n"
+    );
+    assert!(
+        !cluster
+            .selector("default", "web")
+            .await
+            .contains_key("kubervisor/traffic")
+    );
+
+    let run = cluster.plugin(&["activate", "web", "--force"]).await;
+    assert!(run.ok().contains("activated"), "{run:#?}");
+    assert!(
+        run.stderr
+            .starts_with("warning: kubervisorservice \"web\": it is not Ready"),
+        "{run:#?}"
+    );
+    assert_eq!(
+        cluster
+            .selector("default", "web")
+            .await
+            .get("kubervisor/traffic")
+            .map(String::as_str),
+        Some("yes")
+    );
+}
+
+#[tokio::test]
+async fn activate_is_refused_before_the_operator_wrote_a_status() {
+    let cluster = Cluster::start().await;
+    cluster
+        .service("default", "web", json!({"app": "web"}))
+        .await;
+    cluster.kvs("default", "web", "web").await;
+    let run = cluster.plugin(&["activate", "web"]).await;
+    assert!(
+        run.failed().contains("it has no Ready condition yet"),
+        "{run:#?}"
+    );
+    assert!(run.stderr.contains("--force"), "{run:#?}");
+}
+
+#[tokio::test]
+async fn activate_is_refused_when_managed_pods_would_lose_traffic_unless_forced() {
+    let cluster = guarded_web(false).await;
+    let labels = |traffic: Option<&str>| {
+        let mut labels = json!({"app": "web"});
+        if let Some(t) = traffic {
+            labels["kubervisor/traffic"] = json!(t);
+        }
+        labels
+    };
+    cluster
+        .pod("default", "web-1", labels(Some("yes")), json!({}))
+        .await;
+    cluster
+        .pod("default", "web-2", labels(Some("no")), json!({}))
+        .await;
+    cluster
+        .pod("default", "web-3", labels(None), json!({}))
+        .await;
+    cluster
+        .wait_ready("default", &["web-1", "web-2", "web-3"])
+        .await;
+    eventually(
+        "all three pods behind the Service",
+        Duration::from_secs(10),
+        || async {
+            match cluster.endpoint_count("default", "web").await {
+                3 => Ok(()),
+                n => Err(format!("{n} addresses")),
+            }
+        },
+    )
+    .await;
+
+    let run = cluster.plugin(&["activate", "web"]).await;
+    assert_eq!(
+        run.failed(),
+        "error: refusing to activate kubervisorservice \"web\": 2 of 3 managed pods lack kubervisor/traffic=yes and would stop receiving traffic: web-2 (kubervisor/traffic=no), web-3 (no kubervisor/traffic label); pass --force to activate anyway\n"
+    );
+    assert!(
+        !cluster
+            .selector("default", "web")
+            .await
+            .contains_key("kubervisor/traffic")
+    );
+
+    let run = cluster.plugin(&["activate", "web", "--force"]).await;
+    assert!(run.ok().contains("activated"), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("warning: 2 of 3 managed pods lack"),
+        "{run:#?}"
+    );
+    // The selector change is what takes the ejected and unlabelled pods out of the Service.
+    eventually(
+        "only web-1 behind the Service",
+        Duration::from_secs(10),
+        || async {
+            match cluster.endpoint_count("default", "web").await {
+                1 => Ok(()),
+                n => Err(format!("{n} addresses")),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn activate_refuses_a_service_without_a_selector_even_when_forced() {
+    let cluster = Cluster::start().await;
+    cluster.service("default", "web", json!(null)).await;
+    cluster.kvs("default", "web", "web").await;
+    cluster
+        .set_status(
+            "default",
+            "web",
+            status("True", "Running", "ok", [0, 0, 0, 0]),
+        )
+        .await;
+    let run = cluster.plugin(&["activate", "web", "--force"]).await;
+    assert!(
+        run.failed()
+            .contains("selects no pods besides kubervisor/traffic"),
+        "{run:#?}"
+    );
+}
+
+#[tokio::test]
+async fn missing_service_is_named_with_its_resource() {
+    let cluster = Cluster::start().await;
+    cluster.kvs("default", "web", "gone").await;
+    for command in ["activate", "deactivate"] {
+        let run = cluster.plugin(&[command, "web"]).await;
+        assert_eq!(
+            run.failed(),
+            "error: service \"gone\" (spec.service of kubervisorservice \"web\") not found in namespace \"default\"\n"
+        );
+    }
+    let run = cluster.plugin(&["describe", "web"]).await;
+    assert!(
+        run.ok().contains("Service:      gone (not found)"),
+        "{run:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_crd_says_how_to_install_it() {
+    let cluster = Cluster::bare().await;
+    let expected = "error: the KubervisorService CRD is not installed in this cluster (kubervisor crd | kubectl apply -f -)\n";
+    for args in [
+        &[][..],
+        &["-A"][..],
+        &["describe", "web"][..],
+        &["activate", "web"][..],
+        &["deactivate", "web"][..],
+    ] {
+        let run = cluster.plugin(args).await;
+        assert_eq!(run.failed(), expected, "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_resource_is_named_with_its_namespace() {
+    let cluster = Cluster::start().await;
+    cluster.namespace("shop").await;
+    let run = cluster.plugin(&["describe", "nope"]).await;
+    assert_eq!(
+        run.failed(),
+        "error: kubervisorservice \"nope\" not found in namespace \"default\"\n"
+    );
+    for command in ["activate", "deactivate"] {
+        let run = cluster.plugin(&[command, "nope", "-n", "shop"]).await;
+        assert_eq!(
+            run.failed(),
+            "error: kubervisorservice \"nope\" not found in namespace \"shop\"\n"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_one_line_naming_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["list"][..],
+        &["describe", "web"][..],
+        &["activate", "web"][..],
+    ] {
+        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let run = run(PLUGIN, &all, dir.path(), &[]).await;
+        assert_eq!(
+            run.failed(),
+            format!(
+                "error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}: connection refused\n"
+            ),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_kubeconfig_at_all_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run(PLUGIN, &[], dir.path(), &[]).await;
+    assert!(run.failed().contains("no kubeconfig found"), "{run:#?}");
+    let missing = dir.path().join("missing");
+    let run = harness::run(
+        PLUGIN,
+        &["--kubeconfig", missing.to_str().unwrap()],
+        dir.path(),
+        &[],
+    )
+    .await;
+    assert!(
+        run.failed().starts_with("error: cannot read kubeconfig "),
+        "{run:#?}"
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_1_and_help_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run(PLUGIN, &["describe"], dir.path(), &[]).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    let run = harness::run(PLUGIN, &["-o", "xml"], dir.path(), &[]).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    let run = harness::run(PLUGIN, &["--help"], dir.path(), &[]).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.contains("kubectl kubervisor"), "{run:#?}");
+}
+
+#[tokio::test]
+async fn kubectl_finds_the_plugin_on_path_and_passes_its_arguments() {
+    let kubectl = require_kubectl();
+    let cluster = guarded_web(false).await;
+    cluster
+        .pod(
+            "default",
+            "web-1",
+            json!({"app": "web", "kubervisor/traffic": "yes"}),
+            json!({}),
+        )
+        .await;
+    let plugin_dir = std::path::Path::new(PLUGIN).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(plugin_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let env = [
+        ("PATH", path.to_str().unwrap()),
+        ("KUBECONFIG", cluster.kubeconfig.to_str().unwrap()),
+    ];
+    let kubectl = kubectl.to_str().unwrap();
+    let home = cluster.dir.path();
+
+    let run = harness::run(kubectl, &["kubervisor", "list"], home, &env).await;
+    assert_eq!(
+        without_age(run.ok(), 6),
+        [
+            strings(&["NAME", "SERVICE", "STATE", "MANAGED", "BROKEN", "PAUSED"]),
+            strings(&["web", "web", "Running", "5", "1", "1"]),
+        ],
+        "{run:#?}"
+    );
+    let run = harness::run(kubectl, &["kubervisor", "describe", "web"], home, &env).await;
+    assert!(run.ok().contains("web-1"), "{run:#?}");
+    let run = harness::run(kubectl, &["kubervisor", "activate", "web"], home, &env).await;
+    assert!(run.ok().contains("activated"), "{run:#?}");
+    assert_eq!(
+        cluster
+            .selector("default", "web")
+            .await
+            .get("kubervisor/traffic")
+            .map(String::as_str),
+        Some("yes")
+    );
+    let run = harness::run(kubectl, &["kubervisor", "describe", "nope"], home, &env).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(
+        run.stderr.contains("kubervisorservice \"nope\" not found"),
+        "{run:#?}"
+    );
+}
