@@ -462,6 +462,7 @@ impl Supervisor {
             started.elapsed(),
             result.as_ref().err().map(|e| e.kind()),
         );
+        let answered = Instant::now();
         let Some(current) = self.current() else {
             return;
         };
@@ -475,6 +476,7 @@ impl Supervisor {
                 findings
             }
             Err(e) => {
+                self.ctx.metrics.observe_evaluation(None);
                 let message = e.to_string();
                 // Fail safe: a source that cannot answer ejects nothing.
                 if memory.source_errors.get(&breaker.name) != Some(&message) {
@@ -516,6 +518,7 @@ impl Supervisor {
         );
         let mut changed = false;
         let mut dry_run_now = BTreeSet::new();
+        let mut ejected = Vec::new();
         for ejection in &plan.ejections {
             let Some(pod) = pods.iter().find(|p| p.name == ejection.pod) else {
                 continue;
@@ -553,18 +556,23 @@ impl Supervisor {
                 self.ctx
                     .metrics
                     .count_decision(&breaker.name, &self.namespace, &pod.name, "break");
-                self.ctx
-                    .effects
-                    .publish(
-                        &current.reference,
-                        Some(pod),
-                        false,
-                        "PodEjected",
-                        "Eject",
-                        ejection.reason.clone(),
-                    )
-                    .await;
+                ejected.push((pod, ejection.reason.clone()));
             }
+        }
+        // Events go out once every pod write is done, so reporting never delays an ejection.
+        let acted_in = answered.elapsed();
+        for (pod, reason) in ejected {
+            self.ctx
+                .effects
+                .publish(
+                    &current.reference,
+                    Some(pod),
+                    false,
+                    "PodEjected",
+                    "Eject",
+                    reason,
+                )
+                .await;
         }
         if dry_run {
             memory.dry_run_reported.retain(|(pod, action)| {
@@ -612,6 +620,7 @@ impl Supervisor {
             }
             memory.notes.insert(breaker.name.clone(), note);
         }
+        self.ctx.metrics.observe_evaluation(Some(acted_in));
         if changed {
             self.wake.notify_one();
         }

@@ -14,6 +14,8 @@
 //! | `kubervisor_source_query_duration_seconds_{bucket,sum,count}` | histogram | `source` (prometheus, custom) |
 //! | `kubervisor_source_errors_total` | counter | `source`, `kind` |
 //! | `kubervisor_pod_writes_total` | counter | `verb` (patch, delete), `outcome` (ok, conflict, error) |
+//! | `kubervisor_breaker_evaluations_total` | counter | `outcome` (ok, source_error) |
+//! | `kubervisor_breaker_act_duration_seconds_{bucket,sum,count}` | histogram | (none): from the source's answer to the last write acknowledged |
 
 use std::fmt;
 use std::future::Future;
@@ -141,6 +143,13 @@ pub struct Metrics {
     source_duration: HistogramFamily<SourceLabels>,
     source_errors: Family<SourceErrorLabels, Counter>,
     pod_writes: Family<PodWriteLabels, Counter>,
+    evaluations: Family<OutcomeLabels, Counter>,
+    act_duration: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
 }
 
 impl fmt::Debug for Metrics {
@@ -208,6 +217,18 @@ impl Metrics {
             "Failed queries to a metric source, by kind of failure",
             source_errors.clone(),
         );
+        let evaluations = Family::default();
+        registry.register(
+            "kubervisor_breaker_evaluations",
+            "Breaker evaluations, by outcome (ok, source_error)",
+            evaluations.clone(),
+        );
+        let act_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "kubervisor_breaker_act_duration_seconds",
+            "Time inside the operator from a source's answer to the last pod write acknowledged",
+            act_duration.clone(),
+        );
         let pod_writes = Family::default();
         registry.register(
             "kubervisor_pod_writes",
@@ -224,6 +245,8 @@ impl Metrics {
             source_duration,
             source_errors,
             pod_writes,
+            evaluations,
+            act_duration,
         }
     }
 
@@ -309,6 +332,23 @@ impl Metrics {
     }
 
     /// Records one query to a metric source and, when it failed, the kind of failure.
+    /// Counts one breaker evaluation and, when it succeeded, the time spent acting on it.
+    pub fn observe_evaluation(&self, acted_in: Option<Duration>) {
+        let outcome = if acted_in.is_some() {
+            "ok"
+        } else {
+            "source_error"
+        };
+        self.evaluations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if let Some(took) = acted_in {
+            self.act_duration.observe(took.as_secs_f64());
+        }
+    }
+
     pub fn observe_source(&self, source: &str, took: Duration, error_kind: Option<&str>) {
         self.source_duration
             .get_or_create(&SourceLabels {
