@@ -5,10 +5,12 @@ pub mod controllers;
 pub mod error;
 pub mod faults;
 pub mod patch;
+pub mod requests;
 pub mod resources;
 pub mod selector;
 mod server;
 pub mod store;
+mod table;
 mod util;
 pub mod workload;
 
@@ -59,6 +61,7 @@ pub struct Sim {
     metrics_addr: SocketAddr,
     store: Arc<Store>,
     faults: Arc<Faults>,
+    requests: Arc<requests::RequestCounts>,
     workload: Arc<workload::Workload>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -104,9 +107,11 @@ impl Sim {
 
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
         let addr = listener.local_addr()?;
+        let requests = Arc::new(requests::RequestCounts::default());
         let state = Arc::new(server::ApiState {
             store: store.clone(),
             faults: faults.clone(),
+            requests: requests.clone(),
             server_address: addr.to_string(),
             bookmark_interval: Duration::from_secs(1),
         });
@@ -134,6 +139,7 @@ impl Sim {
             metrics_addr,
             store,
             faults,
+            requests,
             workload,
             shutdown,
             tasks,
@@ -178,6 +184,11 @@ impl Sim {
 
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Resource requests served so far, by `(verb, resource)`; see [`requests::RequestCounts`].
+    pub fn request_counts(&self) -> std::collections::BTreeMap<(String, String), u64> {
+        self.requests.snapshot()
     }
 
     /// Direct access to the object store, bypassing HTTP (and fault injection).

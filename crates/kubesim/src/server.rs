@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 pub struct ApiState {
     pub store: Arc<Store>,
     pub faults: Arc<Faults>,
+    pub requests: Arc<crate::requests::RequestCounts>,
     pub server_address: String,
     pub bookmark_interval: Duration,
 }
@@ -172,6 +173,7 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
         Some(s) => format!("{}/{s}", target.info.plural),
         None => target.info.plural.clone(),
     };
+    state.requests.count(verb, &resource);
     let fault = state.faults.decide(verb, &resource);
     if !fault.delay.is_zero() {
         tokio::time::sleep(fault.delay).await;
@@ -198,12 +200,16 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
     let store = &state.store;
     match verb {
         "watch" => watch(state.clone(), &target, &query, &parts.headers),
-        "list" => list(store, &target, &query),
+        "list" => list(store, &target, &query, crate::table::wanted(&parts.headers)),
         "get" => {
             let name = target.name.as_deref().unwrap_or_default();
             let obj = store
                 .get(&info.key(), &ns, name)
                 .ok_or_else(|| ApiError::not_found(&info.plural, &info.group, name))?;
+            if crate::table::wanted(&parts.headers) {
+                let table = crate::table::render(store, &info, store.current_rv(), &[obj]);
+                return Ok(value_response(StatusCode::OK, &table));
+            }
             Ok(object_response(StatusCode::OK, &info, &obj))
         }
         "create" => {
@@ -497,6 +503,7 @@ fn list(
     store: &Store,
     target: &Target,
     query: &HashMap<String, String>,
+    as_table: bool,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
     let limit = match query.get("limit") {
@@ -539,6 +546,13 @@ fn list(
     let cont = page
         .next
         .map(|(ns, name)| hex(&format!("{rv}\u{0}{ns}\u{0}{name}")));
+    if as_table {
+        let mut table = crate::table::render(store, &target.info, rv, &page.items);
+        if let Some(c) = cont {
+            table["metadata"]["continue"] = Value::String(c);
+        }
+        return Ok(value_response(StatusCode::OK, &table));
+    }
     Ok(json_response(
         StatusCode::OK,
         render_list(&target.info, rv, cont, &page.items),

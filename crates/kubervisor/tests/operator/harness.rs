@@ -257,6 +257,18 @@ impl Cluster {
             .sum()
     }
 
+    /// Runs the real kubectl against the simulated cluster.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl is installed (apt-get install kubernetes-client)");
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Events of `reason` in the default namespace, as (regarding name, note).
     pub async fn events(&self, reason: &str) -> Vec<(String, String)> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
