@@ -265,7 +265,11 @@ impl Cluster {
             .args(args)
             .output()
             .expect("kubectl is installed (apt-get install kubernetes-client)");
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -123,9 +123,22 @@ async fn custom_detector_ejects_two_of_five_and_deletion_restores_them() {
     .await;
     // `kubectl get kvs` prints the CRD's printer columns.
     let table = cluster.kubectl(&["get", "kvs"]);
-    let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(lines[0], ["NAME", "SERVICE", "STATE", "MANAGED", "BROKEN", "PAUSED", "AGE"], "{table}");
-    assert_eq!(lines[1][..6], ["web", "web", "Running", "5", "2", "0"], "{table}");
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME", "SERVICE", "STATE", "MANAGED", "BROKEN", "PAUSED", "AGE"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        lines[1][..6],
+        ["web", "web", "Running", "5", "2", "0"],
+        "{table}"
+    );
     let ejected = cluster.events("PodEjected").await;
     let on_kvs: Vec<&String> = ejected
         .iter()
