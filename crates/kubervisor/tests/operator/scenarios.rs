@@ -42,6 +42,29 @@ async fn wait_traffic(cluster: &Cluster, value: &str, n: usize) -> BTreeMap<Stri
     .await
 }
 
+/// Waits until exactly `n` events of `reason` regard the KubervisorService `web`
+/// (events are published once the pod writes of a decision are done).
+async fn wait_events(cluster: &Cluster, reason: &str, n: usize) -> Vec<(String, String)> {
+    eventually(
+        &format!("{n} {reason} events"),
+        Duration::from_secs(10),
+        || async {
+            let events: Vec<(String, String)> = cluster
+                .events(reason)
+                .await
+                .into_iter()
+                .filter(|(on, _)| on == "web")
+                .collect();
+            if events.len() == n {
+                Ok(events)
+            } else {
+                Err(format!("{events:?}"))
+            }
+        },
+    )
+    .await
+}
+
 async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value {
     eventually(
         &format!("Ready condition with reason {reason}"),
@@ -139,13 +162,8 @@ async fn custom_detector_ejects_two_of_five_and_deletion_restores_them() {
         ["web", "web", "Running", "5", "2", "0"],
         "{table}"
     );
-    let ejected = cluster.events("PodEjected").await;
-    let on_kvs: Vec<&String> = ejected
-        .iter()
-        .filter(|(on, _)| on == "web")
-        .map(|(_, note)| note)
-        .collect();
-    assert_eq!(on_kvs.len(), 2, "{ejected:?}");
+    let ejected = wait_events(&cluster, "PodEjected", 2).await;
+    let on_kvs: Vec<&String> = ejected.iter().map(|(_, note)| note).collect();
     assert!(
         on_kvs[0].contains("reported by the custom detector")
             && on_kvs[0].contains("pods keep traffic (minimum 3)"),
@@ -484,15 +502,7 @@ async fn restart_mid_scenario_loses_nothing_and_repeats_nothing() {
             .as_deref(),
         Some("1")
     );
-    assert_eq!(
-        cluster
-            .events("PodEjected")
-            .await
-            .iter()
-            .filter(|(on, _)| on == "web")
-            .count(),
-        3
-    );
+    wait_events(&cluster, "PodEjected", 3).await;
 }
 
 mod prometheus {
@@ -574,7 +584,7 @@ mod prometheus {
         for pod in &bad {
             assert_eq!(traffic[pod], "no", "{traffic:?}");
         }
-        let note = cluster.events("PodEjected").await;
+        let note = super::wait_events(&cluster, "PodEjected", 2).await;
         assert!(
             note.iter()
                 .any(|(_, n)| n.contains("bad code") && n.contains("> tolerance 50%")),
