@@ -521,7 +521,7 @@ pub async fn serve(
 
 /// The endpoint's address could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}{hint}: {source}")]
+#[error("cannot listen on {addr}{hint}")]
 pub struct BindError {
     pub addr: SocketAddr,
     hint: &'static str,

@@ -187,6 +187,17 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
     if query.get("dryRun").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::bad_request("kubesim does not support dryRun"));
     }
+    // Only JSON bodies are understood; a 415 makes client-go retry a protobuf request as JSON.
+    if matches!(verb, "create" | "update") {
+        let ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !ct.is_empty() && !ct.contains("json") && !ct.contains("yaml") {
+            return Err(ApiError::unsupported_media_type(ct));
+        }
+    }
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
