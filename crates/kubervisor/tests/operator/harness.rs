@@ -40,11 +40,13 @@ pub struct Cluster {
     pub client: Client,
     pub kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
-    operator: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        JoinHandle<anyhow::Result<()>>,
-    )>,
+    operators: BTreeMap<String, RunningOperator>,
 }
+
+type RunningOperator = (
+    tokio::sync::oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<()>>,
+);
 
 impl Cluster {
     pub async fn start() -> Cluster {
@@ -73,23 +75,36 @@ impl Cluster {
             client,
             kubeconfig,
             _dir: dir,
-            operator: None,
+            operators: BTreeMap::new(),
         }
     }
 
     /// Starts the operator in-process, as `kubervisor run --kubeconfig … --install-crd` would.
     pub async fn start_operator(&mut self) {
-        assert!(self.operator.is_none(), "operator already running");
+        self.start_replica("e2e", false).await;
+    }
+
+    /// Stops the operator as SIGTERM would, and waits until it has exited.
+    pub async fn stop_operator(&mut self) {
+        self.stop_replica("e2e").await;
+    }
+
+    /// Starts one replica of the operator named `identity`, optionally with leader election.
+    pub async fn start_replica(&mut self, identity: &str, leader_elect: bool) {
+        assert!(
+            !self.operators.contains_key(identity),
+            "{identity} already running"
+        );
         let options = RunOptions {
             kubeconfig: Some(self.kubeconfig.clone()),
             master: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             namespace: None,
             install_crd: true,
-            leader_elect: false,
+            leader_elect,
             lease_namespace: None,
             lease_name: "kubervisor".into(),
-            identity: "e2e".into(),
+            identity: identity.into(),
             sources: Default::default(),
             timing: Timing {
                 reconcile_min_interval: Duration::from_millis(50),
@@ -101,7 +116,7 @@ impl Cluster {
         let task = tokio::spawn(operator::run(options, async move {
             let _ = rx.await;
         }));
-        self.operator = Some((tx, task));
+        self.operators.insert(identity.to_string(), (tx, task));
         // The CRD is installed by the operator; wait until custom resources are served.
         let api: Api<KubervisorService> = Api::namespaced(self.client.clone(), "default");
         eventually("the CRD to be served", Duration::from_secs(10), || {
@@ -116,9 +131,9 @@ impl Cluster {
         .await;
     }
 
-    /// Stops the operator as SIGTERM would, and waits until it has exited.
-    pub async fn stop_operator(&mut self) {
-        let (tx, task) = self.operator.take().expect("operator running");
+    /// Stops a replica as SIGTERM would, and waits until it has exited.
+    pub async fn stop_replica(&mut self, identity: &str) {
+        let (tx, task) = self.operators.remove(identity).expect("replica running");
         let _ = tx.send(());
         task.await
             .expect("operator task")
@@ -273,6 +288,26 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Events of `reason` regarding `object`, as (reporting instance, note).
+    pub async fn events_by(&self, reason: &str, object: &str) -> Vec<(String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), "default");
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object))
+            .map(|e| {
+                (
+                    e.reporting_instance.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// Events of `reason` in the default namespace, as (regarding name, note).
     pub async fn events(&self, reason: &str) -> Vec<(String, String)> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
@@ -333,7 +368,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some((_, task)) = self.operator.take() {
+        for (_, (_, task)) in std::mem::take(&mut self.operators) {
             task.abort();
         }
     }

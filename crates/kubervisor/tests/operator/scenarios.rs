@@ -680,3 +680,56 @@ mod prometheus {
         assert_eq!(count(&cluster.traffic("web").await, "yes"), 4);
     }
 }
+
+/// Two replicas with leader election: only the leader acts; when it stops, the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leader_election_only_the_leader_acts_and_a_standby_takes_over() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_replica("replica-a", true).await;
+    let detector = CustomDetector::start().await;
+    cluster.deploy("web", 4, BTreeMap::new()).await;
+    cluster
+        .guard(custom_breaker(&detector, 1, 0), periodic(3600.0), false)
+        .await;
+    let pods = cluster.wait_ready_pods("web", 4).await;
+    cluster.start_replica("replica-b", true).await;
+
+    detector.report(&pods[..1]);
+    wait_traffic(&cluster, "no", 1).await;
+    let first = eventually("the ejection event", Duration::from_secs(10), || async {
+        let events = cluster.events_by("PodEjected", &pods[0]).await;
+        if events.is_empty() {
+            Err("none".to_string())
+        } else {
+            Ok(events)
+        }
+    })
+    .await;
+    assert_eq!(first.len(), 1, "one replica acted once: {first:?}");
+    assert_eq!(first[0].0, "replica-a", "the first replica holds the lease");
+
+    // The leader stops and gives the lease up; the standby takes over and acts.
+    cluster.stop_replica("replica-a").await;
+    detector.report(&pods[1..2]);
+    wait_traffic(&cluster, "no", 2).await;
+    let second = eventually(
+        "the second ejection event",
+        Duration::from_secs(10),
+        || async {
+            let events = cluster.events_by("PodEjected", &pods[1]).await;
+            if events.is_empty() {
+                Err("none".to_string())
+            } else {
+                Ok(events)
+            }
+        },
+    )
+    .await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0].0, "replica-b");
+    assert_eq!(
+        cluster.events_by("PodEjected", &pods[0]).await.len(),
+        1,
+        "nothing done twice"
+    );
+}
