@@ -90,6 +90,15 @@ struct Memory {
     notes: BTreeMap<String, String>,
 }
 
+impl Memory {
+    /// Forgets reported dry-run decisions of these kinds that no longer hold, so they are
+    /// reported again if they come back.
+    fn forget_dry_run(&mut self, kinds: &[&str], holding: &BTreeSet<(String, &'static str)>) {
+        self.dry_run_reported
+            .retain(|(pod, kind)| !kinds.contains(kind) || holding.contains(&(pod.clone(), *kind)));
+    }
+}
+
 /// Supervises one KubervisorService.
 pub struct Supervisor {
     ctx: Arc<Context>,
@@ -524,27 +533,17 @@ impl Supervisor {
                 continue;
             };
             if dry_run {
-                dry_run_now.insert((pod.name.clone(), "eject"));
-                if memory.dry_run_reported.insert((pod.name.clone(), "eject")) {
-                    info!(kvs = %self.key(), "dry run: {}", ejection.reason);
-                    self.ctx.metrics.count_decision(
-                        &breaker.name,
-                        &self.namespace,
-                        &pod.name,
-                        "dryrun_break",
-                    );
-                    self.ctx
-                        .effects
-                        .publish(
-                            &current.reference,
-                            Some(pod),
-                            false,
-                            "DryRunEject",
-                            "Eject",
-                            format!("dry run: {}", ejection.reason),
-                        )
-                        .await;
-                }
+                dry_run_now.insert((pod.name.clone(), "break"));
+                self.report_dry_run(
+                    &mut memory,
+                    &current,
+                    pod,
+                    &breaker.name,
+                    "break",
+                    "Eject",
+                    &ejection.reason,
+                )
+                .await;
                 continue;
             }
             let ops =
@@ -575,9 +574,7 @@ impl Supervisor {
                 .await;
         }
         if dry_run {
-            memory.dry_run_reported.retain(|(pod, action)| {
-                *action != "eject" || dry_run_now.contains(&(pod.clone(), "eject"))
-            });
+            memory.forget_dry_run(&["break"], &dry_run_now);
         }
         let limited: Vec<&str> = plan
             .spared
@@ -647,30 +644,17 @@ impl Supervisor {
             };
             let breaker = pod.view().marks.strategy.unwrap_or_default();
             if spec.dry_run {
-                dry_run_now.insert((pod.name.clone(), activation.action.as_str()));
-                if memory
-                    .dry_run_reported
-                    .insert((pod.name.clone(), activation.action.as_str()))
-                {
-                    info!(kvs = %self.key(), "dry run: {}", activation.reason);
-                    self.ctx.metrics.count_decision(
-                        &breaker,
-                        &self.namespace,
-                        &pod.name,
-                        &format!("dryrun_{kind}"),
-                    );
-                    self.ctx
-                        .effects
-                        .publish(
-                            &current.reference,
-                            Some(pod),
-                            false,
-                            &format!("DryRun{verb}"),
-                            verb,
-                            format!("dry run: {}", activation.reason),
-                        )
-                        .await;
-                }
+                dry_run_now.insert((pod.name.clone(), kind));
+                self.report_dry_run(
+                    &mut memory,
+                    &current,
+                    pod,
+                    &breaker,
+                    kind,
+                    verb,
+                    &activation.reason,
+                )
+                .await;
                 continue;
             }
             let written = match activation.action {
@@ -708,13 +692,47 @@ impl Supervisor {
             }
         }
         if spec.dry_run {
-            memory.dry_run_reported.retain(|(pod, action)| {
-                *action == "eject" || dry_run_now.contains(&(pod.clone(), *action))
-            });
+            memory.forget_dry_run(&["activate", "pause", "kill"], &dry_run_now);
         }
         if changed {
             self.wake.notify_one();
         }
+    }
+
+    /// Reports a dry-run decision once while it holds: logged, counted as `dryrun_{kind}`
+    /// and published as a `DryRun{verb}` event.
+    #[allow(clippy::too_many_arguments)]
+    async fn report_dry_run(
+        &self,
+        memory: &mut Memory,
+        current: &Current,
+        pod: &SlimPod,
+        breaker: &str,
+        kind: &'static str,
+        verb: &str,
+        reason: &str,
+    ) {
+        if !memory.dry_run_reported.insert((pod.name.clone(), kind)) {
+            return;
+        }
+        info!(kvs = %self.key(), "dry run: {reason}");
+        self.ctx.metrics.count_decision(
+            breaker,
+            &self.namespace,
+            &pod.name,
+            &format!("dryrun_{kind}"),
+        );
+        self.ctx
+            .effects
+            .publish(
+                &current.reference,
+                Some(pod),
+                false,
+                &format!("DryRun{verb}"),
+                verb,
+                format!("dry run: {reason}"),
+            )
+            .await;
     }
 
     /// Publishes a warning once per distinct message, so a stuck state does not flood events.

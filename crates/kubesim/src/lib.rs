@@ -11,6 +11,7 @@ pub mod selector;
 mod server;
 pub mod store;
 mod table;
+pub mod testing;
 mod util;
 pub mod workload;
 

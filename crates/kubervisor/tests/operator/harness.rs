@@ -1,7 +1,6 @@
 //! A simulated cluster with the operator running against it over HTTP.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,23 +16,7 @@ use kubesim::{Sim, SimConfig};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-/// Polls `check` until it returns `Some`, or fails the test after `timeout` with the last state.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(state) if tokio::time::Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last state: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
+pub use kubesim::testing::eventually;
 
 pub struct Cluster {
     pub sim: Sim,
@@ -288,16 +271,22 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Events of `reason` regarding `object`, as (reporting instance, note).
-    pub async fn events_by(&self, reason: &str, object: &str) -> Vec<(String, String)> {
+    async fn events_with_reason(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), "default");
-        api.list(&ListParams::default())
-            .await
-            .map(|l| l.items)
+        let events = api.list(&ListParams::default()).await.map(|l| l.items);
+        events
             .unwrap_or_default()
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    /// Events of `reason` regarding `object`, as (reporting instance, note).
+    pub async fn events_by(&self, reason: &str, object: &str) -> Vec<(String, String)> {
+        self.events_with_reason(reason)
+            .await
+            .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object))
             .map(|e| {
                 (
@@ -310,19 +299,12 @@ impl Cluster {
 
     /// Events of `reason` in the default namespace, as (regarding name, note).
     pub async fn events(&self, reason: &str) -> Vec<(String, String)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.client.clone(), "default");
-        api.list(&ListParams::default())
+        self.events_with_reason(reason)
             .await
-            .map(|l| l.items)
-            .unwrap_or_default()
             .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
             .map(|e| {
-                (
-                    e.regarding.and_then(|r| r.name).unwrap_or_default(),
-                    e.note.unwrap_or_default(),
-                )
+                let on = e.regarding.and_then(|r| r.name).unwrap_or_default();
+                (on, e.note.unwrap_or_default())
             })
             .collect()
     }

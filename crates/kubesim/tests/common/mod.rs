@@ -4,7 +4,7 @@
 use kubesim::{Sim, SimConfig};
 use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A simulated cluster with a short ready delay, so tests move fast.
 pub async fn sim() -> Sim {
@@ -25,16 +25,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    kubesim::testing::eventually(what, timeout, || {
+        let next = check();
+        async move { next.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
 }
 
 /// Locates a required external binary, failing with install advice when it is missing.
