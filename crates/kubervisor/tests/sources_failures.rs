@@ -168,7 +168,7 @@ async fn real_prometheus_series_without_the_pod_label_are_an_error() {
     assert!(
         message.starts_with("series {code=")
             && message.contains(&format!("of query `{promql}` to Prometheus"))
-            && message.contains("has no label `pod` (the breaker's podNameKey)"),
+            && message.contains("has no label `pod` (the breaker's podNamekey)"),
         "{message}"
     );
     prometheus.stop().await;

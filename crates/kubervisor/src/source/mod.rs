@@ -261,7 +261,7 @@ impl Sources {
                         &request,
                         &sample.labels,
                         &rule.pod_name_key,
-                        "podNameKey",
+                        "podNamekey",
                     )?,
                     key: required_label(&request, &sample.labels, &rule.key, "key")?,
                     value: sample.value,
@@ -292,7 +292,7 @@ impl Sources {
                         &request,
                         &sample.labels,
                         &rule.pod_name_key,
-                        "podNameKey",
+                        "podNamekey",
                     )?,
                     value: sample.value,
                 })
