@@ -271,7 +271,14 @@ impl Supervisor {
             counts.paused as usize,
             counts.unknown as usize,
         );
-        let source_errors = self.memory.lock().await.source_errors.clone();
+        let source_errors = {
+            let mut memory = self.memory.lock().await;
+            // A breaker removed from the spec no longer speaks for the resource.
+            memory
+                .source_errors
+                .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
+            memory.source_errors.clone()
+        };
         let condition = if source_errors.is_empty() {
             let names: Vec<&str> = spec.breakers.iter().map(|b| b.name.as_str()).collect();
             if spec.dry_run {

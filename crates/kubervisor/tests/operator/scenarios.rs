@@ -678,6 +678,21 @@ mod prometheus {
         );
         // Every pod fails, yet no source answered: all keep traffic.
         assert_eq!(count(&cluster.traffic("web").await, "yes"), 4);
+
+        // Replacing the failing breaker clears its error from the status.
+        let detector = crate::harness::CustomDetector::start().await;
+        let patch =
+            json!({"spec": {"breakers": [{"name": "custom", "customService": detector.url}]}});
+        cluster
+            .kvs_api()
+            .patch(
+                "web",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        wait_ready_reason(&cluster, "Running").await;
     }
 }
 
