@@ -3,6 +3,16 @@
 # kubectl (Debian package kubernetes-client) and Prometheus (Debian package prometheus).
 set -euo pipefail
 
+warn_old_kubectl() {
+    # Debian 12's kubernetes-client is kubectl 1.20; the tests use flags of 1.24 and later.
+    local minor
+    minor=$(kubectl version --client -o json 2>/dev/null | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -n 1)
+    if [ -n "$minor" ] && [ "$minor" -lt 24 ]; then
+        echo "warning: kubectl 1.$minor is older than the 1.24 the tests expect; install a newer kubectl" >&2
+    fi
+}
+trap warn_old_kubectl EXIT
+
 missing=()
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)

@@ -106,6 +106,19 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
         ["openapi", "v3", "apis", group, version] => {
             return openapi_v3_group(&state.store.registry(), group, version);
         }
+        // Older kubectl (1.20) reads the v2 document as protobuf before apply; an empty
+        // message is a valid, empty document, so it validates on the server instead.
+        ["openapi", "v2"] => {
+            return Ok((
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                )],
+                Vec::<u8>::new(),
+            )
+                .into_response());
+        }
         ["openapi", ..] => return Err(not_found_path()),
         ["api"] => {
             return Ok(value_response(
