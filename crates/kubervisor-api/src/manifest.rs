@@ -117,7 +117,9 @@ fn one_line(message: &str) -> String {
 /// Fields the CRD schema does not declare, which a real API server would prune or,
 /// with strict field validation, reject.
 fn unknown_fields(doc: &Value) -> Vec<FieldError> {
-    let crd = serde_json::to_value(crate::crd()).expect("CRD serialises");
+    // The schema is generated once per process, not once per document.
+    static CRD: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let crd = CRD.get_or_init(|| serde_json::to_value(crate::crd()).expect("CRD serialises"));
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     let mut found = Vec::new();
     let Value::Object(top) = doc else {
