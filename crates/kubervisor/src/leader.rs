@@ -463,28 +463,41 @@ impl Election {
             return;
         };
         let mut lease = seen.lease.clone();
-        let Some(spec) = lease.spec.as_mut() else {
-            return;
-        };
-        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
-            return;
-        }
-        spec.holder_identity = None;
-        // The shortest the field allows, for readers that still wait it out.
-        spec.lease_duration_seconds = Some(1);
-        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => {
-                info!(identity = %self.config.identity, lease = %self.lease_name(), "released the lease")
+        // A renewal cut off by the stop may have landed after we last read the lease: on a
+        // conflict, read it again and retry while it still names us.
+        for _ in 0..3 {
+            let Some(spec) = lease.spec.as_mut() else {
+                return;
+            };
+            if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+                return;
             }
-            Err(e) => {
-                warn!(identity = %self.config.identity, lease = %self.lease_name(), error = %e, "could not release the lease; it will expire")
+            spec.holder_identity = None;
+            // The shortest the field allows, for readers that still wait it out.
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+            match self
+                .api
+                .replace(&self.config.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => {
+                    info!(identity = %self.config.identity, lease = %self.lease_name(), "released the lease");
+                    return;
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    match self.api.get_opt(&self.config.name).await {
+                        Ok(Some(fresh)) => lease = fresh,
+                        _ => break,
+                    }
+                }
+                Err(e) => {
+                    warn!(identity = %self.config.identity, lease = %self.lease_name(), error = %e, "could not release the lease; it will expire");
+                    return;
+                }
             }
         }
+        warn!(identity = %self.config.identity, lease = %self.lease_name(), "could not release the lease; it will expire");
     }
 }
 

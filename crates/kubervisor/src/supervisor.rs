@@ -69,7 +69,7 @@ struct Pending {
     /// The resourceVersion the pod had before the write.
     before: String,
     /// The pod after the write; `None` once deleted.
-    after: Option<SlimPod>,
+    after: Option<Arc<SlimPod>>,
 }
 
 /// What the running loops work from, set by the reconcile.
@@ -105,6 +105,8 @@ pub struct Supervisor {
     pub namespace: String,
     pub name: String,
     current: Mutex<Option<Current>>,
+    /// Selects the pods this resource ejected: `kubervisor/name=<name>, kubervisor/traffic=no`.
+    ejected_selector: BTreeMap<String, String>,
     /// Serialises decisions so that no two loops decide on the same stale view.
     memory: tokio::sync::Mutex<Memory>,
     wake: Notify,
@@ -134,10 +136,15 @@ enum Phase {
 
 impl Supervisor {
     pub fn new(ctx: Arc<Context>, namespace: String, name: String) -> Arc<Supervisor> {
+        let ejected_selector = BTreeMap::from([
+            (NAME_LABEL.to_string(), name.clone()),
+            (TRAFFIC_LABEL.to_string(), Traffic::No.as_str().to_string()),
+        ]);
         Arc::new(Supervisor {
             ctx,
             namespace,
             name,
+            ejected_selector,
             current: Mutex::new(None),
             memory: tokio::sync::Mutex::new(Memory::default()),
             wake: Notify::new(),
@@ -345,8 +352,10 @@ impl Supervisor {
         memory: &mut Memory,
         selector: &BTreeMap<String, String>,
         dry_run: bool,
-    ) -> Vec<SlimPod> {
-        let mut pods: Vec<SlimPod> = Vec::new();
+    ) -> Vec<Arc<SlimPod>> {
+        // Pods are shared with the index; only the few that a pending write or a dry run
+        // changes are copied.
+        let mut pods: Vec<Arc<SlimPod>> = Vec::new();
         let mut seen = BTreeSet::new();
         for pod in self.ctx.index.pods_matching(&self.namespace, selector) {
             if !self.is_mine(&pod) {
@@ -356,16 +365,16 @@ impl Supervisor {
             let current = match memory.pending.get(&pod.name) {
                 Some(pending) if pending.before == pod.resource_version => match &pending.after {
                     Some(after) => after.clone(),
-                    None => SlimPod {
+                    None => Arc::new(SlimPod {
                         terminating: true,
                         ..(*pod).clone()
-                    },
+                    }),
                 },
                 Some(_) => {
                     memory.pending.remove(&pod.name);
-                    (*pod).clone()
+                    pod
                 }
-                None => (*pod).clone(),
+                None => pod,
             };
             pods.push(current);
         }
@@ -373,9 +382,11 @@ impl Supervisor {
         if dry_run {
             // Nothing was labelled in a dry run: judge unlabelled pods as if adopted.
             for pod in &mut pods {
-                pod.labels
-                    .entry(TRAFFIC_LABEL.to_string())
-                    .or_insert_with(|| Traffic::Yes.as_str().to_string());
+                if !pod.labels.contains_key(TRAFFIC_LABEL) {
+                    Arc::make_mut(pod)
+                        .labels
+                        .insert(TRAFFIC_LABEL.to_string(), Traffic::Yes.as_str().to_string());
+                }
             }
         }
         pods.sort_by(|a, b| a.name.cmp(&b.name));
@@ -446,7 +457,7 @@ impl Supervisor {
                     before.name.clone(),
                     Pending {
                         before: before.resource_version.clone(),
-                        after,
+                        after: after.map(Arc::new),
                     },
                 );
                 true
@@ -517,7 +528,7 @@ impl Supervisor {
             }
         };
         let pods = self.snapshot(&mut memory, &current.selector, dry_run);
-        let views: Vec<PodView> = pods.iter().map(SlimPod::view).collect();
+        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
         let limits = MinAvailable {
             count: breaker.min_pods_available_count,
             ratio_percent: breaker.min_pods_available_ratio,
@@ -635,8 +646,16 @@ impl Supervisor {
             return;
         };
         let mut memory = self.memory.lock().await;
+        // Most ticks of a healthy fleet find nothing ejected: skip the snapshot then.
+        let ejected = self
+            .ctx
+            .index
+            .pods_matching(&self.namespace, &self.ejected_selector);
+        if ejected.is_empty() && memory.pending.is_empty() {
+            return;
+        }
         let pods = self.snapshot(&mut memory, &current.selector, spec.dry_run);
-        let views: Vec<PodView> = pods.iter().map(SlimPod::view).collect();
+        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
         let plan = plan_activations(spec, &views, Timestamp::now());
         let mut changed = false;
         let mut dry_run_now = BTreeSet::new();
@@ -789,6 +808,7 @@ impl Supervisor {
         let api: Api<KubervisorService> =
             Api::namespaced(self.ctx.effects.client().clone(), &self.namespace);
         let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| e.to_string())?;
+        let _slot = self.ctx.effects.write_slot().await;
         match api
             .patch(
                 &self.name,
@@ -892,6 +912,7 @@ impl Supervisor {
         let api: Api<KubervisorService> =
             Api::namespaced(self.ctx.effects.client().clone(), &self.namespace);
         let patch = json!({"status": status});
+        let _slot = self.ctx.effects.write_slot().await;
         match api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

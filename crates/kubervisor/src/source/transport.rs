@@ -39,7 +39,13 @@ pub(crate) struct Answer {
 #[derive(Clone)]
 pub(crate) struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Requests in flight per server, so a burst of evaluations reuses a few connections
+    /// instead of opening one each; waiting for a slot counts against the timeout.
+    slots: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>,
 }
+
+/// Requests in flight to one server at most.
+const REQUESTS_PER_SERVER: usize = 16;
 
 /// Which certificate authorities HTTPS connections trust.
 pub(crate) enum Roots {
@@ -77,8 +83,12 @@ impl HttpClient {
             .build();
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(REQUESTS_PER_SERVER)
             .build(connector);
-        Ok(HttpClient { inner })
+        Ok(HttpClient {
+            inner,
+            slots: Arc::default(),
+        })
     }
 
     /// A client for plain HTTP only, which needs no certificates.
@@ -110,7 +120,19 @@ impl HttpClient {
         let request = request
             .body(body)
             .map_err(|e| TransportError::Unreachable(format!("invalid request: {e}")))?;
+        let server = request
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let slots = {
+            let mut all = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(server)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(REQUESTS_PER_SERVER)))
+                .clone()
+        };
         let exchange = async {
+            let _slot = slots.acquire().await.map_err(|_| TransportError::Timeout)?;
             let response = self.inner.request(request).await.map_err(|e| {
                 // hyper-util's own layer ("client error (Connect)") says less than its causes.
                 let reason = e.source().map_or_else(|| e.to_string(), error_chain);
