@@ -79,10 +79,13 @@ pub fn plan_ejections(
         min_available,
         ..EjectionPlan::default()
     };
+    // Findings may name every pod of a large fleet: look pods up by name, not by scanning.
+    let by_name: std::collections::HashMap<&str, &PodView> =
+        pods.iter().map(|p| (p.name.as_str(), p)).collect();
     let mut anomalies: Vec<&crate::detect::Anomaly> = findings.anomalies.iter().collect();
     anomalies.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.pod.cmp(&b.pod)));
     for anomaly in anomalies {
-        let Some(pod) = pods.iter().find(|p| p.name == anomaly.pod) else {
+        let Some(pod) = by_name.get(anomaly.pod.as_str()).copied() else {
             plan.spared.push(Spared {
                 pod: anomaly.pod.clone(),
                 reason: format!(

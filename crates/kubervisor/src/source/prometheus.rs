@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{Request, SourceError};
 
@@ -78,22 +77,24 @@ struct Envelope {
 struct Data {
     #[serde(rename = "resultType")]
     result_type: String,
-    result: Value,
+    /// Kept as text and parsed once its type is known: no intermediate JSON tree.
+    result: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
-struct RawSample {
+struct RawSample<'a> {
     #[serde(default)]
     metric: Labels,
-    value: Option<(f64, String)>,
+    #[serde(borrow)]
+    value: Option<(f64, std::borrow::Cow<'a, str>)>,
 }
 
 #[derive(Deserialize)]
-struct RawSeries {
+struct RawSeries<'a> {
     #[serde(default)]
     metric: Labels,
-    #[serde(default)]
-    values: Vec<(f64, String)>,
+    #[serde(default, borrow)]
+    values: Vec<(f64, std::borrow::Cow<'a, str>)>,
 }
 
 /// Reads a Prometheus answer of any HTTP status: its JSON says whether the query failed and why.
@@ -149,7 +150,7 @@ fn parse_data(request: &Request, data: Data) -> Result<QueryResult, SourceError>
     };
     match data.result_type.as_str() {
         "vector" => {
-            let raw: Vec<RawSample> = serde_json::from_value(data.result.clone()).map_err(shape)?;
+            let raw: Vec<RawSample> = serde_json::from_str(data.result.get()).map_err(shape)?;
             raw.into_iter()
                 .map(|s| {
                     let Some((timestamp, value)) = s.value else {
@@ -168,7 +169,7 @@ fn parse_data(request: &Request, data: Data) -> Result<QueryResult, SourceError>
                 .map(QueryResult::Vector)
         }
         "matrix" => {
-            let raw: Vec<RawSeries> = serde_json::from_value(data.result.clone()).map_err(shape)?;
+            let raw: Vec<RawSeries> = serde_json::from_str(data.result.get()).map_err(shape)?;
             raw.into_iter()
                 .map(|s| {
                     let values = s
@@ -186,7 +187,7 @@ fn parse_data(request: &Request, data: Data) -> Result<QueryResult, SourceError>
         }
         "scalar" => {
             let (timestamp, value): (f64, String) =
-                serde_json::from_value(data.result.clone()).map_err(shape)?;
+                serde_json::from_str(data.result.get()).map_err(shape)?;
             Ok(QueryResult::Scalar {
                 timestamp,
                 value: parse_value(request, &value)?,
@@ -194,7 +195,7 @@ fn parse_data(request: &Request, data: Data) -> Result<QueryResult, SourceError>
         }
         "string" => {
             let (timestamp, value): (f64, String) =
-                serde_json::from_value(data.result.clone()).map_err(shape)?;
+                serde_json::from_str(data.result.get()).map_err(shape)?;
             Ok(QueryResult::String { timestamp, value })
         }
         other => Err(request.decode(format!("unknown result type `{other}`"))),
