@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use kubervisor_api::pod::Traffic;
-use kubervisor_api::{ActivatorMode, ResolvedSpec};
+use kubervisor_api::{ActivatorMode, ResolvedActivator, ResolvedSpec};
 
 use crate::PodView;
 
@@ -90,12 +90,7 @@ pub fn plan_activations(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -
                 ),
             )),
             _ => {
-                // Retry modes wait longer after each ejection; never less than one period.
-                let waits = match activator.mode {
-                    ActivatorMode::Periodic => 1,
-                    _ => retries.max(1),
-                };
-                let wait = activator.period.saturating_mul(waits);
+                let wait = wait_before_activation(activator, retries);
                 let due = add(*break_at, wait);
                 (now >= due).then(|| {
                     (
@@ -119,6 +114,33 @@ pub fn plan_activations(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -
         }
     }
     plan
+}
+
+/// The earliest moment, after `now`, at which some ejected pod becomes due, so that the
+/// activator can wake up then instead of on its next regular tick.
+pub fn next_due(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Option<Timestamp> {
+    pods.iter()
+        .filter(|p| p.marks.traffic() == Some(Traffic::No) && !p.terminating)
+        .filter_map(|pod| {
+            let Some(Ok(break_at)) = &pod.marks.break_at else {
+                return None;
+            };
+            let retries = pod.marks.retries()?;
+            let activator = spec.activator_for(pod.marks.strategy.as_deref());
+            Some(add(*break_at, wait_before_activation(activator, retries)))
+        })
+        .filter(|due| *due > now)
+        .min()
+}
+
+/// How long a pod ejected `retries` times stays out: one period, or, in retry modes,
+/// one period per ejection (never less than one).
+fn wait_before_activation(activator: &ResolvedActivator, retries: u32) -> Duration {
+    let waits = match activator.mode {
+        ActivatorMode::Periodic => 1,
+        _ => retries.max(1),
+    };
+    activator.period.saturating_mul(waits)
 }
 
 fn add(at: Timestamp, wait: Duration) -> Timestamp {
@@ -258,6 +280,20 @@ mod tests {
             actions(&plan),
             [("by-other", Action::Activate), ("by-slow", Action::Kill)]
         );
+    }
+
+    #[test]
+    fn next_due_is_the_earliest_future_activation() {
+        let spec = spec(ActivatorMode::RetryAndKill, 3, 1);
+        let pods = [
+            ejected("a", "b", t(0), 2),
+            ejected("b", "b", t(5), 1),
+            pod("c", Traffic::Yes),
+        ];
+        // a is due at 0 + 2 × 10, b at 5 + 10.
+        assert_eq!(next_due(&spec, &pods, t(0)), Some(t(15)));
+        assert_eq!(next_due(&spec, &pods, t(15)), Some(t(20)));
+        assert_eq!(next_due(&spec, &pods, t(20)), None);
     }
 
     #[test]

@@ -202,9 +202,11 @@ pub async fn run(
     };
 
     let manager = tokio::spawn(manage(ctx, leading));
+    let trim = tokio::spawn(return_freed_memory());
     shutdown.await;
     info!("shutting down");
     manager.abort();
+    trim.abort();
     let _ = manager.await;
     if let Some(election) = election {
         election.release().await;
@@ -279,6 +281,21 @@ async fn manage(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
             r = leading.changed() => if r.is_err() { return },
             _ = changes.changed() => {}
             _ = orphans.tick() => if is_leading { release_orphans(&ctx).await },
+        }
+    }
+}
+
+/// Hands memory freed after a burst (a start-up that adopts a large fleet, a relist)
+/// back to the system: glibc keeps it otherwise, and the resident size would stay at
+/// the burst's peak.
+async fn return_freed_memory() {
+    let mut ticks = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        ticks.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }

@@ -17,7 +17,7 @@ use kubervisor_api::{
     ResolvedBreaker, ResolvedSpec,
 };
 use kubervisor_core::PodView;
-use kubervisor_core::activator::{Action, plan_activations};
+use kubervisor_core::activator::{Action, next_due, plan_activations};
 use kubervisor_core::breaker::{MinAvailable, plan_ejections};
 use kubervisor_core::status::count;
 use serde_json::json;
@@ -157,7 +157,8 @@ impl Supervisor {
         let mut loops: Option<Loops> = None;
         loop {
             let started = Instant::now();
-            let result = self.reconcile(&mut loops).await;
+            // Boxed: between reconciles the task holds a few bytes, not a reconcile's state.
+            let result = Box::pin(self.reconcile(&mut loops)).await;
             let error = result.as_ref().err().map(|(reason, _)| *reason);
             self.ctx.metrics.observe_reconcile(
                 &self.namespace,
@@ -323,24 +324,30 @@ impl Supervisor {
             let me = self.clone();
             let breaker = breaker.clone();
             let dry_run = spec.dry_run;
-            handles.push(tokio::spawn(async move {
+            let fut = async move {
                 let mut ticks = tokio::time::interval(breaker.evaluation_period);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticks.tick().await;
-                    me.breaker_tick(&breaker, dry_run).await;
+                    // Boxed: an idle loop then holds a few bytes, not a whole tick's state.
+                    Box::pin(me.breaker_tick(&breaker, dry_run)).await;
                 }
-            }));
+            };
+            handles.push(tokio::spawn(fut));
         }
         let me = self.clone();
         let period = self.ctx.timing.activator_period;
         let activator_spec = spec.clone();
         handles.push(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
-                me.activator_tick(&activator_spec).await;
+                let due = Box::pin(me.activator_tick(&activator_spec)).await;
+                // Wake when the next pod is due, rather than up to a whole period late.
+                let until_due = due
+                    .map(|at| at.duration_since(Timestamp::now()))
+                    .and_then(|d| Duration::try_from(d).ok());
+                let pause =
+                    until_due.map_or(period, |d| d.clamp(Duration::from_millis(10), period));
+                tokio::time::sleep(pause).await;
             }
         }));
         Loops { spec, handles }
@@ -641,10 +648,9 @@ impl Supervisor {
         }
     }
 
-    async fn activator_tick(&self, spec: &ResolvedSpec) {
-        let Some(current) = self.current() else {
-            return;
-        };
+    /// Acts on the ejected pods whose time has come; returns when the next one is due.
+    async fn activator_tick(&self, spec: &ResolvedSpec) -> Option<Timestamp> {
+        let current = self.current()?;
         let mut memory = self.memory.lock().await;
         // Most ticks of a healthy fleet find nothing ejected: skip the snapshot then.
         let ejected = self
@@ -652,11 +658,12 @@ impl Supervisor {
             .index
             .pods_matching(&self.namespace, &self.ejected_selector);
         if ejected.is_empty() && memory.pending.is_empty() {
-            return;
+            return None;
         }
         let pods = self.snapshot(&mut memory, &current.selector, spec.dry_run);
         let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
-        let plan = plan_activations(spec, &views, Timestamp::now());
+        let now = Timestamp::now();
+        let plan = plan_activations(spec, &views, now);
         let mut changed = false;
         let mut dry_run_now = BTreeSet::new();
         for activation in &plan {
@@ -723,6 +730,7 @@ impl Supervisor {
         if changed {
             self.wake.notify_one();
         }
+        next_due(spec, &views, now)
     }
 
     /// Reports a dry-run decision once while it holds: logged, counted as `dryrun_{kind}`
