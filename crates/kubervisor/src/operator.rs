@@ -289,7 +289,7 @@ async fn manage(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
 /// back to the system: glibc keeps it otherwise, and the resident size would stay at
 /// the burst's peak.
 async fn return_freed_memory() {
-    let mut ticks = tokio::time::interval(Duration::from_secs(30));
+    let mut ticks = tokio::time::interval(Duration::from_secs(10));
     loop {
         ticks.tick().await;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
