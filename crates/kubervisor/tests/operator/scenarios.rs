@@ -65,6 +65,23 @@ async fn wait_events(cluster: &Cluster, reason: &str, n: usize) -> Vec<(String, 
     .await
 }
 
+/// Waits until the Service `web` has exactly `n` endpoint addresses.
+async fn wait_endpoints(cluster: &Cluster, n: usize) {
+    eventually(
+        &format!("{n} endpoint addresses"),
+        Duration::from_secs(10),
+        || async {
+            let addresses = cluster.endpoint_addresses("web").await;
+            if addresses == n {
+                Ok(())
+            } else {
+                Err(format!("{addresses} addresses"))
+            }
+        },
+    )
+    .await;
+}
+
 async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value {
     eventually(
         &format!("Ready condition with reason {reason}"),
@@ -85,18 +102,18 @@ async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value
     .await
 }
 
-async fn setup(replicas: i32) -> (Cluster, CustomDetector, Vec<String>) {
+async fn setup(replicas: i32) -> (Cluster, CustomDetector) {
     let mut cluster = Cluster::start().await;
     cluster.start_operator().await;
     let detector = CustomDetector::start().await;
     cluster.deploy("web", replicas, BTreeMap::new()).await;
-    (cluster, detector, Vec::new())
+    (cluster, detector)
 }
 
 /// The original operator's own scenario: 5 pods, 2 reported faulty, at least 3 must keep traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_detector_ejects_two_of_five_and_deletion_restores_them() {
-    let (mut cluster, detector, _) = setup(5).await;
+    let (mut cluster, detector) = setup(5).await;
     // Pods have no traffic label yet: the Service has no endpoints until Kubervisor adopts them.
     cluster
         .guard(custom_breaker(&detector, 3, 0), periodic(3600.0), false)
@@ -121,15 +138,7 @@ async fn custom_detector_ejects_two_of_five_and_deletion_restores_them() {
             Some("1")
         );
     }
-    eventually("3 endpoint addresses", Duration::from_secs(5), || async {
-        let n = cluster.endpoint_addresses("web").await;
-        if n == 3 {
-            Ok(())
-        } else {
-            Err(format!("{n} addresses"))
-        }
-    })
-    .await;
+    wait_endpoints(&cluster, 3).await;
     eventually(
         "status 5 managed / 2 broken / 0 paused",
         Duration::from_secs(5),
@@ -212,7 +221,7 @@ async fn custom_detector_ejects_two_of_five_and_deletion_restores_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_of_five_faulty_with_ratio_fifty_ejects_only_two() {
-    let (cluster, detector, _) = setup(5).await;
+    let (cluster, detector) = setup(5).await;
     cluster
         .guard(custom_breaker(&detector, 1, 50), periodic(3600.0), false)
         .await;
@@ -239,7 +248,7 @@ async fn four_of_five_faulty_with_ratio_fifty_ejects_only_two() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_activator_puts_the_pod_back_after_its_period() {
-    let (cluster, detector, _) = setup(3).await;
+    let (cluster, detector) = setup(3).await;
     cluster
         .guard(custom_breaker(&detector, 1, 0), periodic(2.0), false)
         .await;
@@ -264,7 +273,7 @@ async fn periodic_activator_puts_the_pod_back_after_its_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_and_kill_deletes_a_pod_that_keeps_failing_and_its_replacement_is_adopted() {
-    let (cluster, detector, _) = setup(3).await;
+    let (cluster, detector) = setup(3).await;
     let activator = json!({"mode": "retryAndKill", "period": 0.5, "maxRetryCount": 1});
     cluster
         .guard(custom_breaker(&detector, 1, 0), activator, false)
@@ -306,7 +315,7 @@ async fn retry_and_kill_deletes_a_pod_that_keeps_failing_and_its_replacement_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_and_pause_parks_one_pod_then_kills_once_the_pause_budget_is_used() {
-    let (cluster, detector, _) = setup(4).await;
+    let (cluster, detector) = setup(4).await;
     let activator =
         json!({"mode": "retryAndPause", "period": 0.5, "maxRetryCount": 0, "maxPauseCount": 1});
     cluster
@@ -341,20 +350,12 @@ async fn retry_and_pause_parks_one_pod_then_kills_once_the_pause_budget_is_used(
     })
     .await;
     // The replacement is adopted: the paused pod stays out of the endpoints, the 3 others serve.
-    eventually("3 endpoint addresses", Duration::from_secs(10), || async {
-        let n = cluster.endpoint_addresses("web").await;
-        if n == 3 {
-            Ok(())
-        } else {
-            Err(format!("{n} addresses"))
-        }
-    })
-    .await;
+    wait_endpoints(&cluster, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_reports_decisions_and_touches_no_pod() {
-    let (cluster, detector, _) = setup(4).await;
+    let (cluster, detector) = setup(4).await;
     cluster
         .guard(custom_breaker(&detector, 1, 0), NEVER, true)
         .await;
@@ -452,7 +453,7 @@ async fn invalid_spec_and_missing_service_reach_the_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_scenario_loses_nothing_and_repeats_nothing() {
-    let (mut cluster, detector, _) = setup(5).await;
+    let (mut cluster, detector) = setup(5).await;
     cluster
         .guard(custom_breaker(&detector, 2, 0), periodic(3.0), false)
         .await;
