@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use kubervisor::source::{SourceSettings, Sources};
+use kubervisor::source::{QueryResult, SourceSettings, Sources};
 use kubervisor_api::{ContinuousRule, Detection, DiscreteRule, ValueList};
 use kubervisor_core::detect::Findings;
 use support::{SimFleet, eventually, start_prometheus};
@@ -20,6 +20,24 @@ fn anomalous(findings: &Findings) -> Vec<&str> {
 }
 
 /// Evaluates `detection` until every one of `pods` is judged, then returns the findings.
+/// Waits until every pod has served for a whole 10 s query window: before that, pods that
+/// joined the load balancer later weigh less in fleet-wide sums, which skews the verdicts.
+async fn wait_full_windows(sources: &Sources, prometheus: &str, metric: &str, pods: usize) {
+    let promql = format!("count(min by (pod) (count_over_time({metric}[10s])) >= 9)");
+    eventually("every pod to fill a 10 s window", DATA_TIMEOUT, || async {
+        let full = match sources.query(prometheus, &promql, EVALUATION_PERIOD).await {
+            Ok(QueryResult::Vector(samples)) => samples.first().map_or(0.0, |s| s.value),
+            other => return Err(format!("{other:?}")),
+        };
+        if full >= pods as f64 {
+            Ok(())
+        } else {
+            Err(format!("{full} of {pods} pods have a full window"))
+        }
+    })
+    .await
+}
+
 async fn judge_all(sources: &Sources, detection: &Detection, pods: usize) -> Findings {
     eventually("every pod to be judged", DATA_TIMEOUT, || async {
         let findings = sources
@@ -63,6 +81,7 @@ async fn discrete_detector_flags_exactly_the_pods_above_tolerance() {
         min_activity: 2,
     });
 
+    wait_full_windows(&sources, prometheus.url(), "http_requests_total", 5).await;
     let findings = judge_all(&sources, &detection, 5).await;
 
     assert_eq!(anomalous(&findings), ["shop-down", "shop-failing"]);
@@ -101,6 +120,7 @@ async fn continuous_detector_flags_exactly_the_pods_whose_price_deviates() {
         max_deviation_percent: 50.0,
     });
 
+    wait_full_windows(&sources, prometheus.url(), "price_count", 6).await;
     let findings = judge_all(&sources, &detection, 6).await;
 
     // Fleet mean 16.8: the 10s deviate by 41% (within 50%), 60 by 256%, 1 by 94%.
