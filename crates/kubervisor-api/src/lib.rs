@@ -6,9 +6,11 @@
 //! applied by [`KubervisorServiceSpec::defaulted`] so a stored object is never rewritten
 //! behind the user's back.
 
+pub mod address;
 mod crd;
 mod defaults;
 pub mod manifest;
+pub mod patch;
 pub mod pod;
 mod types;
 mod validate;

@@ -141,6 +141,17 @@ impl PodMarks {
 
 /// Formats a time the way `breaker/breakAt` stores it: RFC 3339 in UTC, whole seconds
 /// or finer, so that the value sorts and parses everywhere.
+/// The selector of the pods a KubervisorService manages: its Service's selector without
+/// the traffic requirement Kubervisor itself toggles. `None` when that leaves nothing
+/// (a Service without selector, or one that selects only on the traffic label).
+pub fn managed_selector(
+    service_selector: Option<&BTreeMap<String, String>>,
+) -> Option<BTreeMap<String, String>> {
+    let mut selector = service_selector?.clone();
+    selector.remove(TRAFFIC_LABEL);
+    (!selector.is_empty()).then_some(selector)
+}
+
 pub fn format_break_at(at: Timestamp) -> String {
     at.to_string()
 }

@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::address::Endpoint;
 use crate::types::*;
 
 /// One invalid field: its path in the object (`spec.breakers[1].name`) and what is wrong.
@@ -48,6 +49,20 @@ impl Collector {
     fn required(&mut self, path: String, value: &str) {
         if value.trim().is_empty() {
             self.error(path, "required");
+        }
+    }
+
+    /// A required source address that must also parse.
+    fn address(
+        &mut self,
+        path: String,
+        value: &str,
+        parse: fn(&str) -> Result<Endpoint, crate::address::AddressError>,
+    ) {
+        if value.trim().is_empty() {
+            self.error(path, "required");
+        } else if let Err(e) = parse(value) {
+            self.error(path, e.reason);
         }
     }
 
@@ -128,7 +143,11 @@ fn validate_breaker(c: &mut Collector, at: &str, breaker: &BreakerStrategy) {
     }
     if let Some(d) = &breaker.discrete_value_out_of_list {
         let at = format!("{at}.discreteValueOutOfList");
-        c.required(format!("{at}.prometheusService"), &d.prometheus_service);
+        c.address(
+            format!("{at}.prometheusService"),
+            &d.prometheus_service,
+            Endpoint::prometheus,
+        );
         c.required(format!("{at}.promQL"), &d.prom_ql);
         c.required(format!("{at}.key"), &d.key);
         c.required(format!("{at}.podNamekey"), &d.pod_name_key);
@@ -147,7 +166,11 @@ fn validate_breaker(c: &mut Collector, at: &str, breaker: &BreakerStrategy) {
     }
     if let Some(cv) = &breaker.continuous_value_deviation {
         let at = format!("{at}.continuousValueDeviation");
-        c.required(format!("{at}.prometheusService"), &cv.prometheus_service);
+        c.address(
+            format!("{at}.prometheusService"),
+            &cv.prometheus_service,
+            Endpoint::prometheus,
+        );
         c.required(format!("{at}.promQL"), &cv.prom_ql);
         c.required(format!("{at}.podNamekey"), &cv.pod_name_key);
         if let Some(max) = cv.max_deviation_percent
@@ -160,7 +183,7 @@ fn validate_breaker(c: &mut Collector, at: &str, breaker: &BreakerStrategy) {
         }
     }
     if let Some(url) = &breaker.custom_service {
-        c.required(format!("{at}.customService"), url);
+        c.address(format!("{at}.customService"), url, Endpoint::custom);
     }
     if let Some(activator) = &breaker.activator {
         validate_activator(c, &format!("{at}.activator"), activator);

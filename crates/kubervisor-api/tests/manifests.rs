@@ -326,3 +326,27 @@ fn malformed_yaml_is_one_clear_line() {
 fn empty_documents_are_ignored() {
     assert!(check_documents("---\n---\n").unwrap().is_empty());
 }
+
+#[test]
+fn unusable_source_addresses_are_refused_with_the_field_path() {
+    for (breaker, expected) in [
+        (
+            "name: c\ncustomService: ftp://detector/x",
+            "spec.breakers[1].customService: unsupported scheme `ftp`, use http:// or https://",
+        ),
+        (
+            "name: d\ndiscreteValueOutOfList: {prometheusService: 'prom:99999', promQL: q, key: code, podNamekey: pod, goodValues: ['200']}",
+            "spec.breakers[1].discreteValueOutOfList.prometheusService: invalid port `99999` in `prom:99999`, expected a number up to 65535",
+        ),
+        (
+            "name: v\ncontinuousValueDeviation: {prometheusService: 'http://', promQL: q, podNamekey: pod}",
+            "spec.breakers[1].continuousValueDeviation.prometheusService: the host is missing",
+        ),
+        (
+            "name: q\ncontinuousValueDeviation: {prometheusService: 'prom:9090/x?y=1', promQL: q, podNamekey: pod}",
+            "spec.breakers[1].continuousValueDeviation.prometheusService: a query string (`?…`) is not allowed, give the base URL only",
+        ),
+    ] {
+        assert_one_error(&with_breaker(breaker), expected);
+    }
+}
