@@ -1,5 +1,6 @@
 //! The activator: what happens to ejected pods once their time has come.
 
+use std::fmt;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -30,12 +31,76 @@ impl Action {
     }
 }
 
-/// A decision on one ejected pod.
+/// A decision on one ejected pod; its `Display` is the reason given in events and logs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Activation {
     pub pod: String,
     pub action: Action,
-    pub reason: String,
+    pub mode: ActivatorMode,
+    pub reason: ActivationReason,
+}
+
+/// Why the activator acts on a pod now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActivationReason {
+    /// Its time out of traffic is over.
+    Due {
+        break_at: Timestamp,
+        out_for: Duration,
+        period: Duration,
+        retries: u32,
+    },
+    /// Ejected more often than `maxRetryCount`: paused, `paused` of at most `max_paused` now.
+    Exhausted {
+        retries: u32,
+        max_retry_count: u32,
+        paused: usize,
+        max_pause_count: u32,
+    },
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (pod, mode) = (&self.pod, self.mode.as_str());
+        match (&self.reason, self.action) {
+            (
+                ActivationReason::Due {
+                    break_at,
+                    out_for,
+                    period,
+                    retries,
+                },
+                _,
+            ) => write!(
+                f,
+                "pod {pod} re-activated by activator {mode}: ejected at {break_at}, {} s out (period {} s, retry {retries})",
+                secs(*out_for),
+                secs(*period)
+            ),
+            (
+                ActivationReason::Exhausted {
+                    retries,
+                    max_retry_count,
+                    paused,
+                    max_pause_count,
+                },
+                action,
+            ) => match (self.mode, action) {
+                (ActivatorMode::RetryAndPause, Action::Pause) => write!(
+                    f,
+                    "pod {pod} paused by activator {mode}: ejected {retries} times > maxRetryCount {max_retry_count}; {paused} of at most {max_pause_count} pods paused"
+                ),
+                (ActivatorMode::RetryAndPause, _) => write!(
+                    f,
+                    "pod {pod} killed by activator {mode}: ejected {retries} times > maxRetryCount {max_retry_count} and already {paused} paused (maxPauseCount {max_pause_count})"
+                ),
+                _ => write!(
+                    f,
+                    "pod {pod} killed by activator {mode}: ejected {retries} times > maxRetryCount {max_retry_count}"
+                ),
+            },
+        }
+    }
 }
 
 /// Decides, at `now`, what happens to each pod with `traffic=no`.
@@ -60,55 +125,42 @@ pub fn plan_activations(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -
             continue;
         };
         let activator = spec.activator_for(pod.marks.strategy.as_deref());
-        let mode = activator.mode.as_str();
         let exhausted = retries > activator.max_retry_count;
+        let exhausted_reason = |paused| ActivationReason::Exhausted {
+            retries,
+            max_retry_count: activator.max_retry_count,
+            paused,
+            max_pause_count: activator.max_pause_count,
+        };
         let decision = match activator.mode {
-            ActivatorMode::RetryAndKill if exhausted => Some((
-                Action::Kill,
-                format!(
-                    "pod {} killed by activator {mode}: ejected {retries} times > maxRetryCount {}",
-                    pod.name, activator.max_retry_count
-                ),
-            )),
+            ActivatorMode::RetryAndKill if exhausted => Some((Action::Kill, exhausted_reason(0))),
             ActivatorMode::RetryAndPause
                 if exhausted && paused < activator.max_pause_count as usize =>
             {
                 paused += 1;
-                Some((
-                    Action::Pause,
-                    format!(
-                        "pod {} paused by activator {mode}: ejected {retries} times > maxRetryCount {}; {paused} of at most {} pods paused",
-                        pod.name, activator.max_retry_count, activator.max_pause_count
-                    ),
-                ))
+                Some((Action::Pause, exhausted_reason(paused)))
             }
-            ActivatorMode::RetryAndPause if exhausted => Some((
-                Action::Kill,
-                format!(
-                    "pod {} killed by activator {mode}: ejected {retries} times > maxRetryCount {} and already {paused} paused (maxPauseCount {})",
-                    pod.name, activator.max_retry_count, activator.max_pause_count
-                ),
-            )),
+            ActivatorMode::RetryAndPause if exhausted => {
+                Some((Action::Kill, exhausted_reason(paused)))
+            }
             _ => {
                 let wait = wait_before_activation(activator, retries);
-                let due = add(*break_at, wait);
-                (now >= due).then(|| {
-                    (
-                        Action::Activate,
-                        format!(
-                            "pod {} re-activated by activator {mode}: ejected at {break_at}, {} s out (period {} s, retry {retries})",
-                            pod.name,
-                            secs(wait),
-                            secs(activator.period)
-                        ),
-                    )
-                })
+                (now >= add(*break_at, wait)).then_some((
+                    Action::Activate,
+                    ActivationReason::Due {
+                        break_at: *break_at,
+                        out_for: wait,
+                        period: activator.period,
+                        retries,
+                    },
+                ))
             }
         };
         if let Some((action, reason)) = decision {
             plan.push(Activation {
                 pod: pod.name.clone(),
                 action,
+                mode: activator.mode,
                 reason,
             });
         }
@@ -116,19 +168,37 @@ pub fn plan_activations(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -
     plan
 }
 
-/// The earliest moment, after `now`, at which some ejected pod becomes due, so that the
-/// activator can wake up then instead of on its next regular tick.
+/// When the activator acts on one ejected pod: at once (its ejection time) when a retry
+/// mode has exhausted its retries, else once its time out of traffic is over. `None` for
+/// a pod that is not ejected or whose marks cannot be read.
+pub fn due_at(spec: &ResolvedSpec, pod: &PodView) -> Option<Timestamp> {
+    if pod.marks.traffic() != Some(Traffic::No) || pod.terminating {
+        return None;
+    }
+    let Some(Ok(break_at)) = &pod.marks.break_at else {
+        return None;
+    };
+    let retries = pod.marks.retries()?;
+    let activator = spec.activator_for(pod.marks.strategy.as_deref());
+    let exhausted =
+        activator.mode != ActivatorMode::Periodic && retries > activator.max_retry_count;
+    if exhausted {
+        Some(*break_at)
+    } else {
+        Some(add(*break_at, wait_before_activation(activator, retries)))
+    }
+}
+
+/// The earliest moment at which some ejected pod is due, possibly already past, so that
+/// the activator wakes up exactly then and sleeps while no pod is out of traffic.
+pub fn earliest_due(spec: &ResolvedSpec, pods: &[PodView]) -> Option<Timestamp> {
+    pods.iter().filter_map(|pod| due_at(spec, pod)).min()
+}
+
+/// The earliest moment, after `now`, at which some ejected pod becomes due.
 pub fn next_due(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Option<Timestamp> {
     pods.iter()
-        .filter(|p| p.marks.traffic() == Some(Traffic::No) && !p.terminating)
-        .filter_map(|pod| {
-            let Some(Ok(break_at)) = &pod.marks.break_at else {
-                return None;
-            };
-            let retries = pod.marks.retries()?;
-            let activator = spec.activator_for(pod.marks.strategy.as_deref());
-            Some(add(*break_at, wait_before_activation(activator, retries)))
-        })
+        .filter_map(|pod| due_at(spec, pod))
         .filter(|due| *due > now)
         .min()
 }
@@ -196,10 +266,10 @@ mod tests {
         assert_eq!(actions(&plan), [("a", Action::Activate)]);
         assert!(
             plan[0]
-                .reason
+                .to_string()
                 .contains("re-activated by activator periodic"),
             "{}",
-            plan[0].reason
+            plan[0]
         );
     }
 
@@ -216,9 +286,11 @@ mod tests {
         let plan = plan_activations(&spec, &pods, t(0));
         assert_eq!(actions(&plan), [("a", Action::Kill)]);
         assert!(
-            plan[0].reason.contains("ejected 4 times > maxRetryCount 3"),
+            plan[0]
+                .to_string()
+                .contains("ejected 4 times > maxRetryCount 3"),
             "{}",
-            plan[0].reason
+            plan[0]
         );
     }
 
@@ -234,10 +306,10 @@ mod tests {
         assert_eq!(actions(&plan), [("a", Action::Kill), ("c", Action::Kill)]);
         assert!(
             plan[0]
-                .reason
+                .to_string()
                 .contains("already 1 paused (maxPauseCount 1)"),
             "{}",
-            plan[0].reason
+            plan[0]
         );
     }
 

@@ -1,7 +1,9 @@
 //! The breaker: which anomalous pods lose traffic, never leaving fewer than the minimum.
 
-use crate::PodView;
-use crate::detect::Findings;
+use std::fmt;
+
+use crate::detect::{Evidence, Findings};
+use crate::{NotCandidate, PodView};
 
 /// The protection of one breaker, from `minPodsAvailableCount` and `minPodsAvailableRatio`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,21 +24,90 @@ impl MinAvailable {
     }
 }
 
-/// A pod to take out of traffic.
+/// A pod to take out of traffic; its `Display` is the reason given in events and logs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ejection {
     pub pod: String,
+    pub breaker: String,
     /// The retry count to record: one more than before.
     pub retry_count: u32,
-    /// Which numbers and which rule, for events and logs.
-    pub reason: String,
+    /// What the detector found.
+    pub evidence: Evidence,
+    /// Pods serving once this ejection (and those before it in the plan) is done.
+    pub serving_after: usize,
+    pub ready_managed: usize,
+    pub min_available: usize,
 }
 
-/// An anomalous pod that keeps its traffic, and why.
+impl fmt::Display for Ejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pod {} ejected by breaker {}: {}; {} of {} pods keep traffic (minimum {})",
+            self.pod,
+            self.breaker,
+            self.evidence,
+            self.serving_after,
+            self.ready_managed,
+            self.min_available
+        )
+    }
+}
+
+/// An anomalous pod that keeps its traffic; its `Display` says why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spared {
     pub pod: String,
-    pub reason: String,
+    pub evidence: Evidence,
+    pub reason: SpareReason,
+}
+
+/// Why an anomalous pod keeps its traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpareReason {
+    /// The detector named a pod the Service does not manage.
+    NotManaged,
+    /// The pod cannot be ejected (not Ready, already out, ...).
+    NotCandidate(NotCandidate),
+    /// Ejecting it would leave fewer pods with traffic than the floor.
+    Floor {
+        min_available: usize,
+        ready_managed: usize,
+        limits: MinAvailable,
+    },
+}
+
+impl fmt::Display for Spared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reason {
+            SpareReason::NotManaged => write!(
+                f,
+                "{}, but it is not a managed pod of this Service",
+                self.evidence
+            ),
+            SpareReason::NotCandidate(why) => {
+                write!(f, "{}, but not ejected: {why}", self.evidence)
+            }
+            SpareReason::Floor {
+                min_available,
+                ready_managed,
+                limits,
+            } => write!(
+                f,
+                "{}, but not ejected: {min_available} of {ready_managed} pods must keep traffic (minPodsAvailableCount {}, minPodsAvailableRatio {}%)",
+                self.evidence, limits.count, limits.ratio_percent
+            ),
+        }
+    }
+}
+
+impl EjectionPlan {
+    /// The anomalous pods that keep traffic only because of the floor.
+    pub fn spared_by_floor(&self) -> impl Iterator<Item = &Spared> {
+        self.spared
+            .iter()
+            .filter(|s| matches!(s.reason, SpareReason::Floor { .. }))
+    }
 }
 
 /// The outcome of one breaker evaluation.
@@ -85,56 +156,39 @@ pub fn plan_ejections(
     let mut anomalies: Vec<&crate::detect::Anomaly> = findings.anomalies.iter().collect();
     anomalies.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.pod.cmp(&b.pod)));
     for anomaly in anomalies {
+        let spare = |reason| Spared {
+            pod: anomaly.pod.clone(),
+            evidence: anomaly.evidence.clone(),
+            reason,
+        };
         let Some(pod) = by_name.get(anomaly.pod.as_str()).copied() else {
-            plan.spared.push(Spared {
-                pod: anomaly.pod.clone(),
-                reason: format!(
-                    "{}, but it is not a managed pod of this Service",
-                    anomaly.evidence
-                ),
-            });
+            plan.spared.push(spare(SpareReason::NotManaged));
             continue;
         };
         if let Some(why) = pod.not_a_candidate() {
-            plan.spared.push(Spared {
-                pod: pod.name.clone(),
-                reason: format!("{}, but not ejected: {why}", anomaly.evidence),
-            });
+            plan.spared.push(spare(SpareReason::NotCandidate(why)));
             continue;
         }
         if budget == 0 {
-            plan.spared.push(Spared {
-                pod: pod.name.clone(),
-                reason: format!(
-                    "{}, but not ejected: {} of {} pods must keep traffic ({})",
-                    anomaly.evidence,
-                    min_available,
-                    ready_managed,
-                    describe_limits(limits)
-                ),
-            });
+            plan.spared.push(spare(SpareReason::Floor {
+                min_available,
+                ready_managed,
+                limits,
+            }));
             continue;
         }
         budget -= 1;
-        let retry_count = pod.marks.retries().unwrap_or(0).saturating_add(1);
-        let serving_after = serving - plan.ejections.len() - 1;
         plan.ejections.push(Ejection {
             pod: pod.name.clone(),
-            retry_count,
-            reason: format!(
-                "pod {} ejected by breaker {breaker}: {}; {serving_after} of {ready_managed} pods keep traffic (minimum {min_available})",
-                pod.name, anomaly.evidence
-            ),
+            breaker: breaker.to_string(),
+            retry_count: pod.marks.retries().unwrap_or(0).saturating_add(1),
+            evidence: anomaly.evidence.clone(),
+            serving_after: serving - plan.ejections.len() - 1,
+            ready_managed,
+            min_available,
         });
     }
     plan
-}
-
-fn describe_limits(limits: MinAvailable) -> String {
-    format!(
-        "minPodsAvailableCount {}, minPodsAvailableRatio {}%",
-        limits.count, limits.ratio_percent
-    )
 }
 
 #[cfg(test)]
@@ -171,7 +225,7 @@ mod tests {
         assert_eq!(plan.serving_after(), 3);
         assert!(plan.spared.is_empty());
         assert_eq!(
-            plan.ejections[0].reason,
+            plan.ejections[0].to_string(),
             "pod p1 ejected by breaker custom: reported by the custom detector; 4 of 5 pods keep traffic (minimum 3)"
         );
     }
@@ -189,7 +243,7 @@ mod tests {
         assert_eq!(plan.spared.len(), 2);
         assert!(
             plan.spared[0]
-                .reason
+                .to_string()
                 .contains("3 of 5 pods must keep traffic")
         );
     }
@@ -255,10 +309,10 @@ mod tests {
             &all,
         );
         assert!(plan.ejections.is_empty());
-        let reasons: Vec<(&str, &str)> = plan
+        let reasons: Vec<(&str, String)> = plan
             .spared
             .iter()
-            .map(|s| (s.pod.as_str(), s.reason.as_str()))
+            .map(|s| (s.pod.as_str(), s.to_string()))
             .collect();
         assert_eq!(reasons.len(), 5);
         for (pod, expected) in [
@@ -311,12 +365,12 @@ mod tests {
                 Anomaly {
                     pod: "p2".into(),
                     score: 0.9,
-                    evidence: "e".into(),
+                    evidence: Evidence::Reported,
                 },
                 Anomaly {
                     pod: "p0".into(),
                     score: 0.9,
-                    evidence: "e".into(),
+                    evidence: Evidence::Reported,
                 },
             ],
             ..Findings::default()

@@ -1,6 +1,7 @@
 //! Detectors: from the samples of one evaluation to findings per pod.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use kubervisor_api::{ContinuousRule, DiscreteRule};
 
@@ -26,7 +27,54 @@ pub struct Anomaly {
     /// How bad it is, to eject the worst first: the bad ratio or the deviation.
     pub score: f64,
     /// The numbers that made it anomalous, for events and logs.
-    pub evidence: String,
+    pub evidence: Evidence,
+}
+
+/// Why a detector found a pod anomalous: the rule and its numbers, rendered to text
+/// only when reported.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Evidence {
+    /// `discreteValueOutOfList`: the share of bad values of the key label.
+    BadRatio {
+        key: String,
+        ratio: f64,
+        observations: f64,
+        tolerance_percent: u32,
+    },
+    /// `continuousValueDeviation`: how far the pod's relative value is from 1.
+    Deviation {
+        deviation: f64,
+        max_deviation_percent: f64,
+    },
+    /// A custom detector named the pod.
+    Reported,
+}
+
+impl fmt::Display for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Evidence::BadRatio {
+                key,
+                ratio,
+                observations,
+                tolerance_percent,
+            } => write!(
+                f,
+                "{:.1}% bad {key} over {} observations > tolerance {tolerance_percent}%",
+                ratio * 100.0,
+                fmt_count(*observations)
+            ),
+            Evidence::Deviation {
+                deviation,
+                max_deviation_percent,
+            } => write!(
+                f,
+                "deviates {:.1}% from the fleet > maxDeviationPercent {max_deviation_percent}%",
+                deviation * 100.0
+            ),
+            Evidence::Reported => f.write_str("reported by the custom detector"),
+        }
+    }
 }
 
 /// What one evaluation of a detector found.
@@ -97,13 +145,12 @@ pub fn discrete(rule: &DiscreteRule, samples: &[DiscreteSample]) -> Findings {
             findings.anomalies.push(Anomaly {
                 pod: pod.to_string(),
                 score: ratio,
-                evidence: format!(
-                    "{:.1}% bad {} over {} observations > tolerance {}%",
-                    ratio * 100.0,
-                    rule.key,
-                    fmt_count(total),
-                    rule.tolerance_percent
-                ),
+                evidence: Evidence::BadRatio {
+                    key: rule.key.clone(),
+                    ratio,
+                    observations: total,
+                    tolerance_percent: rule.tolerance_percent,
+                },
             });
         } else {
             findings.healthy.push(pod.to_string());
@@ -136,11 +183,10 @@ pub fn continuous(rule: &ContinuousRule, samples: &[ContinuousSample]) -> Findin
                 findings.anomalies.push(Anomaly {
                     pod: pod.to_string(),
                     score: deviation,
-                    evidence: format!(
-                        "deviates {:.1}% from the fleet > maxDeviationPercent {}%",
-                        deviation * 100.0,
-                        rule.max_deviation_percent
-                    ),
+                    evidence: Evidence::Deviation {
+                        deviation,
+                        max_deviation_percent: rule.max_deviation_percent,
+                    },
                 })
             }
             Ok(_) => findings.healthy.push(pod.to_string()),
@@ -160,7 +206,7 @@ pub fn custom(reported: &[String]) -> Findings {
             .map(|pod| Anomaly {
                 pod: pod.clone(),
                 score: 1.0,
-                evidence: "reported by the custom detector".to_string(),
+                evidence: Evidence::Reported,
             })
             .collect(),
         ..Findings::default()
@@ -228,6 +274,7 @@ mod tests {
         assert!(
             findings.anomalies[0]
                 .evidence
+                .to_string()
                 .contains("62.0% bad code over 100 observations > tolerance 50%"),
             "{}",
             findings.anomalies[0].evidence
@@ -330,7 +377,12 @@ mod tests {
         let findings = continuous(&crule(75.0), &samples);
         assert_eq!(names(&findings), ["high", "low"]);
         assert_eq!(findings.healthy, ["edge", "ok"]);
-        assert!(findings.anomalies[0].evidence.contains("deviates 90.0%"));
+        assert!(
+            findings.anomalies[0]
+                .evidence
+                .to_string()
+                .contains("deviates 90.0%")
+        );
     }
 
     #[test]

@@ -12,4 +12,4 @@ pub mod detect;
 mod pod;
 pub mod status;
 
-pub use pod::PodView;
+pub use pod::{NotCandidate, PodView};

@@ -1,3 +1,5 @@
+use std::fmt;
+
 use kubervisor_api::pod::{PodMarks, Traffic};
 
 /// What the decision engine knows of one managed pod.
@@ -25,20 +27,44 @@ impl PodView {
     }
 
     /// Why a breaker may not eject this pod, or `None` when it may.
-    pub fn not_a_candidate(&self) -> Option<String> {
+    pub fn not_a_candidate(&self) -> Option<NotCandidate> {
         if self.terminating {
-            Some("pod is terminating".to_string())
+            Some(NotCandidate::Terminating)
         } else if !self.running {
-            Some("pod is not Running".to_string())
+            Some(NotCandidate::NotRunning)
         } else if !self.ready {
-            Some("pod is not Ready".to_string())
+            Some(NotCandidate::NotReady)
         } else if let Some(why) = self.marks.unknown_reason() {
-            Some(why)
+            Some(NotCandidate::UnknownMarks(why))
         } else {
             self.marks
                 .traffic()
                 .filter(|t| *t != Traffic::Yes)
-                .map(|traffic| format!("pod already has traffic={traffic}"))
+                .map(NotCandidate::Traffic)
+        }
+    }
+}
+
+/// Why a pod cannot be ejected whatever its findings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotCandidate {
+    Terminating,
+    NotRunning,
+    NotReady,
+    /// Its Kubervisor marks cannot be read; the text says which.
+    UnknownMarks(String),
+    /// It already has no traffic or is paused.
+    Traffic(Traffic),
+}
+
+impl fmt::Display for NotCandidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotCandidate::Terminating => f.write_str("pod is terminating"),
+            NotCandidate::NotRunning => f.write_str("pod is not Running"),
+            NotCandidate::NotReady => f.write_str("pod is not Ready"),
+            NotCandidate::UnknownMarks(why) => f.write_str(why),
+            NotCandidate::Traffic(traffic) => write!(f, "pod already has traffic={traffic}"),
         }
     }
 }

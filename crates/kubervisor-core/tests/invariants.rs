@@ -7,9 +7,9 @@ use jiff::Timestamp;
 use kubervisor_api::pod::*;
 use kubervisor_api::{ActivatorMode, ResolvedActivator, ResolvedSpec};
 use kubervisor_core::PodView;
-use kubervisor_core::activator::{Action, plan_activations};
+use kubervisor_core::activator::{Action, due_at, plan_activations};
 use kubervisor_core::breaker::{MinAvailable, plan_ejections};
-use kubervisor_core::detect::{Anomaly, Findings};
+use kubervisor_core::detect::{Anomaly, Evidence, Findings};
 use proptest::prelude::*;
 
 fn view(
@@ -79,7 +79,7 @@ fn arb_findings(pods: usize) -> impl Strategy<Value = Findings> {
             .map(|(i, score)| Anomaly {
                 pod: format!("pod-{i:03}"),
                 score: f64::from(score) / 4.0,
-                evidence: "test".into(),
+                evidence: Evidence::Reported,
             })
             .collect();
         anomalies.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -169,7 +169,7 @@ proptest! {
                 anomalies: tick.iter().filter(|i| **i < n).map(|i| Anomaly {
                     pod: format!("pod-{i:03}"),
                     score: 1.0,
-                    evidence: "test".into(),
+                    evidence: Evidence::Reported,
                 }).collect(),
                 ..Findings::default()
             };
@@ -230,5 +230,34 @@ proptest! {
             }
         }
         prop_assert!(pauses == 0 || paused_before + pauses <= max_pause_count as usize);
+    }
+
+    /// The activator sleeps until the earliest due time: a pod it would act on now must
+    /// be due by now, or it would wait past its time.
+    #[test]
+    fn every_pod_acted_on_is_due(
+        pods in arb_fleet(),
+        mode in prop::sample::select(vec![ActivatorMode::Periodic, ActivatorMode::RetryAndKill, ActivatorMode::RetryAndPause]),
+        period in 1u64..60,
+        max_retry_count in 0u32..5,
+        offset in 0i64..400,
+    ) {
+        let spec = ResolvedSpec {
+            service: "web".into(),
+            breakers: vec![],
+            default_activator: ResolvedActivator {
+                mode,
+                period: Duration::from_secs(period),
+                max_retry_count,
+                max_pause_count: 1,
+            },
+            dry_run: false,
+        };
+        let now = base().checked_add(jiff::SignedDuration::from_secs(offset)).unwrap();
+        for decision in plan_activations(&spec, &pods, now) {
+            let pod = pods.iter().find(|p| p.name == decision.pod).unwrap();
+            let due = due_at(&spec, pod);
+            prop_assert!(due.is_some_and(|due| due <= now), "{} acted on at {} but due {:?}", decision.pod, now, due);
+        }
     }
 }
