@@ -1,27 +1,37 @@
-//! Effects: the only place that writes to the cluster.
+//! Effects: the only place that writes to the cluster, status and finalizer included.
 //!
 //! Every pod write carries a precondition (a JSON Patch `test` of the value the decision
 //! was based on, or the resourceVersion), so the breaker, the activator, another replica
 //! or a person editing the pod are never overwritten. A failed precondition is not an
-//! error: the loop re-reads and re-decides on its next tick.
+//! error: the outcome goes back to the step, which decides again on its next input.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Client, Resource};
+use kubervisor_api::patch::{
+    add, annotation, label, path, remove, replace, test, test_resource_version,
+};
 use kubervisor_api::pod::{
     BREAK_AT_ANNOTATION, NAME_LABEL, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL, TRAFFIC_LABEL,
     Traffic, format_break_at,
 };
+use kubervisor_api::{KubervisorService, KubervisorServiceStatus};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::index::SlimPod;
+use crate::plan::{FINALIZER, PodChange, PodWrite, Report};
 use crate::telemetry::Metrics;
 
 /// How a write ended.
@@ -29,61 +39,62 @@ use crate::telemetry::Metrics;
 pub enum Written {
     /// Done; the pod as the API server returned it (`None` after a delete).
     Done(Option<SlimPod>),
-    /// The pod changed since it was read (or is gone): decide again next tick.
+    /// The pod changed since it was read (or is gone): decide again.
     Stale(String),
     /// The API refused or could not be reached.
     Failed(String),
 }
 
-/// Writes to pods, and publishes events, on behalf of the loops.
+/// Writes to the cluster on behalf of the per-resource tasks.
 #[derive(Clone)]
 pub struct Effects {
     client: Client,
-    reporter: Reporter,
     metrics: Arc<Metrics>,
     /// Writes in flight at once: a start-up burst (every pod of a large fleet adopted at
     /// once) then reuses a few connections to the API server instead of opening hundreds.
     writes: Arc<tokio::sync::Semaphore>,
+    events: mpsc::Sender<Publication>,
 }
 
 /// API writes in flight at most.
 const WRITES_IN_FLIGHT: usize = 32;
+/// Events waiting to be published at most; past that, new ones are dropped with a warning.
+const EVENTS_QUEUED: usize = 4096;
 
-fn pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
-fn label_path(key: &str) -> String {
-    format!("/metadata/labels/{}", pointer(key))
-}
-
-fn annotation_path(key: &str) -> String {
-    format!("/metadata/annotations/{}", pointer(key))
+/// One event to publish, queued so that a slow events API never delays a decision.
+struct Publication {
+    regarding: ObjectReference,
+    report: Report,
 }
 
 /// JSON Patch operations that set the given annotations, creating the map when the pod has none.
-fn set_annotations(pod: &SlimPod, pairs: &[(&str, String)], ops: &mut Vec<Value>) {
+fn set_annotations(pod: &SlimPod, pairs: &[(&str, String)], ops: &mut Vec<PatchOperation>) {
     if pod.has_annotations {
         for (key, value) in pairs {
-            ops.push(json!({"op": "add", "path": annotation_path(key), "value": value}));
+            ops.push(add(annotation(key), value.as_str()));
         }
     } else {
         // Creating the whole map is only safe if nothing was added meanwhile.
-        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": pod.resource_version}));
+        ops.push(test_resource_version(&pod.resource_version));
         let map: serde_json::Map<String, Value> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
             .collect();
-        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
+        ops.push(add(path(["metadata", "annotations"]), map));
     }
 }
 
 /// The operations of an ejection: `traffic` from `yes` to `no`, with breaker, time and count.
-pub fn eject_ops(pod: &SlimPod, breaker: &str, retry_count: u32, now: Timestamp) -> Vec<Value> {
+pub fn eject_ops(
+    pod: &SlimPod,
+    breaker: &str,
+    retry_count: u32,
+    now: Timestamp,
+) -> Vec<PatchOperation> {
     let mut ops = vec![
-        json!({"op": "test", "path": label_path(TRAFFIC_LABEL), "value": Traffic::Yes.as_str()}),
-        json!({"op": "replace", "path": label_path(TRAFFIC_LABEL), "value": Traffic::No.as_str()}),
-        json!({"op": "add", "path": label_path(STRATEGY_LABEL), "value": breaker}),
+        test(label(TRAFFIC_LABEL), Traffic::Yes.as_str()),
+        replace(label(TRAFFIC_LABEL), Traffic::No.as_str()),
+        add(label(STRATEGY_LABEL), breaker),
     ];
     set_annotations(
         pod,
@@ -97,63 +108,47 @@ pub fn eject_ops(pod: &SlimPod, breaker: &str, retry_count: u32, now: Timestamp)
 }
 
 /// The operations that move an ejected pod to `to`, only if it is still the same ejection.
-pub fn from_ejected_ops(pod: &SlimPod, to: Traffic) -> Vec<Value> {
-    let mut ops = vec![
-        json!({"op": "test", "path": label_path(TRAFFIC_LABEL), "value": Traffic::No.as_str()}),
-    ];
+pub fn from_ejected_ops(pod: &SlimPod, to: Traffic) -> Vec<PatchOperation> {
+    let mut ops = vec![test(label(TRAFFIC_LABEL), Traffic::No.as_str())];
     if let Some(at) = pod.annotations.get(BREAK_AT_ANNOTATION) {
-        ops.push(json!({"op": "test", "path": annotation_path(BREAK_AT_ANNOTATION), "value": at}));
+        ops.push(test(annotation(BREAK_AT_ANNOTATION), at.as_str()));
     }
-    ops.push(json!({"op": "replace", "path": label_path(TRAFFIC_LABEL), "value": to.as_str()}));
+    ops.push(replace(label(TRAFFIC_LABEL), to.as_str()));
     ops
 }
 
 /// The operations that put a newly managed pod under `kvs`: traffic `yes` if absent, and the name label.
-pub fn adopt_ops(pod: &SlimPod, kvs: &str) -> Vec<Value> {
+pub fn adopt_ops(pod: &SlimPod, kvs: &str) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
     match pod.labels.get(TRAFFIC_LABEL) {
         None => {
-            ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": pod.resource_version}));
-            ops.push(json!({"op": "add", "path": label_path(TRAFFIC_LABEL), "value": Traffic::Yes.as_str()}));
+            ops.push(test_resource_version(&pod.resource_version));
+            ops.push(add(label(TRAFFIC_LABEL), Traffic::Yes.as_str()));
         }
-        Some(value) => {
-            ops.push(json!({"op": "test", "path": label_path(TRAFFIC_LABEL), "value": value}));
-        }
+        Some(value) => ops.push(test(label(TRAFFIC_LABEL), value.as_str())),
     }
-    ops.push(json!({"op": "add", "path": label_path(NAME_LABEL), "value": kvs}));
+    ops.push(add(label(NAME_LABEL), kvs));
     ops
 }
 
 /// The operations that hand a pod back: traffic restored (never removed, since the
 /// Service selector may still require it) and every other Kubervisor mark removed.
-pub fn release_ops(pod: &SlimPod) -> Vec<Value> {
+pub fn release_ops(pod: &SlimPod) -> Vec<PatchOperation> {
     let mut ops = vec![
-        json!({"op": "test", "path": "/metadata/resourceVersion", "value": pod.resource_version}),
+        test_resource_version(&pod.resource_version),
+        add(label(TRAFFIC_LABEL), Traffic::Yes.as_str()),
     ];
-    ops.push(
-        json!({"op": "add", "path": label_path(TRAFFIC_LABEL), "value": Traffic::Yes.as_str()}),
-    );
     for key in [NAME_LABEL, STRATEGY_LABEL] {
         if pod.labels.contains_key(key) {
-            ops.push(json!({"op": "remove", "path": label_path(key)}));
+            ops.push(remove(label(key)));
         }
     }
     for key in [BREAK_AT_ANNOTATION, RETRY_COUNT_ANNOTATION] {
         if pod.annotations.contains_key(key) {
-            ops.push(json!({"op": "remove", "path": annotation_path(key)}));
+            ops.push(remove(annotation(key)));
         }
     }
     ops
-}
-
-/// Whether a pod carries nothing of Kubervisor but `traffic=yes` (or no traffic label).
-pub fn is_released(pod: &SlimPod) -> bool {
-    matches!(
-        pod.labels.get(TRAFFIC_LABEL).map(String::as_str),
-        None | Some("yes")
-    ) && !pod.labels.contains_key(NAME_LABEL)
-        && !pod.labels.contains_key(STRATEGY_LABEL)
-        && pod.annotations.is_empty()
 }
 
 /// A reference to a pod, for events.
@@ -169,40 +164,57 @@ pub fn pod_reference(pod: &SlimPod) -> ObjectReference {
 }
 
 impl Effects {
-    pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Effects {
-        Effects {
+    /// The executor, and the task that publishes its events (ended with the returned handle).
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+    ) -> (Effects, tokio::task::JoinHandle<()>) {
+        let (events, queue) = mpsc::channel(EVENTS_QUEUED);
+        let effects = Effects {
             client,
-            reporter,
             metrics,
             writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
-        }
-    }
-
-    pub fn client(&self) -> &Client {
-        &self.client
+            events,
+        };
+        let publisher = tokio::spawn(effects.clone().publish_queued(queue, reporter));
+        (effects, publisher)
     }
 
     /// A slot for one API write; hold it while the write is in flight.
-    pub async fn write_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+    async fn write_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.writes
             .acquire()
             .await
             .expect("the write semaphore is never closed")
     }
 
+    /// Carries out one pod change, with its precondition.
+    pub async fn pod(&self, write: &PodWrite, kvs: &str) -> Written {
+        let pod = &write.pod;
+        let ops = match &write.change {
+            PodChange::Adopt => adopt_ops(pod, kvs),
+            PodChange::Release => release_ops(pod),
+            PodChange::Eject {
+                breaker,
+                retry_count,
+                at,
+            } => eject_ops(pod, breaker, *retry_count, *at),
+            PodChange::Reinstate { to } => from_ejected_ops(pod, *to),
+            PodChange::Kill => return self.delete_pod(pod).await,
+        };
+        self.patch_pod(pod, ops).await
+    }
+
     /// Applies a JSON Patch to a pod.
-    pub async fn patch_pod(&self, pod: &SlimPod, ops: Vec<Value>) -> Written {
+    pub async fn patch_pod(&self, pod: &SlimPod, ops: Vec<PatchOperation>) -> Written {
         let _slot = self.write_slot().await;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops)) {
-            Ok(patch) => patch,
-            Err(e) => return Written::Failed(format!("internal error building a patch: {e}")),
-        };
         let result = api
             .patch(
                 &pod.name,
                 &PatchParams::default(),
-                &Patch::<()>::Json(patch),
+                &Patch::<()>::Json(json_patch::Patch(ops)),
             )
             .await;
         let written = match result {
@@ -214,7 +226,7 @@ impl Effects {
     }
 
     /// Deletes a pod, only if it has not changed since it was read.
-    pub async fn delete_pod(&self, pod: &SlimPod) -> Written {
+    async fn delete_pod(&self, pod: &SlimPod) -> Written {
         let _slot = self.write_slot().await;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let params = DeleteParams {
@@ -232,39 +244,97 @@ impl Effects {
         written
     }
 
-    /// Publishes an event on `regarding` (and, when given, on a pod too). Failures are logged only:
-    /// an event is a report, never a reason to stop acting.
-    ///
-    /// Each decision is its own event: kube's `Recorder` folds events with the same reason
-    /// and object into one series that keeps the first note, which would lose the numbers
-    /// of later decisions. Callers report lasting states once, so nothing floods.
-    pub async fn publish(
+    /// Writes a KubervisorService's status through the status subresource.
+    pub async fn status(
         &self,
-        regarding: &ObjectReference,
-        pod: Option<&SlimPod>,
-        warning: bool,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let note = truncate(note, 1000);
-        let related = pod.map(pod_reference);
-        self.create_event(regarding, related.as_ref(), warning, reason, action, &note)
-            .await;
-        if let Some(pod_ref) = related {
-            self.create_event(&pod_ref, Some(regarding), warning, reason, action, &note)
+        kvs: &KubervisorService,
+        status: &KubervisorServiceStatus,
+    ) -> Result<(), String> {
+        let (namespace, name) = key(kvs);
+        let api: Api<KubervisorService> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = json!({"status": status});
+        let _slot = self.write_slot().await;
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Gone meanwhile: its task ends on the next observation.
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(format!(
+                "could not write the status of KubervisorService {namespace}/{name}: {e}"
+            )),
+        }
+    }
+
+    /// Adds the finalizer to, or removes it from, this version of the resource, with
+    /// kube-runtime's `finalizer` (a `test`-guarded JSON Patch). The cleanup it would run
+    /// was already done by the step, which asks for the removal only once every pod got
+    /// its traffic back.
+    pub async fn finalizer(&self, kvs: Arc<KubervisorService>) -> Result<(), String> {
+        let (namespace, name) = key(&kvs);
+        let api: Api<KubervisorService> = Api::namespaced(self.client.clone(), &namespace);
+        let _slot = self.write_slot().await;
+        let done = |_| async { Ok::<_, Infallible>(Action::await_change()) };
+        match finalizer(&api, FINALIZER, kvs, done).await {
+            Ok(_) => Ok(()),
+            // Changed or gone since it was read: the next observation decides again.
+            Err(
+                finalizer::Error::AddFinalizer(kube::Error::Api(s))
+                | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)),
+            ) if matches!(s.code, 404 | 409 | 422) => Ok(()),
+            Err(e) => Err(format!("KubervisorService {namespace}/{name}: {e}")),
+        }
+    }
+
+    /// Queues an event on `kvs` (and on the pod the report names). Never waits: an event
+    /// is a report, never a reason to stop acting.
+    pub fn publish(&self, kvs: &KubervisorService, report: Report) {
+        let publication = Publication {
+            regarding: kvs.object_ref(&()),
+            report,
+        };
+        if let Err(e) = self.events.try_send(publication) {
+            let report = match e {
+                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => {
+                    p.report
+                }
+            };
+            warn!(
+                reason = report.note.reason(),
+                "event queue full, event dropped: {}", report.note
+            );
+        }
+    }
+
+    async fn publish_queued(self, mut queue: mpsc::Receiver<Publication>, reporter: Reporter) {
+        while let Some(Publication { regarding, report }) = queue.recv().await {
+            // Each decision is its own event: kube's `Recorder` folds events with the same
+            // reason and object into one series that keeps the first note, which would lose
+            // the numbers of later decisions. Lasting states are reported once, so nothing floods.
+            let note = truncate(report.note.to_string(), 1000);
+            let event = EventText {
+                warning: report.note.is_warning(),
+                reason: report.note.reason(),
+                action: report.note.action(),
+                note: &note,
+            };
+            let related = report.pod.as_deref().map(pod_reference);
+            self.create_event(&reporter, &regarding, related.as_ref(), &event)
                 .await;
+            if let Some(pod_ref) = related {
+                self.create_event(&reporter, &pod_ref, Some(&regarding), &event)
+                    .await;
+            }
         }
     }
 
     async fn create_event(
         &self,
+        reporter: &Reporter,
         regarding: &ObjectReference,
         related: Option<&ObjectReference>,
-        warning: bool,
-        reason: &str,
-        action: &str,
-        note: &str,
+        text: &EventText<'_>,
     ) {
         let now = Timestamp::now();
         let namespace = regarding
@@ -283,27 +353,42 @@ impl Effects {
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(now)),
-            action: Some(action.to_string()),
-            reason: Some(reason.to_string()),
-            note: Some(note.to_string()),
-            type_: Some(if warning { "Warning" } else { "Normal" }.to_string()),
+            action: Some(text.action.to_string()),
+            reason: Some(text.reason.to_string()),
+            note: Some(text.note.to_string()),
+            type_: Some(if text.warning { "Warning" } else { "Normal" }.to_string()),
             regarding: Some(regarding.clone()),
             related: related.cloned(),
-            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_controller: Some(reporter.controller.clone()),
             reporting_instance: Some(
-                self.reporter
+                reporter
                     .instance
                     .clone()
-                    .unwrap_or_else(|| self.reporter.controller.clone()),
+                    .unwrap_or_else(|| reporter.controller.clone()),
             ),
             ..Event::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let _slot = self.write_slot().await;
         if let Err(e) = api.create(&PostParams::default(), &event).await {
-            warn!(reason, object = ?regarding.name, error = %e, "could not publish an event");
+            warn!(reason = text.reason, object = ?regarding.name, error = %e, "could not publish an event");
         }
     }
+}
+
+/// An event's rendered words.
+struct EventText<'a> {
+    warning: bool,
+    reason: &'static str,
+    action: &'static str,
+    note: &'a str,
+}
+
+fn key(kvs: &KubervisorService) -> (String, String) {
+    (
+        kvs.meta().namespace.clone().unwrap_or_default(),
+        kvs.meta().name.clone().unwrap_or_default(),
+    )
 }
 
 fn truncate(mut text: String, max: usize) -> String {
@@ -343,8 +428,6 @@ fn classify(namespace: &str, name: &str, error: kube::Error) -> Written {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn slim(
@@ -373,9 +456,8 @@ mod tests {
     }
 
     /// Applies ops to a document the way the API server would.
-    fn apply(doc: &mut Value, ops: Vec<Value>) -> Result<(), String> {
-        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
-        json_patch::patch(doc, &patch).map_err(|e| e.to_string())
+    fn apply(doc: &mut Value, ops: Vec<PatchOperation>) -> Result<(), String> {
+        json_patch::patch(doc, &ops).map_err(|e| e.to_string())
     }
 
     fn pod_doc(labels: Value, annotations: Option<Value>) -> Value {
@@ -488,20 +570,5 @@ mod tests {
             json!({"kubervisor/traffic": "yes", "app": "web"})
         );
         assert_eq!(doc["metadata"]["annotations"], json!({"keep": "me"}));
-        let released = SlimPod {
-            labels: BTreeMap::from([(TRAFFIC_LABEL.to_string(), "yes".to_string())]),
-            annotations: BTreeMap::new(),
-            ..pod
-        };
-        assert!(is_released(&released));
-    }
-
-    #[test]
-    fn label_keys_are_escaped_as_json_pointers() {
-        assert_eq!(
-            label_path("kubervisor/traffic"),
-            "/metadata/labels/kubervisor~1traffic"
-        );
-        assert_eq!(pointer("a~b/c"), "a~0b~1c");
     }
 }

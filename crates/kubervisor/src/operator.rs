@@ -12,6 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
 use kubervisor_api::pod::NAME_LABEL;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ use crate::effects::{self, Effects, Written};
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
 use crate::source::{SourceSettings, Sources};
-use crate::supervisor::{Context, Supervisor, Timing};
+use crate::task::{self, Context, Timing};
 use crate::telemetry::{self, Health, Metrics};
 use crate::watch::Scope;
 
@@ -88,25 +89,13 @@ pub async fn install_crd(client: &Client, timeout: Duration) -> anyhow::Result<(
             info!(crd = name, "CRD created");
         }
     }
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let crd = api
-            .get(name)
-            .await
-            .with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            return Ok(());
+    let established = await_condition(api, name, conditions::is_crd_established());
+    match tokio::time::timeout(timeout, established).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            Err(e).with_context(|| format!("cannot watch CustomResourceDefinition {name}"))
         }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("CustomResourceDefinition {name} not Established after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(_) => bail!("CustomResourceDefinition {name} not Established after {timeout:?}"),
     }
 }
 
@@ -158,9 +147,10 @@ pub async fn run(
         controller: "kubervisor".into(),
         instance: Some(options.identity.clone()),
     };
+    let (effects, publisher) = Effects::new(client.clone(), reporter, metrics.clone());
     let ctx = Arc::new(Context {
         index: index.clone(),
-        effects: Effects::new(client.clone(), reporter, metrics.clone()),
+        effects,
         sources,
         metrics: metrics.clone(),
         timing: options.timing.clone(),
@@ -212,6 +202,7 @@ pub async fn run(
         election.release().await;
     }
     watches.abort();
+    publisher.abort();
     synced_to_health.abort();
     leading_to_health.abort();
     let _ = stop_tx.send(true);
@@ -246,14 +237,9 @@ async fn manage(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
                     .get(&key)
                     .is_some_and(|s| !s.handle.is_finished());
                 if !running {
-                    debug!(kvs = %format!("{}/{}", key.0, key.1), "starting supervisor");
-                    let supervisor = Supervisor::new(ctx.clone(), key.0.clone(), key.1.clone());
-                    supervisors.insert(
-                        key,
-                        Supervised {
-                            handle: tokio::spawn(supervisor.run()),
-                        },
-                    );
+                    debug!(kvs = %format!("{}/{}", key.0, key.1), "starting its task");
+                    let handle = tokio::spawn(task::run(ctx.clone(), key.0.clone(), key.1.clone()));
+                    supervisors.insert(key, Supervised { handle });
                 }
             }
             supervisors.retain(|(ns, name), s| {

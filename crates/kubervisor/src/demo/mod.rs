@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::harness::prometheus::{HarnessError, PrometheusOptions, PrometheusProcess};
 use crate::operator::{self, RunOptions};
-use crate::supervisor::Timing;
+use crate::task::Timing;
 pub use view::Snapshot;
 use view::{PodRow, View};
 

@@ -4,7 +4,6 @@
 //! same time (same endpoint, same PromQL) share one HTTP exchange. Every failure is an error
 //! value, never an empty or a full set of anomalies: the caller ejects nothing because of it.
 
-mod address;
 mod custom;
 mod prometheus;
 mod transport;
@@ -21,7 +20,8 @@ use http::{HeaderValue, Method, StatusCode, header};
 use kubervisor_api::{ContinuousRule, CustomRule, Detection, DiscreteRule};
 use kubervisor_core::detect::{self, ContinuousSample, DiscreteSample, Findings};
 
-pub use address::Endpoint;
+use kubervisor_api::address::AddressError;
+pub use kubervisor_api::address::Endpoint;
 pub use prometheus::{Labels, QueryResult, Sample, Series};
 
 use prometheus::DisplayLabels;
@@ -126,6 +126,16 @@ pub enum SourceError {
         label: String,
         field: &'static str,
     },
+}
+
+impl From<AddressError> for SourceError {
+    fn from(e: AddressError) -> Self {
+        SourceError::Address {
+            field: e.field,
+            address: e.address,
+            reason: e.reason,
+        }
+    }
 }
 
 impl SourceError {

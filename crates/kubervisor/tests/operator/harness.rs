@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubervisor::operator::{self, RunOptions};
-use kubervisor::supervisor::Timing;
+use kubervisor::task::Timing;
 use kubervisor_api::KubervisorService;
 use kubesim::{Sim, SimConfig};
 use serde_json::json;

@@ -1,0 +1,971 @@
+//! The step of one KubervisorService: everything its task decides, as a pure function of
+//! what the index shows, what the sources answered, what the writes returned and the clock.
+//!
+//! `plan(state, input, now) -> (state, effects)`: the task feeds inputs and carries out
+//! the effects; nothing here does I/O, so every rule is tested by feeding inputs and
+//! reading effects, without a runtime or an API server.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kubervisor_api::pod::{NAME_LABEL, TRAFFIC_LABEL, Traffic, managed_selector};
+use kubervisor_api::{
+    KubervisorService, KubervisorServiceCondition, KubervisorServiceStatus, PodCountStatus,
+    ResolvedBreaker, ResolvedSpec,
+};
+use kubervisor_core::PodView;
+use kubervisor_core::activator::{Action, Activation, earliest_due, plan_activations};
+use kubervisor_core::breaker::{Ejection, MinAvailable, plan_ejections};
+use kubervisor_core::detect::Findings;
+use kubervisor_core::status::{PodCounts, count};
+
+use crate::effects::Written;
+use crate::index::{KvsEntry, SlimPod, SlimService};
+use crate::source::SourceError;
+
+/// The finalizer that makes Kubervisor hand pods back even when the resource is deleted
+/// while the operator is down.
+pub const FINALIZER: &str = "kubervisor.k8s.io/cleanup";
+
+/// What the index shows of one KubervisorService, at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// `None` once the resource is gone.
+    pub kvs: Option<KvsEntry>,
+    /// The Service named by the spec, if it exists.
+    pub service: Option<Arc<SlimService>>,
+    /// The pods the Service's selector picks (without the traffic requirement) that no
+    /// other KubervisorService claims.
+    pub managed: Vec<Arc<SlimPod>>,
+    /// The pods of the namespace labelled `kubervisor/name=<this resource>`.
+    pub labelled: Vec<Arc<SlimPod>>,
+}
+
+/// What the task feeds the step.
+#[derive(Debug)]
+pub enum Input {
+    /// The index changed, or it is time to look again.
+    Observed(Observed),
+    /// A breaker's source answered.
+    Findings {
+        breaker: String,
+        result: Result<Findings, SourceError>,
+    },
+    /// The activator's next due time has come.
+    ActivatorDue,
+    /// A pod write the step asked for came back.
+    Written { pod: String, outcome: Written },
+}
+
+/// A change to one pod, with the pod as it was read: the executor turns it into a write
+/// whose precondition is that the pod is still as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodWrite {
+    pub pod: Arc<SlimPod>,
+    pub change: PodChange,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodChange {
+    /// Label a newly managed pod `traffic=yes` (if unlabelled) and `name=<resource>`.
+    Adopt,
+    /// Hand the pod back: traffic restored, every other Kubervisor mark removed.
+    Release,
+    /// `traffic` from `yes` to `no`, recording the breaker, the time and the count.
+    Eject {
+        breaker: String,
+        retry_count: u32,
+        at: Timestamp,
+    },
+    /// From `no` to `to`, only if it is still the same ejection.
+    Reinstate { to: Traffic },
+    /// Delete the pod so its controller replaces it.
+    Kill,
+}
+
+/// What the executor does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Pod(PodWrite),
+    /// Publish an event on the resource, and on the pod when it names one.
+    Publish(Report),
+    /// Write the status through the status subresource.
+    Status(Box<KubervisorServiceStatus>),
+    /// Add the finalizer to this version of the resource.
+    AddFinalizer(Arc<KubervisorService>),
+    /// Remove the finalizer: every pod got its traffic back.
+    RemoveFinalizer(Arc<KubervisorService>),
+    /// Count one decision in `kubervisor_breaker_count_total`.
+    CountDecision {
+        breaker: String,
+        pod: String,
+        kind: DecisionKind,
+        dry_run: bool,
+    },
+    /// Set the pod gauges.
+    PodCounts(PodCounts),
+}
+
+/// The kinds of decisions on a pod, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DecisionKind {
+    Break,
+    Activate,
+    Pause,
+    Kill,
+}
+
+impl DecisionKind {
+    /// The `type` label of `kubervisor_breaker_count_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Break => "break",
+            DecisionKind::Activate => "activate",
+            DecisionKind::Pause => "pause",
+            DecisionKind::Kill => "kill",
+        }
+    }
+
+    fn of(action: Action) -> DecisionKind {
+        match action {
+            Action::Activate => DecisionKind::Activate,
+            Action::Pause => DecisionKind::Pause,
+            Action::Kill => DecisionKind::Kill,
+        }
+    }
+}
+
+/// An event to publish: what it is about, rendered to text by the executor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Also published on this pod.
+    pub pod: Option<Arc<SlimPod>>,
+    pub note: Note,
+}
+
+/// What an event says, typed until it is rendered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Note {
+    Ejected(Ejection),
+    Reinstated(Activation),
+    /// A decision of a dry run, not carried out.
+    DryRunEject(Ejection),
+    DryRunReinstate(Activation),
+    /// Anomalous pods keep traffic because of the floor.
+    Floor {
+        breaker: String,
+        pods: Vec<String>,
+        min_available: usize,
+        ready_managed: usize,
+    },
+    SourceError {
+        breaker: String,
+        message: String,
+    },
+    /// The resource cannot run: its `Ready` condition says why.
+    NotRunning {
+        reason: StopReason,
+        message: String,
+    },
+}
+
+/// Why a resource does not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopReason {
+    InvalidSpec,
+    ServiceNotFound,
+    ServiceHasNoSelector,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::InvalidSpec => "InvalidSpec",
+            StopReason::ServiceNotFound => "ServiceNotFound",
+            StopReason::ServiceHasNoSelector => "ServiceHasNoSelector",
+        }
+    }
+}
+
+impl Note {
+    /// The event's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Note::Ejected(_) => "PodEjected",
+            Note::Reinstated(a) => match a.action {
+                Action::Activate => "PodActivated",
+                Action::Pause => "PodPaused",
+                Action::Kill => "PodKilled",
+            },
+            Note::DryRunEject(_) => "DryRunEject",
+            Note::DryRunReinstate(a) => match a.action {
+                Action::Activate => "DryRunActivate",
+                Action::Pause => "DryRunPause",
+                Action::Kill => "DryRunKill",
+            },
+            Note::Floor { .. } => "MinimumAvailable",
+            Note::SourceError { .. } => "SourceError",
+            Note::NotRunning { reason, .. } => reason.as_str(),
+        }
+    }
+
+    /// The event's action.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Note::Ejected(_) | Note::DryRunEject(_) | Note::Floor { .. } => "Eject",
+            Note::Reinstated(a) | Note::DryRunReinstate(a) => match a.action {
+                Action::Activate => "Activate",
+                Action::Pause => "Pause",
+                Action::Kill => "Kill",
+            },
+            Note::SourceError { .. } => "Evaluate",
+            Note::NotRunning { .. } => "Reconcile",
+        }
+    }
+
+    /// Whether the event is a warning.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Note::Floor { .. } | Note::SourceError { .. } | Note::NotRunning { .. }
+        ) || matches!(self, Note::Reinstated(a) if a.action == Action::Kill)
+    }
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Note::Ejected(e) => write!(f, "{e}"),
+            Note::Reinstated(a) => write!(f, "{a}"),
+            Note::DryRunEject(e) => write!(f, "dry run: {e}"),
+            Note::DryRunReinstate(a) => write!(f, "dry run: {a}"),
+            Note::Floor {
+                breaker,
+                pods,
+                min_available,
+                ready_managed,
+            } => write!(
+                f,
+                "breaker {breaker}: {} anomalous pod(s) keep traffic ({}): {min_available} of {ready_managed} pods must keep traffic",
+                pods.len(),
+                pods.join(", ")
+            ),
+            Note::SourceError { breaker, message } => {
+                write!(f, "breaker {breaker}: {message}; no pod is ejected")
+            }
+            Note::NotRunning { message, .. } => f.write_str(message),
+        }
+    }
+}
+
+/// Where the resource stands.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Phase {
+    /// Not observed yet.
+    #[default]
+    Starting,
+    /// Breakers and activator run on this spec, over the pods this selector picks.
+    Running {
+        spec: Arc<ResolvedSpec>,
+        selector: BTreeMap<String, String>,
+    },
+    /// Nothing runs; the status says why.
+    Stopped(StopReason),
+    /// Being deleted: pods are handed back, then the finalizer goes.
+    Deleting,
+    /// Gone: the task ends.
+    Finished,
+}
+
+/// A write the index has not seen yet: decisions use it until the watch catches up.
+#[derive(Clone, Debug)]
+struct Pending {
+    /// The resourceVersion the pod had before the write.
+    before: String,
+    /// The pod after the write; `None` once deleted.
+    after: Option<Arc<SlimPod>>,
+}
+
+/// Why a pod write was asked for, to report it once it is done.
+#[derive(Clone, Debug)]
+enum Cause {
+    Adopt,
+    Release,
+    Eject(Ejection),
+    Reinstate(Activation, String),
+}
+
+/// Everything one KubervisorService's task knows between two inputs.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    namespace: String,
+    name: String,
+    phase: Phase,
+    observed: Observed,
+    /// Writes done that the index has not shown yet, by pod.
+    pending: HashMap<String, Pending>,
+    /// Writes asked for and not yet come back, by pod.
+    awaiting: HashMap<String, (Arc<SlimPod>, Cause)>,
+    /// Last error of each breaker's source.
+    source_errors: BTreeMap<String, String>,
+    /// Dry-run decisions already reported, so each is reported once while it holds.
+    dry_run_reported: BTreeSet<(String, DecisionKind)>,
+    /// Pods each breaker last left in traffic because of the floor, reported when it changes.
+    floor_notes: BTreeMap<String, Vec<String>>,
+    /// The last reason the resource stopped for, reported once while it holds.
+    stop_note: Option<(StopReason, String)>,
+    /// The status last written, without probe times, and the resourceVersion it was written over.
+    status_written: Option<(KubervisorServiceStatus, Option<String>)>,
+    /// When the activator has something to do next (possibly already past).
+    activator_due: Option<Timestamp>,
+    /// The status may have changed: computed once the writes under way came back.
+    status_dirty: bool,
+    /// The finalizer change asked for, and the resourceVersion it was asked on.
+    finalizer_asked: Option<String>,
+}
+
+/// One step: the state after `input` at `now`, and what to do.
+pub fn plan(mut state: State, input: Input, now: Timestamp) -> (State, Vec<Effect>) {
+    let mut effects = Vec::new();
+    state.step(input, now, &mut effects);
+    (state, effects)
+}
+
+impl State {
+    pub fn new(namespace: &str, name: &str) -> State {
+        State {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            ..State::default()
+        }
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The spec the breakers run, while running.
+    pub fn running_spec(&self) -> Option<&Arc<ResolvedSpec>> {
+        match &self.phase {
+            Phase::Running { spec, .. } => Some(spec),
+            _ => None,
+        }
+    }
+
+    /// The resource as last observed.
+    pub fn resource(&self) -> Option<&Arc<KubervisorService>> {
+        self.observed.kvs.as_ref().map(|entry| &entry.object)
+    }
+
+    /// When the activator must look again; `None` while no pod is out of traffic.
+    pub fn activator_due(&self) -> Option<Timestamp> {
+        self.activator_due
+    }
+
+    /// Whether writes are still awaited.
+    pub fn is_awaiting(&self) -> bool {
+        !self.awaiting.is_empty()
+    }
+
+    fn step(&mut self, input: Input, now: Timestamp, out: &mut Vec<Effect>) {
+        match input {
+            Input::Observed(observed) => {
+                self.observed = observed;
+                self.forget_shown_writes();
+                self.reconcile(now, out);
+            }
+            Input::Findings { breaker, result } => self.evaluate(&breaker, result, now, out),
+            Input::ActivatorDue => self.activate(now, out),
+            Input::Written { pod, outcome } => self.written(&pod, outcome, out),
+        }
+        // The rest looks at the whole fleet: once per batch of writes, not once per write.
+        if self.awaiting.is_empty() {
+            if std::mem::take(&mut self.status_dirty) {
+                self.write_status(now, out);
+            }
+            if self.phase == Phase::Deleting {
+                self.remove_finalizer_when_done(out);
+            }
+            self.activator_due = self.next_activation();
+        }
+    }
+
+    /// Works out the phase from what is observed, keeps pods adopted and the status true.
+    fn reconcile(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let Some(entry) = self.observed.kvs.clone() else {
+            self.phase = Phase::Finished;
+            return;
+        };
+        let kvs = entry.object.clone();
+        if kvs.metadata.deletion_timestamp.is_some() {
+            self.phase = Phase::Deleting;
+            self.clean_up(&kvs, out);
+            return;
+        }
+        if !kvs.finalizers().iter().any(|f| f == FINALIZER) && self.ask_finalizer_change(&kvs) {
+            out.push(Effect::AddFinalizer(kvs.clone()));
+        }
+        let spec = match resolve(&entry) {
+            Ok(spec) => Arc::new(spec),
+            Err(message) => return self.stop(StopReason::InvalidSpec, message, now, out),
+        };
+        let Some(service) = self.observed.service.clone() else {
+            let message = format!("Service {}/{} not found", self.namespace, spec.service);
+            return self.stop(StopReason::ServiceNotFound, message, now, out);
+        };
+        let Some(selector) = managed_selector(service.selector.as_ref()) else {
+            let message = format!(
+                "Service {}/{} selects no pods besides {TRAFFIC_LABEL}: Kubervisor cannot tell which pods it guards",
+                self.namespace, spec.service
+            );
+            return self.stop(StopReason::ServiceHasNoSelector, message, now, out);
+        };
+        // A breaker removed from the spec no longer speaks for the resource.
+        self.source_errors
+            .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
+        self.floor_notes
+            .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
+        self.stop_note = None;
+        let dry_run = spec.dry_run;
+        self.phase = Phase::Running { spec, selector };
+        if !dry_run {
+            self.adopt_and_release(out);
+        }
+        self.status_dirty = true;
+    }
+
+    /// Whether to ask for a finalizer change on this version of the resource: once per version.
+    fn ask_finalizer_change(&mut self, kvs: &KubervisorService) -> bool {
+        let version = kvs.resource_version().unwrap_or_default();
+        if self.finalizer_asked.as_ref() == Some(&version) {
+            return false;
+        }
+        self.finalizer_asked = Some(version);
+        true
+    }
+
+    fn stop(&mut self, reason: StopReason, message: String, now: Timestamp, out: &mut Vec<Effect>) {
+        self.phase = Phase::Stopped(reason);
+        let note = (reason, message.clone());
+        if self.stop_note.as_ref() != Some(&note) {
+            out.push(Effect::Publish(Report {
+                pod: None,
+                note: Note::NotRunning {
+                    reason,
+                    message: message.clone(),
+                },
+            }));
+            self.stop_note = Some(note);
+        }
+        self.write_condition(not_ready(reason.as_str(), message), None, now, out);
+    }
+
+    fn adopt_and_release(&mut self, out: &mut Vec<Effect>) {
+        let managed = self.pods(false);
+        for pod in &managed {
+            let adopted = pod.labels.get(NAME_LABEL) == Some(&self.name)
+                && pod.labels.contains_key(TRAFFIC_LABEL);
+            if !adopted && !pod.terminating {
+                self.write(pod, PodChange::Adopt, Cause::Adopt, out);
+            }
+        }
+        // Pods that carry our name but left the selector get their traffic back.
+        let managed_names: BTreeSet<&str> = managed.iter().map(|p| p.name.as_str()).collect();
+        for pod in self.observed.labelled.clone() {
+            if !managed_names.contains(pod.name.as_str()) && !pod.terminating {
+                self.write(&pod, PodChange::Release, Cause::Release, out);
+            }
+        }
+    }
+
+    /// The resource is being deleted: hand every pod back.
+    fn clean_up(&mut self, kvs: &Arc<KubervisorService>, out: &mut Vec<Effect>) {
+        if !kvs.finalizers().iter().any(|f| f == FINALIZER) {
+            return;
+        }
+        for pod in self.still_labelled() {
+            self.write(&pod, PodChange::Release, Cause::Release, out);
+        }
+    }
+
+    /// Pods that still carry this resource's name, as far as writes tell.
+    fn still_labelled(&self) -> Vec<Arc<SlimPod>> {
+        self.observed
+            .labelled
+            .iter()
+            .map(|pod| self.overlay(pod))
+            .filter(|pod| pod.labels.get(NAME_LABEL) == Some(&self.name))
+            .collect()
+    }
+
+    /// Once every pod got its traffic back, the finalizer goes and the deletion completes.
+    fn remove_finalizer_when_done(&mut self, out: &mut Vec<Effect>) {
+        let Some(entry) = self.observed.kvs.clone() else {
+            return;
+        };
+        let kvs = entry.object;
+        if kvs.finalizers().iter().any(|f| f == FINALIZER)
+            && self.still_labelled().is_empty()
+            && self.ask_finalizer_change(&kvs)
+        {
+            out.push(Effect::RemoveFinalizer(kvs));
+        }
+    }
+
+    fn evaluate(
+        &mut self,
+        breaker_name: &str,
+        result: Result<Findings, SourceError>,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(spec) = self.running_spec().cloned() else {
+            return;
+        };
+        let Some(breaker) = spec.breakers.iter().find(|b| b.name == breaker_name) else {
+            return;
+        };
+        let findings = match result {
+            Ok(findings) => {
+                if self.source_errors.remove(breaker_name).is_some() {
+                    self.status_dirty = true;
+                }
+                findings
+            }
+            Err(error) => {
+                // Fail safe: a source that cannot answer ejects nothing.
+                let message = error.to_string();
+                if self.source_errors.get(breaker_name) != Some(&message) {
+                    self.source_errors
+                        .insert(breaker_name.to_string(), message.clone());
+                    out.push(Effect::Publish(Report {
+                        pod: None,
+                        note: Note::SourceError {
+                            breaker: breaker_name.to_string(),
+                            message,
+                        },
+                    }));
+                    self.status_dirty = true;
+                }
+                return;
+            }
+        };
+        let dry_run = spec.dry_run;
+        let pods = self.pods(dry_run);
+        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
+        let plan = plan_ejections(&breaker.name, limits(breaker), &views, &findings);
+        let mut holding = BTreeSet::new();
+        for ejection in &plan.ejections {
+            let Some(pod) = pods.iter().find(|p| p.name == ejection.pod) else {
+                continue;
+            };
+            if self.awaiting.contains_key(&pod.name) {
+                continue;
+            }
+            if dry_run {
+                holding.insert((pod.name.clone(), DecisionKind::Break));
+                self.report_dry_run(
+                    pod,
+                    &breaker.name,
+                    DecisionKind::Break,
+                    Note::DryRunEject(ejection.clone()),
+                    out,
+                );
+                continue;
+            }
+            let change = PodChange::Eject {
+                breaker: breaker.name.clone(),
+                retry_count: ejection.retry_count,
+                at: now,
+            };
+            self.write(pod, change, Cause::Eject(ejection.clone()), out);
+        }
+        if dry_run {
+            self.forget_dry_run(&[DecisionKind::Break], &holding);
+        }
+        let spared: Vec<String> = plan.spared_by_floor().map(|s| s.pod.clone()).collect();
+        let previous = self
+            .floor_notes
+            .get(&breaker.name)
+            .cloned()
+            .unwrap_or_default();
+        if previous != spared {
+            if !spared.is_empty() {
+                out.push(Effect::Publish(Report {
+                    pod: None,
+                    note: Note::Floor {
+                        breaker: breaker.name.clone(),
+                        pods: spared.clone(),
+                        min_available: plan.min_available,
+                        ready_managed: plan.ready_managed,
+                    },
+                }));
+            }
+            self.floor_notes.insert(breaker.name.clone(), spared);
+        }
+    }
+
+    /// Acts on the ejected pods whose time has come.
+    fn activate(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let Some(spec) = self.running_spec().cloned() else {
+            return;
+        };
+        let pods = self.pods(spec.dry_run);
+        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
+        let mut holding = BTreeSet::new();
+        for activation in plan_activations(&spec, &views, now) {
+            let Some(pod) = pods.iter().find(|p| p.name == activation.pod) else {
+                continue;
+            };
+            if self.awaiting.contains_key(&pod.name) {
+                continue;
+            }
+            let kind = DecisionKind::of(activation.action);
+            let breaker = pod.view().marks.strategy.unwrap_or_default();
+            if spec.dry_run {
+                holding.insert((pod.name.clone(), kind));
+                self.report_dry_run(pod, &breaker, kind, Note::DryRunReinstate(activation), out);
+                continue;
+            }
+            let change = match activation.action {
+                Action::Activate => PodChange::Reinstate { to: Traffic::Yes },
+                Action::Pause => PodChange::Reinstate { to: Traffic::Pause },
+                Action::Kill => PodChange::Kill,
+            };
+            self.write(pod, change, Cause::Reinstate(activation, breaker), out);
+        }
+        if spec.dry_run {
+            self.forget_dry_run(
+                &[
+                    DecisionKind::Activate,
+                    DecisionKind::Pause,
+                    DecisionKind::Kill,
+                ],
+                &holding,
+            );
+        }
+    }
+
+    fn written(&mut self, pod: &str, outcome: Written, out: &mut Vec<Effect>) {
+        let Some((before, cause)) = self.awaiting.remove(pod) else {
+            return;
+        };
+        let Written::Done(after) = outcome else {
+            // Stale or failed: the pod is decided again on the next input.
+            return;
+        };
+        // A write on top of a write the index has not shown yet: the index still holds the
+        // version from before the first one.
+        let index_version = match self.pending.get(&before.name) {
+            Some(p)
+                if p.after.as_ref().map(|a| &a.resource_version)
+                    == Some(&before.resource_version) =>
+            {
+                p.before.clone()
+            }
+            _ => before.resource_version.clone(),
+        };
+        self.pending.insert(
+            before.name.clone(),
+            Pending {
+                before: index_version,
+                after: after.map(Arc::new),
+            },
+        );
+        self.status_dirty = true;
+        let (breaker, kind, note) = match cause {
+            Cause::Adopt | Cause::Release => return,
+            Cause::Eject(ejection) => (
+                ejection.breaker.clone(),
+                DecisionKind::Break,
+                Note::Ejected(ejection),
+            ),
+            Cause::Reinstate(activation, breaker) => (
+                breaker,
+                DecisionKind::of(activation.action),
+                Note::Reinstated(activation),
+            ),
+        };
+        out.push(Effect::CountDecision {
+            breaker,
+            pod: before.name.clone(),
+            kind,
+            dry_run: false,
+        });
+        out.push(Effect::Publish(Report {
+            pod: Some(before),
+            note,
+        }));
+    }
+
+    fn write(
+        &mut self,
+        pod: &Arc<SlimPod>,
+        change: PodChange,
+        cause: Cause,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.awaiting.contains_key(&pod.name) {
+            return;
+        }
+        self.awaiting.insert(pod.name.clone(), (pod.clone(), cause));
+        out.push(Effect::Pod(PodWrite {
+            pod: pod.clone(),
+            change,
+        }));
+    }
+
+    /// Reports a dry-run decision once while it holds: counted and published.
+    fn report_dry_run(
+        &mut self,
+        pod: &Arc<SlimPod>,
+        breaker: &str,
+        kind: DecisionKind,
+        note: Note,
+        out: &mut Vec<Effect>,
+    ) {
+        if !self.dry_run_reported.insert((pod.name.clone(), kind)) {
+            return;
+        }
+        out.push(Effect::CountDecision {
+            breaker: breaker.to_string(),
+            pod: pod.name.clone(),
+            kind,
+            dry_run: true,
+        });
+        out.push(Effect::Publish(Report {
+            pod: Some(pod.clone()),
+            note,
+        }));
+    }
+
+    /// Forgets reported dry-run decisions of these kinds that no longer hold, so they are
+    /// reported again if they come back.
+    fn forget_dry_run(
+        &mut self,
+        kinds: &[DecisionKind],
+        holding: &BTreeSet<(String, DecisionKind)>,
+    ) {
+        self.dry_run_reported
+            .retain(|key| !kinds.contains(&key.1) || holding.contains(key));
+    }
+
+    /// A pod as decisions must see it: the index, corrected by a write it has not shown yet.
+    fn overlay(&self, pod: &Arc<SlimPod>) -> Arc<SlimPod> {
+        match self.pending.get(&pod.name) {
+            Some(pending) if pending.before == pod.resource_version => match &pending.after {
+                Some(after) => after.clone(),
+                None => Arc::new(SlimPod {
+                    terminating: true,
+                    ..(**pod).clone()
+                }),
+            },
+            _ => pod.clone(),
+        }
+    }
+
+    /// Forgets the writes the index shows now (or whose pod is gone from it).
+    fn forget_shown_writes(&mut self) {
+        let observed = &self.observed;
+        self.pending.retain(|name, pending| {
+            observed
+                .managed
+                .iter()
+                .chain(&observed.labelled)
+                .any(|p| p.name == *name && p.resource_version == pending.before)
+        });
+    }
+
+    /// The managed pods as decisions must see them, in name order.
+    fn pods(&self, dry_run: bool) -> Vec<Arc<SlimPod>> {
+        let mut pods: Vec<Arc<SlimPod>> = self
+            .observed
+            .managed
+            .iter()
+            .map(|pod| self.overlay(pod))
+            .collect();
+        if dry_run {
+            // Nothing was labelled in a dry run: judge unlabelled pods as if adopted.
+            for pod in &mut pods {
+                if !pod.labels.contains_key(TRAFFIC_LABEL) {
+                    Arc::make_mut(pod)
+                        .labels
+                        .insert(TRAFFIC_LABEL.to_string(), Traffic::Yes.as_str().to_string());
+                }
+            }
+        }
+        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        pods
+    }
+
+    /// When the activator must act next: the earliest due time of the ejected pods.
+    fn next_activation(&self) -> Option<Timestamp> {
+        let spec = self.running_spec().cloned()?;
+        let views: Vec<PodView> = self
+            .pods(spec.dry_run)
+            .iter()
+            .filter(|p| p.labels.get(TRAFFIC_LABEL).map(String::as_str) == Some("no"))
+            .map(|p| p.view())
+            .collect();
+        earliest_due(&spec, &views)
+    }
+
+    /// Writes the status of a running resource: the `Ready` condition and the pod counts.
+    fn write_status(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let Some(spec) = self.running_spec().cloned() else {
+            return;
+        };
+        let pods = self.pods(spec.dry_run);
+        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
+        let counts = count(&views);
+        out.push(Effect::PodCounts(counts));
+        let condition = if self.source_errors.is_empty() {
+            let names: Vec<&str> = spec.breakers.iter().map(|b| b.name.as_str()).collect();
+            if spec.dry_run {
+                ready(
+                    "DryRun",
+                    format!(
+                        "dry run: breakers {} decide and report, no pod is touched",
+                        names.join(", ")
+                    ),
+                )
+            } else {
+                ready("Running", format!("breakers {} running", names.join(", ")))
+            }
+        } else {
+            let errors: Vec<String> = self
+                .source_errors
+                .iter()
+                .map(|(b, e)| format!("breaker {b}: {e}"))
+                .collect();
+            not_ready("SourceError", errors.join("; "))
+        };
+        let pod_count = PodCountStatus {
+            nb_pods_managed: counts.managed,
+            nb_pods_breaked: counts.broken,
+            nb_pods_paused: counts.paused,
+            nb_pods_unknown: counts.unknown,
+            last_probe_time: None,
+        };
+        self.write_condition(condition, Some(pod_count), now, out);
+    }
+
+    /// Asks for a status write when anything but probe times changed.
+    fn write_condition(
+        &mut self,
+        condition: KubervisorServiceCondition,
+        pod_count: Option<PodCountStatus>,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(entry) = &self.observed.kvs else {
+            return;
+        };
+        let kvs = &entry.object;
+        let status = next_status(kvs, condition, pod_count, now);
+        let comparable = without_probe_times(&status);
+        let old = without_probe_times(&kvs.status.clone().unwrap_or_default());
+        if comparable == old {
+            self.status_written = None;
+            return;
+        }
+        // Written already, and the watch has not shown anything newer: nothing to do.
+        let version = kvs.resource_version();
+        if self.status_written.as_ref() == Some(&(comparable.clone(), version.clone())) {
+            return;
+        }
+        self.status_written = Some((comparable, version));
+        out.push(Effect::Status(Box::new(status)));
+    }
+}
+
+fn limits(breaker: &ResolvedBreaker) -> MinAvailable {
+    MinAvailable {
+        count: breaker.min_pods_available_count,
+        ratio_percent: breaker.min_pods_available_ratio,
+    }
+}
+
+fn resolve(entry: &KvsEntry) -> Result<ResolvedSpec, String> {
+    if let Some(error) = &entry.decode_error {
+        return Err(error.clone());
+    }
+    entry.object.spec.resolve().map_err(|e| e.to_string())
+}
+
+/// The status after a new `Ready` condition (and pod counts, when given), at `now`.
+fn next_status(
+    kvs: &KubervisorService,
+    condition: KubervisorServiceCondition,
+    pod_count: Option<PodCountStatus>,
+    now: Timestamp,
+) -> KubervisorServiceStatus {
+    let now = Time(now);
+    let old = kvs.status.clone().unwrap_or_default();
+    let previous = old.conditions.iter().find(|c| c.type_ == condition.type_);
+    let mut condition = condition;
+    condition.last_probe_time = Some(now.clone());
+    condition.last_transition_time = match previous {
+        Some(p) if p.status == condition.status => {
+            p.last_transition_time.clone().or(Some(now.clone()))
+        }
+        _ => Some(now.clone()),
+    };
+    let mut conditions: Vec<KubervisorServiceCondition> = old
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != condition.type_)
+        .cloned()
+        .collect();
+    conditions.push(condition);
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    KubervisorServiceStatus {
+        conditions,
+        start_time: old.start_time.clone().or(Some(now.clone())),
+        pod_count: pod_count
+            .map(|c| PodCountStatus {
+                last_probe_time: Some(now.clone()),
+                ..c
+            })
+            .or(old.pod_count.clone()),
+        observed_generation: kvs.metadata.generation,
+    }
+}
+
+fn ready(reason: &str, message: String) -> KubervisorServiceCondition {
+    condition("True", reason, message)
+}
+
+fn not_ready(reason: &str, message: String) -> KubervisorServiceCondition {
+    condition("False", reason, message)
+}
+
+fn condition(status: &str, reason: &str, message: String) -> KubervisorServiceCondition {
+    KubervisorServiceCondition {
+        type_: "Ready".into(),
+        status: status.into(),
+        last_probe_time: None,
+        last_transition_time: None,
+        reason: Some(reason.into()),
+        message: Some(message),
+    }
+}
+
+fn without_probe_times(status: &KubervisorServiceStatus) -> KubervisorServiceStatus {
+    let mut status = status.clone();
+    for c in &mut status.conditions {
+        c.last_probe_time = None;
+        c.last_transition_time = None;
+    }
+    if let Some(count) = &mut status.pod_count {
+        count.last_probe_time = None;
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,789 @@
+//! Step tests: the scenarios of the end-to-end suite, decided without a runtime or an API
+//! server. A small fleet applies the writes the step asks for, as the API server would,
+//! and feeds them back as outcomes and observations.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use kubervisor_api::pod::{BREAK_AT_ANNOTATION, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL};
+use kubervisor_core::detect::{self, Findings};
+use serde_json::json;
+
+use super::*;
+use crate::source::Request;
+
+const NS: &str = "shop";
+
+fn t0() -> Timestamp {
+    "2026-11-25T10:00:00Z".parse().unwrap()
+}
+
+/// A pod of the Service `web` (label `app=web`), Running and Ready.
+fn pod(name: &str) -> SlimPod {
+    SlimPod {
+        namespace: NS.into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        resource_version: "1".into(),
+        labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
+        annotations: BTreeMap::new(),
+        has_annotations: false,
+        running: true,
+        ready: true,
+        terminating: false,
+    }
+}
+
+/// The cluster as the step's writes leave it.
+struct Fleet {
+    kvs: Option<KvsEntry>,
+    service: Option<SlimService>,
+    pods: BTreeMap<String, SlimPod>,
+    version: u64,
+    /// The next writes on these pods fail their precondition, as after a concurrent change.
+    conflicts: BTreeMap<String, usize>,
+}
+
+/// The step, a fleet, a clock, and everything the step asked for so far.
+struct Harness {
+    state: Option<State>,
+    fleet: Fleet,
+    now: Timestamp,
+    effects: Vec<Effect>,
+}
+
+fn resource(spec: serde_json::Value) -> KubervisorService {
+    serde_json::from_value(json!({
+        "apiVersion": "kubervisor.k8s.io/v1alpha1",
+        "kind": "KubervisorService",
+        "metadata": {"name": "web", "namespace": NS, "resourceVersion": "10", "generation": 1,
+                     "finalizers": [FINALIZER], "uid": "kvs-uid"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn custom(min_count: u32, min_ratio: u32, activator: serde_json::Value) -> serde_json::Value {
+    json!({
+        "service": "web",
+        "breakers": [{"name": "faulty", "evaluationPeriod": 1, "minPodsAvailableCount": min_count,
+                      "minPodsAvailableRatio": min_ratio, "customService": "detector:8080"}],
+        "defaultActivator": activator,
+    })
+}
+
+impl Harness {
+    fn new(spec: serde_json::Value, pods: usize) -> Harness {
+        Harness::with(resource(spec), pods)
+    }
+
+    fn with(kvs: KubervisorService, pods: usize) -> Harness {
+        let fleet = Fleet {
+            kvs: Some(KvsEntry {
+                object: Arc::new(kvs),
+                decode_error: None,
+            }),
+            service: Some(SlimService {
+                namespace: NS.into(),
+                name: "web".into(),
+                selector: Some(BTreeMap::from([
+                    ("app".to_string(), "web".to_string()),
+                    (TRAFFIC_LABEL.to_string(), "yes".to_string()),
+                ])),
+            }),
+            pods: (0..pods)
+                .map(|i| (format!("p{i}"), pod(&format!("p{i}"))))
+                .collect(),
+            version: 100,
+            conflicts: BTreeMap::new(),
+        };
+        Harness {
+            state: Some(State::new(NS, "web")),
+            fleet,
+            now: t0(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// A running resource whose pods are all adopted.
+    fn running(spec: serde_json::Value, pods: usize) -> Harness {
+        let mut h = Harness::new(spec, pods);
+        h.observe();
+        assert!(matches!(h.state().phase(), Phase::Running { .. }));
+        h.effects.clear();
+        h
+    }
+
+    fn state(&self) -> &State {
+        self.state.as_ref().unwrap()
+    }
+
+    fn observed(&self) -> Observed {
+        let Some(kvs) = self.fleet.kvs.clone() else {
+            return Observed::default();
+        };
+        let selector = self
+            .fleet
+            .service
+            .as_ref()
+            .and_then(|s| managed_selector(s.selector.as_ref()));
+        let pods = |keep: &dyn Fn(&SlimPod) -> bool| -> Vec<Arc<SlimPod>> {
+            self.fleet
+                .pods
+                .values()
+                .filter(|p| keep(p))
+                .cloned()
+                .map(Arc::new)
+                .collect()
+        };
+        Observed {
+            managed: match &selector {
+                Some(sel) => pods(&|p| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v))),
+                None => Vec::new(),
+            },
+            labelled: pods(&|p| p.labels.get(NAME_LABEL).map(String::as_str) == Some("web")),
+            service: self.fleet.service.clone().map(Arc::new),
+            kvs: Some(kvs),
+        }
+    }
+
+    /// Feeds one input, carries out the writes it asks for and feeds their outcomes back.
+    fn feed(&mut self, input: Input) -> Vec<Effect> {
+        let mut all = Vec::new();
+        let mut inputs = std::collections::VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let (state, effects) = plan(self.state.take().unwrap(), input, self.now);
+            self.state = Some(state);
+            for effect in &effects {
+                match effect {
+                    Effect::Pod(write) => inputs.push_back(Input::Written {
+                        pod: write.pod.name.clone(),
+                        outcome: self.fleet.apply(write),
+                    }),
+                    Effect::RemoveFinalizer(_) => self.fleet.kvs = None,
+                    _ => {}
+                }
+            }
+            all.extend(effects);
+        }
+        self.effects.extend(all.clone());
+        all
+    }
+
+    /// The watch shows the fleet as it is now.
+    fn observe(&mut self) -> Vec<Effect> {
+        let observed = self.observed();
+        self.feed(Input::Observed(observed))
+    }
+
+    fn findings(&mut self, breaker: &str, result: Result<Findings, SourceError>) -> Vec<Effect> {
+        self.feed(Input::Findings {
+            breaker: breaker.into(),
+            result,
+        })
+    }
+
+    fn report(&mut self, anomalous: &[&str]) -> Vec<Effect> {
+        let names: Vec<String> = anomalous.iter().map(|s| s.to_string()).collect();
+        self.findings("faulty", Ok(detect::custom(&names)))
+    }
+
+    /// Moves the clock and runs the activator if it is due by then.
+    fn at(&mut self, secs: i64) -> Vec<Effect> {
+        self.now = t0() + SignedDuration::from_secs(secs);
+        match self.state().activator_due() {
+            Some(due) if due <= self.now => self.feed(Input::ActivatorDue),
+            _ => Vec::new(),
+        }
+    }
+
+    fn traffic(&self) -> BTreeMap<&str, &str> {
+        self.fleet
+            .pods
+            .values()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.labels.get(TRAFFIC_LABEL).map_or("-", String::as_str),
+                )
+            })
+            .collect()
+    }
+
+    fn with_traffic(&self, value: &str) -> Vec<&str> {
+        self.traffic()
+            .into_iter()
+            .filter(|(_, t)| *t == value)
+            .map(|(p, _)| p)
+            .collect()
+    }
+}
+
+impl Fleet {
+    /// Applies a write as the API server would, preconditions included.
+    fn apply(&mut self, write: &PodWrite) -> Written {
+        let name = &write.pod.name;
+        if let Some(n) = self.conflicts.get_mut(name).filter(|n| **n > 0) {
+            *n -= 1;
+            return Written::Stale(format!("pod {name} changed since it was read"));
+        }
+        let Some(current) = self.pods.get(name) else {
+            return Written::Stale(format!("pod {name} is gone"));
+        };
+        if current.resource_version != write.pod.resource_version {
+            return Written::Stale(format!("pod {name} changed since it was read"));
+        }
+        let mut pod = current.clone();
+        let set = |pod: &mut SlimPod, key: &str, value: &str| {
+            pod.labels.insert(key.into(), value.into());
+        };
+        match &write.change {
+            PodChange::Adopt => {
+                if !pod.labels.contains_key(TRAFFIC_LABEL) {
+                    set(&mut pod, TRAFFIC_LABEL, "yes");
+                }
+                set(&mut pod, NAME_LABEL, "web");
+            }
+            PodChange::Release => {
+                set(&mut pod, TRAFFIC_LABEL, "yes");
+                pod.labels.remove(NAME_LABEL);
+                pod.labels.remove(STRATEGY_LABEL);
+                pod.annotations.clear();
+            }
+            PodChange::Eject {
+                breaker,
+                retry_count,
+                at,
+            } => {
+                assert_eq!(
+                    pod.labels.get(TRAFFIC_LABEL).map(String::as_str),
+                    Some("yes")
+                );
+                set(&mut pod, TRAFFIC_LABEL, "no");
+                set(&mut pod, STRATEGY_LABEL, breaker);
+                pod.annotations
+                    .insert(BREAK_AT_ANNOTATION.into(), at.to_string());
+                pod.annotations
+                    .insert(RETRY_COUNT_ANNOTATION.into(), retry_count.to_string());
+                pod.has_annotations = true;
+            }
+            PodChange::Reinstate { to } => {
+                assert_eq!(
+                    pod.labels.get(TRAFFIC_LABEL).map(String::as_str),
+                    Some("no")
+                );
+                set(&mut pod, TRAFFIC_LABEL, to.as_str());
+            }
+            PodChange::Kill => {
+                self.pods.remove(name);
+                return Written::Done(None);
+            }
+        }
+        self.version += 1;
+        pod.resource_version = self.version.to_string();
+        self.pods.insert(name.clone(), pod.clone());
+        Written::Done(Some(pod))
+    }
+}
+
+fn pod_writes(effects: &[Effect]) -> Vec<(&str, &PodChange)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Pod(w) => Some((w.pod.name.as_str(), &w.change)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The events published, as (reason, pod, note).
+fn events(effects: &[Effect]) -> Vec<(&'static str, Option<String>, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish(r) => Some((
+                r.note.reason(),
+                r.pod.as_ref().map(|p| p.name.clone()),
+                r.note.to_string(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reasons(effects: &[Effect]) -> Vec<&'static str> {
+    events(effects).into_iter().map(|(r, _, _)| r).collect()
+}
+
+fn last_status(effects: &[Effect]) -> Option<&KubervisorServiceStatus> {
+    effects.iter().rev().find_map(|e| match e {
+        Effect::Status(s) => Some(&**s),
+        _ => None,
+    })
+}
+
+fn ready_reason(effects: &[Effect]) -> Option<(String, String)> {
+    let status = last_status(effects)?;
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((ready.reason.clone()?, ready.message.clone()?))
+}
+
+fn source_error() -> SourceError {
+    SourceError::Unreachable {
+        request: Request::Prometheus {
+            base: "http://prometheus:9090".into(),
+            promql: "up".into(),
+        },
+        reason: "connection refused".into(),
+    }
+}
+
+// --- adoption, status, the resource's own life
+
+#[test]
+fn new_pods_are_adopted_and_the_status_counts_them() {
+    let mut h = Harness::new(custom(1, 0, json!(null)), 3);
+    let effects = h.observe();
+    assert_eq!(
+        pod_writes(&effects),
+        [
+            ("p0", &PodChange::Adopt),
+            ("p1", &PodChange::Adopt),
+            ("p2", &PodChange::Adopt)
+        ]
+    );
+    assert_eq!(h.with_traffic("yes"), ["p0", "p1", "p2"]);
+    let status = last_status(&effects).expect("a status is written");
+    let counts = status.pod_count.as_ref().unwrap();
+    assert_eq!(counts.nb_pods_managed, 3);
+    assert_eq!(ready_reason(&effects).unwrap().0, "Running");
+    assert_eq!(status.observed_generation, Some(1));
+    // Observing the same fleet again writes nothing: no pod, no status.
+    h.fleet.kvs.as_mut().unwrap().object = Arc::new({
+        let mut kvs = (*h.fleet.kvs.as_ref().unwrap().object).clone();
+        kvs.status = Some(status.clone());
+        kvs
+    });
+    let again = h.observe();
+    assert!(pod_writes(&again).is_empty());
+    assert!(last_status(&again).is_none(), "{again:?}");
+}
+
+#[test]
+fn the_finalizer_is_added_once_per_version() {
+    let mut kvs = resource(custom(1, 0, json!(null)));
+    kvs.metadata.finalizers = None;
+    let mut h = Harness::with(kvs, 1);
+    let first = h.observe();
+    assert!(matches!(first[0], Effect::AddFinalizer(_)));
+    let second = h.observe();
+    assert!(!second.iter().any(|e| matches!(e, Effect::AddFinalizer(_))));
+}
+
+#[test]
+fn an_invalid_spec_stops_the_resource_and_is_reported_once() {
+    let mut h = Harness::new(json!({"service": "web", "breakers": []}), 2);
+    let effects = h.observe();
+    assert_eq!(*h.state().phase(), Phase::Stopped(StopReason::InvalidSpec));
+    assert!(pod_writes(&effects).is_empty(), "nothing is adopted");
+    assert_eq!(reasons(&effects), ["InvalidSpec"]);
+    let (reason, message) = ready_reason(&effects).unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.contains("spec.breakers"), "{message}");
+    assert!(
+        reasons(&h.observe()).is_empty(),
+        "reported once while it holds"
+    );
+}
+
+#[test]
+fn an_unreadable_spec_is_an_invalid_spec_with_its_path() {
+    let mut h = Harness::new(custom(1, 0, json!(null)), 1);
+    h.fleet.kvs.as_mut().unwrap().decode_error =
+        Some("spec.breakers[0].evaluationPeriod: invalid type: string \"x\"".into());
+    let effects = h.observe();
+    let (reason, message) = ready_reason(&effects).unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.starts_with("spec.breakers[0].evaluationPeriod"));
+}
+
+#[test]
+fn a_missing_service_stops_the_resource_until_it_appears() {
+    let mut h = Harness::new(custom(1, 0, json!(null)), 2);
+    h.fleet.service = None;
+    let effects = h.observe();
+    assert_eq!(
+        *h.state().phase(),
+        Phase::Stopped(StopReason::ServiceNotFound)
+    );
+    assert_eq!(
+        events(&effects)[0].2,
+        "Service shop/web not found",
+        "the message names the Service"
+    );
+    h.fleet.service = Some(SlimService {
+        namespace: NS.into(),
+        name: "web".into(),
+        selector: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+    });
+    let effects = h.observe();
+    assert!(matches!(h.state().phase(), Phase::Running { .. }));
+    assert_eq!(pod_writes(&effects).len(), 2);
+}
+
+#[test]
+fn a_service_selecting_only_on_traffic_cannot_be_guarded() {
+    let mut h = Harness::new(custom(1, 0, json!(null)), 2);
+    h.fleet.service.as_mut().unwrap().selector = Some(BTreeMap::from([(
+        TRAFFIC_LABEL.to_string(),
+        "yes".to_string(),
+    )]));
+    let effects = h.observe();
+    assert_eq!(
+        *h.state().phase(),
+        Phase::Stopped(StopReason::ServiceHasNoSelector)
+    );
+    assert_eq!(reasons(&effects), ["ServiceHasNoSelector"]);
+}
+
+#[test]
+fn a_pod_leaving_the_selector_gets_its_traffic_back() {
+    let mut h = Harness::running(custom(1, 0, json!(null)), 3);
+    h.fleet
+        .pods
+        .get_mut("p1")
+        .unwrap()
+        .labels
+        .insert("app".into(), "other".into());
+    let effects = h.observe();
+    assert_eq!(pod_writes(&effects), [("p1", &PodChange::Release)]);
+    assert!(!h.fleet.pods["p1"].labels.contains_key(NAME_LABEL));
+}
+
+#[test]
+fn deleting_the_resource_hands_every_pod_back_then_removes_the_finalizer() {
+    let mut h = Harness::running(custom(1, 0, json!({"mode": "periodic", "period": 60})), 4);
+    h.report(&["p0", "p1"]);
+    assert_eq!(h.with_traffic("no"), ["p0", "p1"]);
+    h.observe();
+    let mut kvs = (*h.fleet.kvs.as_ref().unwrap().object).clone();
+    kvs.metadata.deletion_timestamp = Some(Time(t0()));
+    kvs.metadata.resource_version = Some("11".into());
+    h.fleet.kvs.as_mut().unwrap().object = Arc::new(kvs);
+    let effects = h.observe();
+    assert_eq!(*h.state().phase(), Phase::Deleting);
+    assert_eq!(pod_writes(&effects).len(), 4, "every pod is released");
+    assert!(
+        matches!(effects.last(), Some(Effect::RemoveFinalizer(_))),
+        "the finalizer goes once the last release came back: {effects:?}"
+    );
+    assert_eq!(h.with_traffic("yes"), ["p0", "p1", "p2", "p3"]);
+    assert!(h.fleet.pods.values().all(|p| p.annotations.is_empty()));
+    h.observe();
+    assert_eq!(*h.state().phase(), Phase::Finished);
+}
+
+#[test]
+fn the_finalizer_stays_while_a_release_does_not_apply() {
+    let mut h = Harness::running(custom(1, 0, json!(null)), 2);
+    let mut kvs = (*h.fleet.kvs.as_ref().unwrap().object).clone();
+    kvs.metadata.deletion_timestamp = Some(Time(t0()));
+    h.fleet.kvs.as_mut().unwrap().object = Arc::new(kvs);
+    h.fleet.conflicts.insert("p1".into(), 1);
+    let effects = h.observe();
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::RemoveFinalizer(_)))
+    );
+    let effects = h.observe();
+    assert_eq!(pod_writes(&effects), [("p1", &PodChange::Release)]);
+    assert!(
+        matches!(effects.last(), Some(Effect::RemoveFinalizer(_))),
+        "{effects:#?}"
+    );
+}
+
+// --- the breaker
+
+#[test]
+fn two_of_five_faulty_with_min_three_ejects_two() {
+    let mut h = Harness::running(custom(3, 0, json!(null)), 5);
+    let effects = h.report(&["p1", "p3"]);
+    assert_eq!(h.with_traffic("no"), ["p1", "p3"]);
+    let ejected: Vec<_> = events(&effects)
+        .into_iter()
+        .filter(|(r, _, _)| *r == "PodEjected")
+        .collect();
+    assert_eq!(ejected.len(), 2);
+    assert_eq!(ejected[0].1.as_deref(), Some("p1"));
+    assert_eq!(
+        ejected[0].2,
+        "pod p1 ejected by breaker faulty: reported by the custom detector; 4 of 5 pods keep traffic (minimum 3)"
+    );
+    assert!(effects.contains(&Effect::CountDecision {
+        breaker: "faulty".into(),
+        pod: "p3".into(),
+        kind: DecisionKind::Break,
+        dry_run: false
+    }));
+    let p1 = &h.fleet.pods["p1"];
+    assert_eq!(p1.labels[STRATEGY_LABEL], "faulty");
+    assert_eq!(p1.annotations[RETRY_COUNT_ANNOTATION], "1");
+    assert_eq!(p1.annotations[BREAK_AT_ANNOTATION], t0().to_string());
+}
+
+#[test]
+fn the_floor_by_count_spares_the_rest_and_says_so_once() {
+    let mut h = Harness::running(custom(3, 0, json!(null)), 4);
+    let effects = h.report(&["p0", "p1", "p2"]);
+    assert_eq!(h.with_traffic("no"), ["p0"]);
+    let floor: Vec<_> = events(&effects)
+        .into_iter()
+        .filter(|(r, _, _)| *r == "MinimumAvailable")
+        .collect();
+    assert_eq!(
+        floor[0].2,
+        "breaker faulty: 2 anomalous pod(s) keep traffic (p1, p2): 3 of 4 pods must keep traffic"
+    );
+    h.observe();
+    let again = h.report(&["p0", "p1", "p2"]);
+    assert!(
+        reasons(&again).is_empty(),
+        "a lasting state is reported once"
+    );
+    assert_eq!(h.with_traffic("no"), ["p0"]);
+}
+
+#[test]
+fn the_ratio_floor_is_counted_on_all_ready_pods() {
+    let mut h = Harness::running(custom(1, 50, json!({"mode": "periodic", "period": 60})), 6);
+    h.report(&["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(h.with_traffic("no"), ["p0", "p1", "p2"]);
+    h.observe();
+    // Three serve, the floor is still ceil(6 × 50%) = 3: nothing more goes.
+    h.report(&["p3", "p4", "p5"]);
+    assert_eq!(h.with_traffic("no"), ["p0", "p1", "p2"]);
+}
+
+#[test]
+fn a_decision_on_a_stale_view_is_not_carried_out_and_is_retried() {
+    let mut h = Harness::running(custom(1, 0, json!(null)), 3);
+    h.fleet.conflicts.insert("p2".into(), 1);
+    let effects = h.report(&["p2"]);
+    assert!(
+        reasons(&effects).is_empty(),
+        "no event for a write that did not apply"
+    );
+    assert_eq!(h.with_traffic("no"), Vec::<&str>::new());
+    h.observe();
+    h.report(&["p2"]);
+    assert_eq!(h.with_traffic("no"), ["p2"]);
+}
+
+#[test]
+fn writes_the_watch_has_not_shown_yet_are_taken_into_account() {
+    let mut h = Harness::running(custom(2, 0, json!(null)), 3);
+    h.report(&["p0"]);
+    // No observation in between: the next evaluation must still know p0 is out.
+    h.report(&["p1"]);
+    assert_eq!(h.with_traffic("no"), ["p0"], "the floor of 2 holds");
+}
+
+#[test]
+fn a_source_error_ejects_nothing_and_reaches_the_status_once() {
+    let mut h = Harness::running(custom(1, 0, json!(null)), 3);
+    let effects = h.findings("faulty", Err(source_error()));
+    assert!(pod_writes(&effects).is_empty());
+    assert_eq!(reasons(&effects), ["SourceError"]);
+    let (reason, message) = ready_reason(&effects).unwrap();
+    assert_eq!(reason, "SourceError");
+    assert!(
+        message.starts_with(
+            "breaker faulty: query `up` to Prometheus http://prometheus:9090: connection refused"
+        ),
+        "{message}"
+    );
+    let again = h.findings("faulty", Err(source_error()));
+    assert!(again.is_empty(), "{again:?}");
+    let recovered = h.report(&[]);
+    assert_eq!(ready_reason(&recovered).unwrap().0, "Running");
+}
+
+#[test]
+fn answers_for_a_breaker_no_longer_in_the_spec_are_ignored() {
+    let mut h = Harness::running(custom(1, 0, json!(null)), 3);
+    let names = vec!["p0".to_string()];
+    let effects = h.findings("removed", Ok(detect::custom(&names)));
+    assert!(effects.is_empty());
+}
+
+#[test]
+fn a_dry_run_touches_no_pod_and_reports_each_decision_once() {
+    let mut spec = custom(1, 0, json!({"mode": "periodic", "period": 5}));
+    spec["dryRun"] = json!(true);
+    let mut h = Harness::new(spec, 3);
+    let effects = h.observe();
+    assert!(
+        pod_writes(&effects).is_empty(),
+        "nothing is adopted in a dry run"
+    );
+    assert_eq!(ready_reason(&effects).unwrap().0, "DryRun");
+    let effects = h.report(&["p1"]);
+    assert!(pod_writes(&effects).is_empty());
+    assert_eq!(events(&effects)[0].0, "DryRunEject");
+    assert!(
+        events(&effects)[0]
+            .2
+            .starts_with("dry run: pod p1 ejected by breaker faulty")
+    );
+    assert!(effects.contains(&Effect::CountDecision {
+        breaker: "faulty".into(),
+        pod: "p1".into(),
+        kind: DecisionKind::Break,
+        dry_run: true
+    }));
+    assert!(h.report(&["p1"]).is_empty(), "reported once while it holds");
+    h.report(&[]);
+    assert_eq!(
+        reasons(&h.report(&["p1"])),
+        ["DryRunEject"],
+        "again once it came back"
+    );
+}
+
+// --- the activator
+
+#[test]
+fn periodic_puts_pods_back_after_the_period() {
+    let mut h = Harness::running(custom(1, 0, json!({"mode": "periodic", "period": 10})), 3);
+    h.report(&["p0"]);
+    h.observe();
+    assert_eq!(
+        h.state().activator_due(),
+        Some(t0() + SignedDuration::from_secs(10))
+    );
+    assert!(h.at(9).is_empty());
+    let effects = h.at(10);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Reinstate { to: Traffic::Yes })]
+    );
+    assert_eq!(reasons(&effects), ["PodActivated"]);
+    assert_eq!(h.with_traffic("yes"), ["p0", "p1", "p2"]);
+    assert_eq!(h.state().activator_due(), None, "nothing left to do");
+}
+
+#[test]
+fn retry_and_kill_waits_longer_each_time_then_kills() {
+    let spec = custom(
+        1,
+        0,
+        json!({"mode": "retryAndKill", "period": 10, "maxRetryCount": 1}),
+    );
+    let mut h = Harness::running(spec, 3);
+    h.report(&["p0"]);
+    // No observation in between: the step works from its own writes.
+    h.at(10);
+    assert_eq!(h.with_traffic("yes"), ["p0", "p1", "p2"]);
+    h.observe();
+    h.report(&["p0"]);
+    assert_eq!(h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "2");
+    h.observe();
+    // Ejected twice > maxRetryCount 1: killed at once.
+    let effects = h.at(10);
+    assert_eq!(pod_writes(&effects), [("p0", &PodChange::Kill)]);
+    assert_eq!(reasons(&effects), ["PodKilled"]);
+    assert!(!h.fleet.pods.contains_key("p0"));
+}
+
+#[test]
+fn retry_and_pause_parks_up_to_max_pause_count_then_kills() {
+    let spec = custom(
+        1,
+        0,
+        json!({"mode": "retryAndPause", "period": 10, "maxRetryCount": 0, "maxPauseCount": 1}),
+    );
+    let mut h = Harness::running(spec, 4);
+    h.report(&["p0", "p1"]);
+    h.observe();
+    let effects = h.at(0);
+    assert_eq!(
+        pod_writes(&effects),
+        [
+            ("p0", &PodChange::Reinstate { to: Traffic::Pause }),
+            ("p1", &PodChange::Kill)
+        ]
+    );
+    assert_eq!(h.with_traffic("pause"), ["p0"]);
+    assert!(
+        events(&effects)
+            .iter()
+            .any(|(r, _, n)| *r == "PodPaused" && n.contains("1 of at most 1 pods paused"))
+    );
+}
+
+#[test]
+fn an_activation_that_does_not_apply_is_tried_again() {
+    let mut h = Harness::running(custom(1, 0, json!({"mode": "periodic", "period": 10})), 2);
+    h.report(&["p0"]);
+    h.observe();
+    h.fleet.conflicts.insert("p0".into(), 1);
+    h.at(10);
+    assert_eq!(h.with_traffic("no"), ["p0"]);
+    assert!(h.state().activator_due().is_some_and(|due| due <= h.now));
+    h.observe();
+    h.at(11);
+    assert_eq!(h.with_traffic("no"), Vec::<&str>::new());
+}
+
+#[test]
+fn after_a_restart_ejected_pods_are_handled_from_their_annotations() {
+    let mut h = Harness::new(custom(1, 0, json!({"mode": "periodic", "period": 30})), 3);
+    // Ejected by an earlier run of the operator, 20 s ago.
+    let earlier = t0() - SignedDuration::from_secs(20);
+    let p1 = h.fleet.pods.get_mut("p1").unwrap();
+    p1.labels.insert(TRAFFIC_LABEL.into(), "no".into());
+    p1.labels.insert(NAME_LABEL.into(), "web".into());
+    p1.labels.insert(STRATEGY_LABEL.into(), "faulty".into());
+    p1.annotations
+        .insert(BREAK_AT_ANNOTATION.into(), earlier.to_string());
+    p1.annotations
+        .insert(RETRY_COUNT_ANNOTATION.into(), "1".into());
+    h.observe();
+    assert_eq!(
+        h.with_traffic("no"),
+        ["p1"],
+        "an ejected pod is not re-adopted"
+    );
+    assert_eq!(
+        h.state().activator_due(),
+        Some(t0() + SignedDuration::from_secs(10))
+    );
+    assert!(h.at(9).is_empty());
+    h.at(10);
+    assert_eq!(h.with_traffic("no"), Vec::<&str>::new());
+}
+
+#[test]
+fn a_pod_with_unreadable_marks_is_counted_unknown_and_left_alone() {
+    let mut h = Harness::new(custom(0, 0, json!(null)), 2);
+    let p1 = h.fleet.pods.get_mut("p1").unwrap();
+    p1.labels.insert(TRAFFIC_LABEL.into(), "no".into());
+    p1.labels.insert(NAME_LABEL.into(), "web".into());
+    p1.annotations
+        .insert(BREAK_AT_ANNOTATION.into(), "yesterday".into());
+    let effects = h.observe();
+    assert_eq!(
+        last_status(&effects)
+            .unwrap()
+            .pod_count
+            .as_ref()
+            .unwrap()
+            .nb_pods_unknown,
+        1
+    );
+    assert_eq!(h.state().activator_due(), None);
+    let effects = h.report(&["p1"]);
+    assert!(pod_writes(&effects).is_empty());
+}

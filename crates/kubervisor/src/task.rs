@@ -1,0 +1,425 @@
+//! One task per KubervisorService. It owns the resource's [`State`], feeds the step
+//! ([`crate::plan`]) with what the index shows, what the sources answer and what the
+//! writes return, and carries out the effects. Nothing is shared with other tasks but the
+//! index (read-only here) and the executor.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use kubervisor_api::pod::{NAME_LABEL, managed_selector};
+use kubervisor_api::{Detection, KubervisorService, ResolvedSpec};
+use kubervisor_core::detect::Findings;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::effects::{Effects, Written};
+use crate::index::{Index, SlimPod};
+use crate::plan::{Effect, Input, Observed, Phase, State, plan};
+use crate::source::{SourceError, Sources};
+use crate::telemetry::Metrics;
+
+/// How often tasks look again when nothing wakes them.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Fewest time between two observations of one resource.
+    pub reconcile_min_interval: Duration,
+    /// An observation happens at least this often, changes or not.
+    pub resync: Duration,
+    /// How soon the activator looks again at a pod it could not act on yet.
+    pub activator_period: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            reconcile_min_interval: Duration::from_millis(200),
+            resync: Duration::from_secs(10),
+            activator_period: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What every task shares.
+pub struct Context {
+    pub index: Arc<Index>,
+    pub effects: Effects,
+    pub sources: Sources,
+    pub metrics: Arc<Metrics>,
+    pub timing: Timing,
+}
+
+/// Pod writes of one step in flight at once.
+const WRITES_PER_STEP: usize = 16;
+
+type Query = BoxFuture<'static, (String, Result<Findings, SourceError>, Duration)>;
+
+/// Runs the task of one KubervisorService until the resource is gone; abort it to stop sooner.
+pub async fn run(ctx: Arc<Context>, namespace: String, name: String) {
+    let span = info_span!("kvs", namespace = %namespace, name = %name);
+    Task::new(ctx, namespace, name).run().instrument(span).await
+}
+
+struct Task {
+    ctx: Arc<Context>,
+    namespace: String,
+    name: String,
+    /// Always `Some` between steps; taken while a step runs.
+    state: Option<State>,
+    changes: watch::Receiver<u64>,
+    /// The spec the breaker timers follow.
+    spec: Option<Arc<ResolvedSpec>>,
+    /// When each breaker evaluates next.
+    next_evaluation: BTreeMap<String, Instant>,
+    /// Queries under way, at most one per breaker.
+    queries: FuturesUnordered<Query>,
+    querying: BTreeMap<String, ()>,
+    /// When the next observation is due.
+    observe_at: Instant,
+    last_observed: Option<Instant>,
+    /// When the activator last ran, on the clock the step sees.
+    activator_ran: Option<Timestamp>,
+}
+
+impl Task {
+    fn new(ctx: Arc<Context>, namespace: String, name: String) -> Task {
+        let changes = ctx.index.subscribe(&namespace);
+        Task {
+            state: Some(State::new(&namespace, &name)),
+            ctx,
+            namespace,
+            name,
+            changes,
+            spec: None,
+            next_evaluation: BTreeMap::new(),
+            queries: FuturesUnordered::new(),
+            querying: BTreeMap::new(),
+            observe_at: Instant::now(),
+            last_observed: None,
+            activator_ran: None,
+        }
+    }
+
+    fn state(&self) -> &State {
+        self.state.as_ref().expect("state is back after every step")
+    }
+
+    async fn run(mut self) {
+        loop {
+            if *self.state().phase() == Phase::Finished {
+                break;
+            }
+            self.follow_spec();
+            let now = Instant::now();
+            let wake = [
+                Some(self.observe_at),
+                self.next_evaluation.values().min().copied(),
+                self.activator_wake(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.observe_at);
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // Debounced: a burst of changes is observed once.
+                    let earliest = self.last_observed.map_or(now, |at| at + self.ctx.timing.reconcile_min_interval);
+                    self.observe_at = self.observe_at.min(earliest.max(now));
+                }
+                Some((breaker, result, took)) = self.queries.next(), if !self.queries.is_empty() => {
+                    self.querying.remove(&breaker);
+                    self.answered(breaker, result, took).await;
+                }
+                _ = tokio::time::sleep_until(wake) => self.due(Instant::now()).await,
+            }
+        }
+        self.ctx.metrics.forget(&self.namespace, &self.name);
+    }
+
+    /// Does whatever has come due: an observation, breaker queries, the activator.
+    async fn due(&mut self, now: Instant) {
+        if self.observe_at <= now {
+            self.observe().await;
+        }
+        let due: Vec<String> = self
+            .next_evaluation
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for breaker in due {
+            self.start_query(&breaker, now);
+        }
+        if self.activator_wake(now).is_some_and(|at| at <= now) {
+            self.refresh().await;
+            let ran = Timestamp::now();
+            self.activator_ran = Some(ran);
+            self.feed(Input::ActivatorDue).await;
+        }
+    }
+
+    /// Re-reads the index and feeds what it shows.
+    async fn observe(&mut self) {
+        let started = Instant::now();
+        self.changes.borrow_and_update();
+        self.last_observed = Some(started);
+        self.observe_at = started + self.ctx.timing.resync;
+        let observed = self.observed();
+        let error = self.feed(Input::Observed(observed)).await;
+        self.ctx
+            .metrics
+            .observe_reconcile(&self.namespace, &self.name, started.elapsed(), error);
+    }
+
+    /// Feeds a fresh observation first if the index changed since the last one, so that
+    /// no decision is taken on a view older than the index.
+    async fn refresh(&mut self) {
+        if self.changes.has_changed().unwrap_or(false) {
+            self.observe().await;
+        }
+    }
+
+    /// What the index shows of this resource, its Service and its pods.
+    fn observed(&self) -> Observed {
+        let index = &self.ctx.index;
+        let Some(entry) = index.kvs(&self.namespace, &self.name) else {
+            return Observed::default();
+        };
+        let service = index.service(&self.namespace, &entry.object.spec.service);
+        let managed = service
+            .as_ref()
+            .and_then(|s| managed_selector(s.selector.as_ref()))
+            .map(|selector| {
+                index
+                    .pods_matching(&self.namespace, &selector)
+                    .into_iter()
+                    .filter(|pod| self.is_mine(pod))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mine = BTreeMap::from([(NAME_LABEL.to_string(), self.name.clone())]);
+        Observed {
+            labelled: index.pods_matching(&self.namespace, &mine),
+            kvs: Some(entry),
+            service,
+            managed,
+        }
+    }
+
+    /// A pod matching the selector is ours unless another existing KubervisorService claimed it.
+    fn is_mine(&self, pod: &SlimPod) -> bool {
+        match pod.labels.get(NAME_LABEL) {
+            None => true,
+            Some(owner) if *owner == self.name => true,
+            Some(owner) => self.ctx.index.kvs(&self.namespace, owner).is_none(),
+        }
+    }
+
+    /// Restarts the breaker timers when the running spec changed; every breaker then
+    /// evaluates at once.
+    fn follow_spec(&mut self) {
+        let running = self.state().running_spec().cloned();
+        if running == self.spec {
+            return;
+        }
+        if self.spec.is_some() && running.is_some() {
+            info!("spec changed: restarting breaker evaluations");
+        }
+        let now = Instant::now();
+        self.next_evaluation = running
+            .iter()
+            .flat_map(|spec| spec.breakers.iter())
+            .map(|b| (b.name.clone(), now))
+            .collect();
+        // Answers to queries of an older spec would judge by the old rules.
+        self.queries = FuturesUnordered::new();
+        self.querying.clear();
+        self.spec = running;
+    }
+
+    fn start_query(&mut self, name: &str, now: Instant) {
+        let Some(breaker) = self
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.breakers.iter().find(|b| b.name == name))
+            .cloned()
+        else {
+            self.next_evaluation.remove(name);
+            return;
+        };
+        let period = breaker.evaluation_period;
+        // A slow source delays its own next evaluation, never the others'.
+        self.next_evaluation
+            .insert(breaker.name.clone(), now + period);
+        if self.querying.insert(breaker.name.clone(), ()).is_some() {
+            return;
+        }
+        let sources = self.ctx.sources.clone();
+        self.queries.push(
+            async move {
+                let started = Instant::now();
+                let result = sources.findings(&breaker.detection, period).await;
+                (breaker.name, result, started.elapsed())
+            }
+            .boxed(),
+        );
+    }
+
+    async fn answered(
+        &mut self,
+        breaker: String,
+        result: Result<Findings, SourceError>,
+        took: Duration,
+    ) {
+        let source = self
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.breakers.iter().find(|b| b.name == breaker))
+            .map_or("prometheus", |b| match b.detection {
+                Detection::Custom(_) => "custom",
+                _ => "prometheus",
+            });
+        self.ctx
+            .metrics
+            .observe_source(source, took, result.as_ref().err().map(|e| e.kind()));
+        let answered = Instant::now();
+        let ok = result.is_ok();
+        match &result {
+            Ok(findings) => debug!(
+                breaker = %breaker,
+                anomalies = findings.anomalies.len(),
+                healthy = findings.healthy.len(),
+                "breaker evaluated"
+            ),
+            Err(e) => debug!(breaker = %breaker, "source error: {e}"),
+        }
+        self.refresh().await;
+        self.feed(Input::Findings { breaker, result }).await;
+        self.ctx
+            .metrics
+            .observe_evaluation(ok.then(|| answered.elapsed()));
+    }
+
+    /// When the activator must run: when the earliest ejected pod is due, or, for a pod
+    /// already due that it could not act on, one activator period after its last run.
+    fn activator_wake(&self, now: Instant) -> Option<Instant> {
+        let due = self.state().activator_due()?;
+        let wake = match self.activator_ran {
+            Some(ran) if due <= ran => {
+                let period =
+                    jiff::SignedDuration::try_from(self.ctx.timing.activator_period).ok()?;
+                ran.saturating_add(period).ok()?
+            }
+            _ => due,
+        };
+        let wait = Duration::try_from(wake.duration_since(Timestamp::now())).unwrap_or_default();
+        Some(now + wait)
+    }
+
+    /// Runs the step on `input`, carries out its effects and feeds their outcomes back,
+    /// until nothing is left. Returns the reason of a failed status or finalizer write.
+    async fn feed(&mut self, input: Input) -> Option<&'static str> {
+        let mut error = None;
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let state = self.state.take().expect("state is back after every step");
+            let (state, effects) = plan(state, input, Timestamp::now());
+            self.state = Some(state);
+            let kvs = self.state().resource().cloned();
+            let (outcomes, failed) =
+                execute(&self.ctx, &self.namespace, &self.name, kvs, effects).await;
+            error = error.or(failed);
+            inputs.extend(outcomes);
+        }
+        error
+    }
+}
+
+/// Carries out the effects of one step: pod writes concurrently, the rest in order.
+/// Returns the outcomes of the pod writes, and the reason of a failed status or finalizer write.
+async fn execute(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    kvs: Option<Arc<KubervisorService>>,
+    effects: Vec<Effect>,
+) -> (Vec<Input>, Option<&'static str>) {
+    let mut writes = Vec::new();
+    let mut error = None;
+    for effect in effects {
+        match effect {
+            Effect::Pod(write) => writes.push(write),
+            Effect::Publish(report) => {
+                if report.note.is_warning() {
+                    warn!(reason = report.note.reason(), "{}", report.note);
+                } else {
+                    info!(reason = report.note.reason(), "{}", report.note);
+                }
+                if let Some(kvs) = &kvs {
+                    ctx.effects.publish(kvs, report);
+                }
+            }
+            Effect::Status(status) => {
+                if let Some(kvs) = &kvs
+                    && let Err(e) = ctx.effects.status(kvs, &status).await
+                {
+                    warn!("{e}");
+                    error = Some("StatusError");
+                }
+            }
+            Effect::AddFinalizer(object) | Effect::RemoveFinalizer(object) => {
+                if let Err(e) = ctx.effects.finalizer(object).await {
+                    warn!("{e}");
+                    error = Some("FinalizerError");
+                }
+            }
+            Effect::CountDecision {
+                breaker,
+                pod,
+                kind,
+                dry_run,
+            } => {
+                let kind = if dry_run {
+                    format!("dryrun_{}", kind.as_str())
+                } else {
+                    kind.as_str().to_string()
+                };
+                ctx.metrics.count_decision(&breaker, namespace, &pod, &kind);
+            }
+            Effect::PodCounts(counts) => ctx.metrics.set_pod_counts(
+                namespace,
+                name,
+                counts.managed as usize,
+                counts.broken as usize,
+                counts.paused as usize,
+                counts.unknown as usize,
+            ),
+        }
+    }
+    let effects: &Effects = &ctx.effects;
+    let outcomes = futures::stream::iter(writes)
+        .map(|write| async move {
+            let outcome = effects.pod(&write, name).await;
+            match &outcome {
+                Written::Done(_) => {}
+                Written::Stale(why) => debug!("{why}; deciding again"),
+                Written::Failed(why) => warn!("{why}"),
+            }
+            Input::Written {
+                pod: write.pod.name.clone(),
+                outcome,
+            }
+        })
+        .buffer_unordered(WRITES_PER_STEP)
+        .collect()
+        .await;
+    (outcomes, error)
+}
