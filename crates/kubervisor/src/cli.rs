@@ -26,6 +26,7 @@ enum Command {
     /// Print the KubervisorService CustomResourceDefinition as YAML.
     Crd,
     /// Show the operator at work on a simulated cluster, with no cluster needed.
+    #[cfg(feature = "demo")]
     Demo {
         /// Print plain lines instead of redrawing a table (for logs and CI).
         #[arg(long)]
@@ -141,6 +142,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn demo(no_tui: bool, keep: bool) -> ExitCode {
     // Quiet by default: the demo's own view is the output; RUST_LOG shows the operator's logs.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -197,6 +199,7 @@ pub fn main() -> ExitCode {
         }
         Command::Check { files } => check(&files),
         Command::Run(args) => run(*args),
+        #[cfg(feature = "demo")]
         Command::Demo { no_tui, keep } => demo(no_tui, keep),
     }
 }

@@ -2,8 +2,10 @@
 //! effects on pods, the HTTP endpoint and the command line.
 
 pub mod cli;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod effects;
+#[cfg(feature = "demo")]
 pub mod harness;
 pub mod index;
 pub mod leader;

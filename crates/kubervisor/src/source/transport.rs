@@ -53,7 +53,8 @@ pub(crate) enum Roots {
     Bundle(RootCertStore),
     /// The operating system's store.
     Native,
-    /// None: for clients that only ever speak plain HTTP.
+    /// None: for clients that only ever speak plain HTTP (the Prometheus harness).
+    #[cfg(feature = "demo")]
     Empty,
 }
 
@@ -65,6 +66,7 @@ impl HttpClient {
             .with_safe_default_protocol_versions()?;
         let tls = match roots {
             Roots::Bundle(store) => builder.with_root_certificates(store),
+            #[cfg(feature = "demo")]
             Roots::Empty => builder.with_root_certificates(RootCertStore::empty()),
             Roots::Native => match builder.clone().with_native_roots() {
                 Ok(with_roots) => with_roots,
@@ -92,6 +94,7 @@ impl HttpClient {
     }
 
     /// A client for plain HTTP only, which needs no certificates.
+    #[cfg(feature = "demo")]
     pub fn plain() -> Result<HttpClient, rustls::Error> {
         HttpClient::new(Roots::Empty)
     }
