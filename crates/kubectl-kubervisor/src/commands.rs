@@ -232,14 +232,9 @@ async fn patch_selector(
     cluster: &Cluster,
     service_name: &str,
     read: &BTreeMap<String, String>,
-    patch: serde_json::Value,
+    patch: json_patch::Patch,
     verb: &str,
 ) -> Result<(), PluginError> {
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| PluginError::Request {
-            action: "cannot build the selector patch".into(),
-            cause: e.to_string(),
-        })?;
     let api: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     match api
         .patch(

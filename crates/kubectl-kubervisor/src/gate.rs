@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kubervisor_api::patch;
 use kubervisor_api::pod::{PodMarks, TRAFFIC_LABEL, Traffic};
-use serde_json::{Value, json};
 
 use crate::format;
 
@@ -18,12 +19,10 @@ pub fn service_selector(service: &Service) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The selector of the managed pods: the Service's without the traffic key; `None` when
-/// nothing is left, since an empty selector would match every pod of the namespace.
+/// The selector of the managed pods, as the operator computes it; `None` when nothing is
+/// left, since an empty selector would match every pod of the namespace.
 pub fn managed_selector(service: &Service) -> Option<BTreeMap<String, String>> {
-    let mut selector = service_selector(service);
-    selector.remove(TRAFFIC_LABEL);
-    (!selector.is_empty()).then_some(selector)
+    kubervisor_api::pod::managed_selector(service.spec.as_ref()?.selector.as_ref())
 }
 
 /// A label selector string for the API (`a=1,b=2`).
@@ -43,28 +42,31 @@ pub fn is_active(service: &Service) -> bool {
         == Some(Traffic::Yes.as_str())
 }
 
-/// `kubervisor/traffic` as a JSON Pointer segment (`/` is escaped as `~1`).
-fn traffic_pointer() -> String {
-    format!(
-        "/spec/selector/{}",
-        TRAFFIC_LABEL.replace('~', "~0").replace('/', "~1")
-    )
+/// `/spec/selector/kubervisor~1traffic`.
+fn traffic_pointer() -> PointerBuf {
+    patch::path(["spec", "selector", TRAFFIC_LABEL])
+}
+
+/// The selector as it was read, for the `test` that guards every selector change.
+fn test_selector(current: &BTreeMap<String, String>) -> json_patch::PatchOperation {
+    let value = serde_json::to_value(current).unwrap_or_default();
+    patch::test(patch::path(["spec", "selector"]), value)
 }
 
 /// A JSON Patch adding `kubervisor/traffic: yes` to the selector; the `test` makes the
 /// API server refuse it if someone changed the selector since we read it.
-pub fn activation_patch(current: &BTreeMap<String, String>) -> Value {
-    json!([
-        {"op": "test", "path": "/spec/selector", "value": current},
-        {"op": "add", "path": traffic_pointer(), "value": Traffic::Yes.as_str()},
+pub fn activation_patch(current: &BTreeMap<String, String>) -> json_patch::Patch {
+    json_patch::Patch(vec![
+        test_selector(current),
+        patch::add(traffic_pointer(), Traffic::Yes.as_str()),
     ])
 }
 
 /// A JSON Patch removing `kubervisor/traffic` from the selector, guarded the same way.
-pub fn deactivation_patch(current: &BTreeMap<String, String>) -> Value {
-    json!([
-        {"op": "test", "path": "/spec/selector", "value": current},
-        {"op": "remove", "path": traffic_pointer()},
+pub fn deactivation_patch(current: &BTreeMap<String, String>) -> json_patch::Patch {
+    json_patch::Patch(vec![
+        test_selector(current),
+        patch::remove(traffic_pointer()),
     ])
 }
 
@@ -190,6 +192,8 @@ fn readiness(pod: &Pod) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
 
     fn service(selector: Value) -> Service {
@@ -229,15 +233,14 @@ mod tests {
     #[test]
     fn activation_patch_tests_the_selector_then_adds_the_escaped_key() {
         let current: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
-        let patch = activation_patch(&current);
+        let parsed = activation_patch(&current);
         assert_eq!(
-            patch,
+            serde_json::to_value(&parsed).unwrap(),
             json!([
                 {"op": "test", "path": "/spec/selector", "value": {"app": "web"}},
                 {"op": "add", "path": "/spec/selector/kubervisor~1traffic", "value": "yes"}
             ])
         );
-        let parsed: json_patch::Patch = serde_json::from_value(patch).unwrap();
         let mut svc = serde_json::to_value(service(json!({"app": "web"}))).unwrap();
         json_patch::patch(&mut svc, &parsed).unwrap();
         assert_eq!(
@@ -253,7 +256,7 @@ mod tests {
             (TRAFFIC_LABEL.to_string(), "yes".to_string()),
         ]
         .into();
-        let parsed: json_patch::Patch = serde_json::from_value(deactivation_patch(&read)).unwrap();
+        let parsed = deactivation_patch(&read);
         let mut same = serde_json::to_value(service(json!(read.clone()))).unwrap();
         json_patch::patch(&mut same, &parsed).unwrap();
         assert_eq!(same["spec"]["selector"], json!({"app": "web"}));

@@ -238,4 +238,24 @@ mod tests {
         let now: Timestamp = "2026-11-25T10:00:00.5Z".parse().unwrap();
         assert_eq!(format_break_at(now).parse::<Timestamp>().unwrap(), now);
     }
+
+    #[test]
+    fn managed_selector_drops_the_traffic_requirement_and_refuses_an_empty_one() {
+        let sel = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let service = sel(&[("app", "web"), (TRAFFIC_LABEL, "yes")]);
+        assert_eq!(
+            managed_selector(Some(&service)),
+            Some(sel(&[("app", "web")]))
+        );
+        assert_eq!(
+            managed_selector(Some(&sel(&[(TRAFFIC_LABEL, "yes")]))),
+            None
+        );
+        assert_eq!(managed_selector(None), None);
+    }
 }

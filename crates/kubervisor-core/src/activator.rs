@@ -20,17 +20,6 @@ pub enum Action {
     Kill,
 }
 
-impl Action {
-    /// A verb for logs, events and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Activate => "activate",
-            Action::Pause => "pause",
-            Action::Kill => "kill",
-        }
-    }
-}
-
 /// A decision on one ejected pod; its `Display` is the reason given in events and logs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Activation {

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
 use kubervisor_api::KubervisorService;
-use kubervisor_api::pod::{BREAK_AT_ANNOTATION, PodMarks, RETRY_COUNT_ANNOTATION, TRAFFIC_LABEL};
+use kubervisor_api::pod::{BREAK_AT_ANNOTATION, PodMarks, RETRY_COUNT_ANNOTATION};
 use kubervisor_core::PodView;
 use tokio::sync::watch;
 
@@ -96,14 +96,6 @@ impl SlimService {
                 .and_then(|s| s.selector.clone())
                 .filter(|s| !s.is_empty()),
         }
-    }
-
-    /// The selector of the pods Kubervisor manages: the Service's, without the
-    /// traffic requirement Kubervisor itself toggles. `None` when that leaves nothing.
-    pub fn managed_selector(&self) -> Option<BTreeMap<String, String>> {
-        let mut selector = self.selector.clone()?;
-        selector.remove(TRAFFIC_LABEL);
-        (!selector.is_empty()).then_some(selector)
     }
 }
 
@@ -233,14 +225,6 @@ impl Default for Index {
     }
 }
 
-/// Which kind of object a watch event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Pod,
-    Service,
-    KubervisorService,
-}
-
 impl Index {
     pub fn new() -> Arc<Index> {
         Arc::new(Index::default())
@@ -278,10 +262,6 @@ impl Index {
     /// A receiver that turns true once every watch has listed its objects.
     pub fn subscribe_synced(&self) -> watch::Receiver<bool> {
         self.synced.subscribe()
-    }
-
-    pub fn is_synced(&self) -> bool {
-        *self.synced.borrow()
     }
 
     fn update_synced(&self, state: &State) {
@@ -344,18 +324,6 @@ impl Index {
             .unwrap_or_default()
     }
 
-    /// Pods of every namespace carrying label `key` = `value`, in (namespace, name) order.
-    pub fn pods_labelled(&self, key: &str, value: &str) -> Vec<Arc<SlimPod>> {
-        let selector = BTreeMap::from([(key.to_string(), value.to_string())]);
-        let state = self.read();
-        let mut namespaces: Vec<&String> = state.pods.keys().collect();
-        namespaces.sort();
-        namespaces
-            .into_iter()
-            .flat_map(|ns| state.pods[ns].matching(&selector))
-            .collect()
-    }
-
     /// Every pod with any value of label `key`, across namespaces.
     pub fn pods_with_label(&self, key: &str) -> Vec<Arc<SlimPod>> {
         let state = self.read();
@@ -369,10 +337,6 @@ impl Index {
                     .cloned()
             })
             .collect()
-    }
-
-    pub fn pod_count(&self) -> usize {
-        self.read().pods.values().map(|ns| ns.pods.len()).sum()
     }
 
     // --- services
@@ -482,7 +446,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, ServiceSpec};
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use kube::api::ObjectMeta;
 
     use super::*;
@@ -576,7 +540,6 @@ mod tests {
                 .pods_matching("ns", &sel(&[("app", "api")]))
                 .is_empty()
         );
-        assert_eq!(index.pod_count(), 0);
     }
 
     #[test]
@@ -588,11 +551,11 @@ mod tests {
             names(&index.pods_matching("ns", &sel(&[("app", "web")]))),
             ["fresh"]
         );
-        assert!(!index.is_synced());
+        assert!(!*index.subscribe_synced().borrow());
         index.reset_services(&[]);
-        assert!(!index.is_synced());
+        assert!(!*index.subscribe_synced().borrow());
         index.reset_kvs(Vec::new());
-        assert!(index.is_synced());
+        assert!(*index.subscribe_synced().borrow());
     }
 
     #[test]
@@ -605,33 +568,5 @@ mod tests {
         assert!(!other.has_changed().unwrap());
         ns.mark_unchanged();
         other.mark_unchanged();
-    }
-
-    #[test]
-    fn managed_selector_drops_the_traffic_requirement() {
-        let service = Service {
-            metadata: ObjectMeta {
-                namespace: Some("ns".into()),
-                name: Some("web".into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some(sel(&[("app", "web"), (TRAFFIC_LABEL, "yes")])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let slim = SlimService::from_service(&service);
-        assert_eq!(slim.managed_selector(), Some(sel(&[("app", "web")])));
-        let only_traffic = SlimService {
-            selector: Some(sel(&[(TRAFFIC_LABEL, "yes")])),
-            ..slim.clone()
-        };
-        assert_eq!(only_traffic.managed_selector(), None);
-        let none = SlimService {
-            selector: None,
-            ..slim
-        };
-        assert_eq!(none.managed_selector(), None);
     }
 }

@@ -366,11 +366,6 @@ impl State {
         self.activator_due
     }
 
-    /// Whether writes are still awaited.
-    pub fn is_awaiting(&self) -> bool {
-        !self.awaiting.is_empty()
-    }
-
     fn step(&mut self, input: Input, now: Timestamp, out: &mut Vec<Effect>) {
         match input {
             Input::Observed(observed) => {

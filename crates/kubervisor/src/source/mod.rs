@@ -214,11 +214,6 @@ impl Sources {
         })
     }
 
-    /// The settings these sources were built with.
-    pub fn settings(&self) -> &SourceSettings {
-        &self.inner.settings
-    }
-
     /// The timeout of a breaker's query: its evaluation period, capped.
     pub fn query_timeout(&self, evaluation_period: Duration) -> Duration {
         let cap = self.inner.settings.max_query_timeout;
@@ -255,29 +250,19 @@ impl Sources {
         rule: &DiscreteRule,
         timeout: Duration,
     ) -> Result<Vec<DiscreteSample>, SourceError> {
-        let (request, samples) = self
-            .instant_vector(
-                &rule.prometheus_service,
-                &rule.promql,
-                timeout,
-                &rule.pod_name_key,
-            )
-            .await?;
-        samples
-            .into_iter()
-            .map(|sample| {
-                Ok(DiscreteSample {
-                    pod: required_label(
-                        &request,
-                        &sample.labels,
-                        &rule.pod_name_key,
-                        "podNamekey",
-                    )?,
-                    key: required_label(&request, &sample.labels, &rule.key, "key")?,
-                    value: sample.value,
-                })
+        let query = (
+            rule.prometheus_service.as_str(),
+            rule.promql.as_str(),
+            rule.pod_name_key.as_str(),
+        );
+        self.per_pod(query, timeout, |request, pod, sample| {
+            Ok(DiscreteSample {
+                pod,
+                key: required_label(request, &sample.labels, &rule.key, "key")?,
+                value: sample.value,
             })
-            .collect()
+        })
+        .await
     }
 
     /// The samples of a `continuousValueDeviation` query: one per series, with the pod label.
@@ -286,26 +271,34 @@ impl Sources {
         rule: &ContinuousRule,
         timeout: Duration,
     ) -> Result<Vec<ContinuousSample>, SourceError> {
-        let (request, samples) = self
-            .instant_vector(
-                &rule.prometheus_service,
-                &rule.promql,
-                timeout,
-                &rule.pod_name_key,
-            )
-            .await?;
+        let query = (
+            rule.prometheus_service.as_str(),
+            rule.promql.as_str(),
+            rule.pod_name_key.as_str(),
+        );
+        self.per_pod(query, timeout, |_, pod, sample| {
+            Ok(ContinuousSample {
+                pod,
+                value: sample.value,
+            })
+        })
+        .await
+    }
+
+    /// Runs an instant query `(prometheusService, promQL, podNamekey)` and builds one
+    /// sample per series from its pod label and the series.
+    async fn per_pod<T>(
+        &self,
+        (base, promql, pod_key): (&str, &str, &str),
+        timeout: Duration,
+        build: impl Fn(&Request, String, &Sample) -> Result<T, SourceError>,
+    ) -> Result<Vec<T>, SourceError> {
+        let (request, samples) = self.instant_vector(base, promql, timeout, pod_key).await?;
         samples
-            .into_iter()
+            .iter()
             .map(|sample| {
-                Ok(ContinuousSample {
-                    pod: required_label(
-                        &request,
-                        &sample.labels,
-                        &rule.pod_name_key,
-                        "podNamekey",
-                    )?,
-                    value: sample.value,
-                })
+                let pod = required_label(&request, &sample.labels, pod_key, "podNamekey")?;
+                build(&request, pod, sample)
             })
             .collect()
     }
