@@ -5,6 +5,7 @@ pub mod controllers;
 pub mod error;
 pub mod faults;
 pub mod patch;
+pub mod protobuf;
 pub mod requests;
 pub mod resources;
 pub mod selector;
