@@ -8,12 +8,14 @@ pub mod patch;
 pub mod protobuf;
 pub mod requests;
 pub mod resources;
+mod scale;
 pub mod selector;
 mod server;
 pub mod store;
 mod table;
 pub mod testing;
 mod util;
+pub mod views;
 pub mod workload;
 
 pub use error::ApiError;
