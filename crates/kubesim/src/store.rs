@@ -484,6 +484,12 @@ impl Store {
                 }
             }
             ("", "namespaces") => obj["status"] = json!({"phase": "Active"}),
+            // As upstream's defaulting: kubectl create secret generic leaves the type empty.
+            ("", "secrets") => {
+                if obj.get("type").is_none_or(|t| t.as_str() == Some("")) {
+                    obj["type"] = json!("Opaque");
+                }
+            }
             ("", "services") => {
                 if !obj.get("spec").is_some_and(Value::is_object) {
                     obj["spec"] = json!({});
