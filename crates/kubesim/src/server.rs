@@ -47,7 +47,7 @@ async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
     resp
 }
 
-pub(crate) fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
+fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

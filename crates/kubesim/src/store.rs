@@ -485,10 +485,8 @@ impl Store {
             }
             ("", "namespaces") => obj["status"] = json!({"phase": "Active"}),
             // As upstream's defaulting: kubectl create secret generic leaves the type empty.
-            ("", "secrets") => {
-                if obj.get("type").is_none_or(|t| t.as_str() == Some("")) {
-                    obj["type"] = json!("Opaque");
-                }
+            ("", "secrets") if obj.get("type").is_none_or(|t| t.as_str() == Some("")) => {
+                obj["type"] = json!("Opaque");
             }
             ("", "services") => {
                 if !obj.get("spec").is_some_and(Value::is_object) {

@@ -133,4 +133,42 @@ mod tests {
         );
         assert_eq!(schema["api.core.v1.Probe"].fields[&1].json, None);
     }
+
+    /// The decoder recurses once per nested message; an acyclic table bounds that depth
+    /// whatever a body holds, so no request can exhaust the stack.
+    #[test]
+    fn the_table_has_no_cycles() {
+        fn depth(
+            schema: &Schema,
+            name: &'static str,
+            path: &mut Vec<&'static str>,
+            known: &mut HashMap<&'static str, usize>,
+        ) -> usize {
+            assert!(!path.contains(&name), "cycle: {path:?} -> {name}");
+            if let Some(d) = known.get(name) {
+                return *d;
+            }
+            let Some(msg) = schema.get(name) else {
+                return 1;
+            };
+            path.push(name);
+            let mut deepest = 0;
+            for f in msg.fields.values() {
+                if let Type::Message(m) = f.ty {
+                    deepest = deepest.max(depth(schema, m, path, known));
+                }
+            }
+            path.pop();
+            known.insert(name, deepest + 1);
+            deepest + 1
+        }
+        let schema = schema().unwrap();
+        let mut known = HashMap::new();
+        let deepest = schema
+            .keys()
+            .map(|n| depth(schema, n, &mut Vec::new(), &mut known))
+            .max()
+            .unwrap();
+        assert!(deepest < 32, "{deepest}");
+    }
 }
