@@ -13,11 +13,13 @@ mod schema;
 mod wire;
 
 use base64::Engine;
-use schema::{Shape, Type};
+use schema::Shape;
 use serde_json::{Map, Value};
-use wire::{Reader, WireError, WireType};
+use wire::Reader;
 
-pub use wire::WireError as ProtobufWireError;
+// Named by `DecodeError`'s variants.
+pub use schema::Type;
+pub use wire::{WireError, WireType};
 
 /// The media type of Kubernetes protobuf bodies.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
