@@ -96,6 +96,17 @@ impl ApiError {
         )
     }
 
+    /// A create or update body the server cannot read, as the real server words it.
+    pub fn unsupported_body_type(content_type: &str, why: &str) -> Self {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?}: {why})"
+            ),
+        )
+    }
+
     pub fn unprocessable(message: impl Into<String>) -> Self {
         ApiError::new(422, "Invalid", message)
     }

@@ -5,14 +5,17 @@ pub mod controllers;
 pub mod error;
 pub mod faults;
 pub mod patch;
+pub mod protobuf;
 pub mod requests;
 pub mod resources;
+mod scale;
 pub mod selector;
 mod server;
 pub mod store;
 mod table;
 pub mod testing;
 mod util;
+pub mod views;
 pub mod workload;
 
 pub use error::ApiError;

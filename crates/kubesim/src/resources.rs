@@ -1,5 +1,6 @@
 //! The registry of served resource types: built-ins plus those defined by CRDs.
 
+use crate::views::View;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,12 +29,29 @@ impl ResourceInfo {
         }
     }
 
-    /// Storage key: versions of one group/resource share their objects.
+    /// Storage key: versions of one group/resource share their objects, and so do the
+    /// two APIs of one resource (`events.k8s.io` Events are core Events).
     pub fn key(&self) -> ResKey {
-        ResKey {
-            group: self.group.clone(),
-            plural: self.plural.clone(),
+        match self.view() {
+            Some(view) => view.storage_key(),
+            None => ResKey {
+                group: self.group.clone(),
+                plural: self.plural.clone(),
+            },
         }
+    }
+
+    /// Set when this resource is another's objects in another shape.
+    pub fn view(&self) -> Option<View> {
+        if self.crd.is_some() {
+            return None;
+        }
+        View::of(&self.group, &self.plural)
+    }
+
+    /// Whether `NAME/scale` serves an `autoscaling/v1` Scale (what `kubectl scale` uses).
+    pub fn has_scale(&self) -> bool {
+        self.crd.is_none() && self.group == "apps" && self.plural == "deployments"
     }
 }
 
@@ -376,6 +394,17 @@ impl Registry {
                     "singularName": "",
                     "namespaced": info.namespaced,
                     "kind": info.kind,
+                    "verbs": ["get", "patch", "update"],
+                }));
+            }
+            if info.has_scale() {
+                resources.push(json!({
+                    "name": format!("{}/scale", info.plural),
+                    "singularName": "",
+                    "namespaced": info.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
                     "verbs": ["get", "patch", "update"],
                 }));
             }

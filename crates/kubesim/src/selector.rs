@@ -249,6 +249,17 @@ impl FieldSelector {
             .map(|(_, _, v)| v.as_str())
     }
 
+    /// Renames each path's first segment, for selectors written against another shape of
+    /// the objects (an `events.k8s.io` Event's `regarding` is the stored `involvedObject`).
+    pub fn rename_roots(mut self, rename: impl Fn(&str) -> &str) -> Self {
+        for (path, _, _) in &mut self.reqs {
+            if let Some(first) = path.first_mut() {
+                *first = rename(first).to_string();
+            }
+        }
+        self
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.reqs.iter().all(|(path, eq, want)| {
             let mut cur = Some(obj);

@@ -51,7 +51,7 @@ fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn value_response(code: StatusCode, v: &Value) -> Response {
+pub(crate) fn value_response(code: StatusCode, v: &Value) -> Response {
     json_response(code, serde_json::to_vec(v).unwrap_or_default())
 }
 
@@ -200,20 +200,20 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
     if query.get("dryRun").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::bad_request("kubesim does not support dryRun"));
     }
-    // Only JSON bodies are understood; a 415 makes client-go retry a protobuf request as JSON.
-    if matches!(verb, "create" | "update") {
-        let ct = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if !ct.is_empty() && !ct.contains("json") && !ct.contains("yaml") {
-            return Err(ApiError::unsupported_media_type(ct));
-        }
-    }
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+    if target.sub.as_deref() == Some("scale") && target.info.has_scale() {
+        return crate::scale::serve(
+            &state.store,
+            &target.info,
+            &target.namespace.clone().unwrap_or_default(),
+            target.name.as_deref().unwrap_or_default(),
+            verb,
+            &parts.headers,
+            &body,
+        );
+    }
     let sub = match target.sub.as_deref() {
         None => Sub::Main,
         Some("status") if target.info.has_status => Sub::Status,
@@ -237,12 +237,12 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
             Ok(object_response(StatusCode::OK, &info, &obj))
         }
         "create" => {
-            let obj = parse_json(&body)?;
+            let obj = parse_object(&parts.headers, &body)?;
             let created = store.create(&info, &ns, obj)?;
             Ok(object_response(StatusCode::CREATED, &info, &created))
         }
         "update" => {
-            let obj = parse_json(&body)?;
+            let obj = parse_object(&parts.headers, &body)?;
             let name = target.name.as_deref().unwrap_or_default();
             let updated = store.update(&info, &ns, name, obj, sub)?;
             Ok(object_response(StatusCode::OK, &info, &updated))
@@ -273,7 +273,7 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
         }
         "deletecollection" => {
             let opts = delete_options(&body, &query)?;
-            let (labels, fields) = selectors(&query)?;
+            let (labels, fields) = selectors(&info, &query)?;
             let page = store.list(
                 &info.key(),
                 target.namespace.as_deref(),
@@ -397,6 +397,41 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The object of a create or update body: JSON, or the protobuf kubectl's generators send.
+pub(crate) fn parse_object(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    let base = ct.split(';').next().unwrap_or_default().trim();
+    if base == crate::protobuf::MEDIA_TYPE {
+        use crate::protobuf::DecodeError;
+        return crate::protobuf::decode_object(body).map_err(|e| match e {
+            DecodeError::UnknownKind { .. }
+            | DecodeError::ContentType(_)
+            | DecodeError::ContentEncoding(_) => {
+                ApiError::unsupported_body_type(ct, &e.to_string())
+            }
+            DecodeError::Schema(_) => ApiError::internal(e.to_string()),
+            _ => ApiError::bad_request(format!(
+                "the object provided is unrecognized: error decoding protobuf: {e}"
+            )),
+        });
+    }
+    if base.contains("yaml") {
+        // The same YAML reading as apply patches.
+        return patch::parse_body(PatchKind::Apply, body);
+    }
+    if !base.is_empty() && !base.contains("json") {
+        return Err(ApiError::unsupported_body_type(ct, "unknown media type"));
+    }
+    parse_json(body)
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
@@ -414,7 +449,22 @@ fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-fn selectors(query: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), ApiError> {
+/// The selectors of a request; a view's field paths are translated to the stored shape.
+fn selectors(
+    info: &ResourceInfo,
+    query: &HashMap<String, String>,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let (labels, fields) = raw_selectors(query)?;
+    let fields = match info.view() {
+        Some(view) => fields.rename_roots(|p| view.storage_field(p)),
+        None => fields,
+    };
+    Ok((labels, fields))
+}
+
+fn raw_selectors(
+    query: &HashMap<String, String>,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(
         query
             .get("labelSelector")
@@ -465,8 +515,13 @@ fn delete_options(
     Ok(opts)
 }
 
-/// Writes an object, fixing apiVersion when it is read through another served version.
+/// Writes an object, fixing apiVersion when it is read through another served version
+/// and converting it when read through a view of another resource.
 fn write_object(info: &ResourceInfo, obj: &Value, out: &mut Vec<u8>) {
+    if let Some(view) = info.view() {
+        let _ = serde_json::to_writer(&mut *out, &view.to_view(obj));
+        return;
+    }
     let want = info.api_version();
     if obj.get("apiVersion").and_then(Value::as_str) == Some(want.as_str()) {
         let _ = serde_json::to_writer(&mut *out, obj);
@@ -529,7 +584,7 @@ fn list(
     query: &HashMap<String, String>,
     as_table: bool,
 ) -> Result<Response, ApiError> {
-    let (labels, fields) = selectors(query)?;
+    let (labels, fields) = selectors(&target.info, query)?;
     let limit = match query.get("limit") {
         Some(l) if !l.is_empty() => {
             let n: i64 = l
@@ -718,7 +773,7 @@ fn watch(
     query: &HashMap<String, String>,
     _headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (labels, fields) = selectors(query)?;
+    let (labels, fields) = selectors(&target.info, query)?;
     let info = target.info.clone();
     let filter = WatchFilter {
         namespace: target.namespace.clone(),

@@ -5,6 +5,7 @@ use crate::patch::{self, PatchKind};
 use crate::resources::{Registry, ResKey, ResourceInfo};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::util::{self, metadata_mut, name_of};
+use crate::views::View;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -364,6 +365,10 @@ impl Store {
             ));
         }
         check_type(info, &obj)?;
+        if let Some(view) = info.view() {
+            let storage = storage_info(&self.lock(), view)?;
+            return self.create(&storage, namespace, view.to_storage(&obj));
+        }
         let key = info.key();
         let mut inner = self.lock();
         let md = metadata_mut(&mut obj);
@@ -479,6 +484,10 @@ impl Store {
                 }
             }
             ("", "namespaces") => obj["status"] = json!({"phase": "Active"}),
+            // As upstream's defaulting: kubectl create secret generic leaves the type empty.
+            ("", "secrets") if obj.get("type").is_none_or(|t| t.as_str() == Some("")) => {
+                obj["type"] = json!("Opaque");
+            }
             ("", "services") => {
                 if !obj.get("spec").is_some_and(Value::is_object) {
                     obj["spec"] = json!({});
@@ -581,6 +590,17 @@ impl Store {
             ));
         }
         let mut inner = self.lock();
+        if let Some(view) = info.view() {
+            let storage = storage_info(&inner, view)?;
+            return self.update_locked(
+                &mut inner,
+                &storage,
+                namespace,
+                name,
+                view.to_storage(&obj),
+                sub,
+            );
+        }
         self.update_locked(&mut inner, info, namespace, name, obj, sub)
     }
 
@@ -719,7 +739,12 @@ impl Store {
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
             .cloned()
             .unwrap_or(current);
-        let mut doc = (*current).clone();
+        // A patch through a view applies to the object as that view shows it.
+        let view = info.view();
+        let mut doc = match view {
+            Some(v) => v.to_view(&current),
+            None => (*current).clone(),
+        };
         patch::apply(kind, &mut doc, patch_body)?;
         if !doc.is_object() {
             return Err(ApiError::unprocessable(
@@ -735,6 +760,11 @@ impl Store {
                 name,
                 "metadata.name: Invalid value: field is immutable",
             ));
+        }
+        if let Some(view) = view {
+            let storage = storage_info(&inner, view)?;
+            let doc = view.to_storage(&doc);
+            return self.update_locked(&mut inner, &storage, namespace, name, doc, sub);
         }
         self.update_locked(&mut inner, info, namespace, name, doc, sub)
     }
@@ -890,6 +920,15 @@ impl Store {
             n & 0xff
         )
     }
+}
+
+/// The resource a view's objects are stored as.
+fn storage_info(inner: &Inner, view: View) -> Result<Arc<ResourceInfo>, ApiError> {
+    let (group, version, plural) = view.storage_resource();
+    inner
+        .registry
+        .lookup(group, version, plural)
+        .ok_or_else(|| ApiError::internal(format!("no stored resource for {view:?}")))
 }
 
 fn crd_group_plural(crd: &Value) -> (String, String) {

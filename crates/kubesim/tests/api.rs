@@ -990,3 +990,223 @@ async fn deployments_keep_replicas_and_are_garbage_collected() {
     .await;
     sim.shutdown().await;
 }
+
+/// One HTTP/1.1 request on its own connection: (status code, body as JSON).
+async fn raw_request(
+    sim: &kubesim::Sim,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = sim.url().trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut resp = Vec::new();
+    stream.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// A protobuf field of a test body: `number` with length-delimited `bytes`, or a varint.
+fn pb_len(number: u8, bytes: &[u8]) -> Vec<u8> {
+    assert!(
+        bytes.len() < 128,
+        "one-byte lengths keep the encoder trivial"
+    );
+    let mut out = vec![(number << 3) | 2, bytes.len() as u8];
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn pb_envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+    let type_meta = [
+        pb_len(1, api_version.as_bytes()),
+        pb_len(2, kind.as_bytes()),
+    ]
+    .concat();
+    [b"k8s\0".to_vec(), pb_len(1, &type_meta), pb_len(2, raw)].concat()
+}
+
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+#[tokio::test]
+async fn protobuf_bodies_are_decoded_or_refused_with_a_status() {
+    let sim = sim().await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    // ConfigMap{metadata{name: "pb"}, data{"k": "v"}}
+    let entry = [pb_len(1, b"k"), pb_len(2, b"v")].concat();
+    let cm = [pb_len(1, &pb_len(1, b"pb")), pb_len(2, &entry)].concat();
+    let (code, created) = raw_request(
+        &sim,
+        "POST",
+        cms,
+        PROTOBUF,
+        &pb_envelope("v1", "ConfigMap", &cm),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["data"], json!({"k": "v"}));
+
+    // A kind with no protobuf form (custom resources have none): 415, as upstream.
+    let (code, status) = raw_request(
+        &sim,
+        "POST",
+        cms,
+        PROTOBUF,
+        &pb_envelope("example.io/v1", "Widget", &[]),
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (415, Some("UnsupportedMediaType"))
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("example.io/v1, Kind=Widget"),
+        "{status}"
+    );
+
+    // A field number the table does not know is refused, not dropped.
+    let unknown = [pb_len(1, &pb_len(1, b"pb2")), pb_len(15, b"?")].concat();
+    let (code, status) = raw_request(
+        &sim,
+        "POST",
+        cms,
+        PROTOBUF,
+        &pb_envelope("v1", "ConfigMap", &unknown),
+    )
+    .await;
+    assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field number 15"),
+        "{status}"
+    );
+
+    // Truncated bodies and missing magic are 400s too.
+    let mut truncated = pb_envelope("v1", "ConfigMap", &cm);
+    truncated.truncate(truncated.len() - 2);
+    let (code, _) = raw_request(&sim, "POST", cms, PROTOBUF, &truncated).await;
+    assert_eq!(code, 400);
+    let (code, status) = raw_request(&sim, "POST", cms, PROTOBUF, b"{}").await;
+    assert_eq!(code, 400);
+    assert!(
+        status["message"].as_str().unwrap().contains("k8s"),
+        "{status}"
+    );
+    // The envelope's kind must match the URL's resource.
+    let (code, _) = raw_request(
+        &sim,
+        "POST",
+        cms,
+        PROTOBUF,
+        &pb_envelope("v1", "Secret", &cm),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = raw_request(&sim, "POST", cms, "text/plain", b"x").await;
+    assert_eq!(code, 415);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_scale_subresource_reads_and_writes_deployment_replicas() {
+    let sim = sim().await;
+    let deploy = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "app", "image": "sim"}]}}},
+    });
+    let deploys = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, _) = raw_request(
+        &sim,
+        "POST",
+        deploys,
+        "application/json",
+        deploy.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let scale_path = format!("{deploys}/web/scale");
+    let (code, scale) = raw_request(&sim, "GET", &scale_path, "", b"").await;
+    assert_eq!(code, 200);
+    assert_eq!(scale["apiVersion"], "autoscaling/v1");
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert_eq!(scale["status"]["selector"], "app=web");
+
+    // PUT with the version read succeeds; the same version again is a conflict.
+    let mut put = scale.clone();
+    put["spec"]["replicas"] = json!(4);
+    let (code, after) = raw_request(
+        &sim,
+        "PUT",
+        &scale_path,
+        "application/json",
+        put.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!((code, &after["spec"]["replicas"]), (200, &json!(4)));
+    let (code, status) = raw_request(
+        &sim,
+        "PUT",
+        &scale_path,
+        "application/json",
+        put.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!((code, status["reason"].as_str()), (409, Some("Conflict")));
+
+    let (code, after) = raw_request(
+        &sim,
+        "PATCH",
+        &scale_path,
+        "application/merge-patch+json",
+        br#"{"spec":{"replicas":1}}"#,
+    )
+    .await;
+    assert_eq!((code, &after["spec"]["replicas"]), (200, &json!(1)));
+    let d: Value = serde_json::to_value(
+        Api::<k8s_openapi::api::apps::v1::Deployment>::default_namespaced(sim.client())
+            .get("web")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(d["spec"]["replicas"], 1);
+
+    let (code, status) = raw_request(
+        &sim,
+        "PATCH",
+        &scale_path,
+        "application/merge-patch+json",
+        br#"{"spec":{"replicas":-1}}"#,
+    )
+    .await;
+    assert_eq!((code, status["reason"].as_str()), (422, Some("Invalid")));
+    let (code, _) = raw_request(&sim, "GET", &format!("{deploys}/missing/scale"), "", b"").await;
+    assert_eq!(code, 404);
+    let (code, _) = raw_request(
+        &sim,
+        "GET",
+        "/api/v1/namespaces/default/pods/x/scale",
+        "",
+        b"",
+    )
+    .await;
+    assert_eq!(code, 404);
+    sim.shutdown().await;
+}

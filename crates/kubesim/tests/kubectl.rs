@@ -3,6 +3,13 @@
 mod common;
 
 use common::{kubectl, kubectl_raw, require_binary, sim, wait_for};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event as NewEvent;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams, PostParams};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -348,4 +355,266 @@ async fn kubectl_applies_a_crd_then_a_custom_resource_and_patches_its_status() {
     kubectl(&kc, &["delete", "widget", "w1"]).await;
     kubectl(&kc, &["delete", "-f", crd.to_str().unwrap()]).await;
     sim.shutdown().await;
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// kubectl's generators send protobuf bodies (checked with `-v=8`); kubesim must decode
+/// every field they carry, and `kubectl scale` patches the scale subresource.
+#[tokio::test]
+async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
+    require_binary("kubectl", "kubernetes-client");
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kc).unwrap();
+    let client = sim.client();
+
+    kubectl(&kc, &["create", "namespace", "shop"]).await;
+    let ns = ["-n", "shop"];
+    let run = |args: &'static [&'static str]| {
+        let kc = kc.clone();
+        async move {
+            let mut all = ns.to_vec();
+            all.extend_from_slice(args);
+            kubectl(&kc, &all).await
+        }
+    };
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=example/web:1",
+        "--replicas=3",
+        "--port=8080",
+    ])
+    .await;
+    run(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ])
+    .await;
+    run(&["create", "service", "clusterip", "api", "--tcp=443:8443"]).await;
+    run(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+    ])
+    .await;
+    run(&[
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "--from-literal=key=s3cret",
+    ])
+    .await;
+    run(&["create", "serviceaccount", "robot"]).await;
+
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get("shop")
+        .await
+        .unwrap();
+    assert_eq!(
+        namespace.status.and_then(|s| s.phase).as_deref(),
+        Some("Active")
+    );
+
+    let deploy = Api::<Deployment>::namespaced(client.clone(), "shop")
+        .get("web")
+        .await
+        .unwrap();
+    let spec = deploy.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(spec.selector.match_labels, labels(&[("app", "web")]));
+    let template = spec.template;
+    assert_eq!(
+        template.metadata.and_then(|m| m.labels),
+        labels(&[("app", "web")])
+    );
+    let container = &template.spec.unwrap().containers[0];
+    assert_eq!(container.name, "web");
+    assert_eq!(container.image.as_deref(), Some("example/web:1"));
+    assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 8080);
+
+    let services = Api::<Service>::namespaced(client.clone(), "shop");
+    let web = services.get("web").await.unwrap().spec.unwrap();
+    assert_eq!(web.selector, labels(&[("app", "web")]));
+    let port = &web.ports.unwrap()[0];
+    assert_eq!(
+        (port.port, port.target_port.clone()),
+        (80, Some(IntOrString::Int(8080)))
+    );
+    let api = services.get("api").await.unwrap().spec.unwrap();
+    assert_eq!(api.selector, labels(&[("app", "api")]));
+    let port = &api.ports.unwrap()[0];
+    assert_eq!(
+        (port.name.as_deref(), port.port, port.target_port.clone()),
+        (Some("443-8443"), 443, Some(IntOrString::Int(8443)))
+    );
+
+    let settings = Api::<ConfigMap>::namespaced(client.clone(), "shop")
+        .get("settings")
+        .await
+        .unwrap();
+    assert_eq!(settings.data, labels(&[("mode", "fast")]));
+    let token = Api::<Secret>::namespaced(client.clone(), "shop")
+        .get("token")
+        .await
+        .unwrap();
+    assert_eq!(
+        token.data.unwrap().get("key"),
+        Some(&ByteString(b"s3cret".to_vec()))
+    );
+    assert_eq!(token.type_.as_deref(), Some("Opaque"));
+    Api::<ServiceAccount>::namespaced(client.clone(), "shop")
+        .get("robot")
+        .await
+        .unwrap();
+
+    // The Deployment made from a protobuf body runs its pods, and kubectl scale resizes it.
+    let pods = Api::<Pod>::namespaced(client.clone(), "shop");
+    let count_pods = |n: usize| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .unwrap();
+            (list.items.len() == n).then_some(())
+        }
+    };
+    wait_for("three pods", WAIT, || count_pods(3)).await;
+    let out = run(&["scale", "deployment", "web", "--replicas=5"]).await;
+    assert!(out.contains("deployment.apps/web scaled"), "{out}");
+    wait_for("five pods", WAIT, || count_pods(5)).await;
+    let scale: serde_json::Value = serde_json::from_str(
+        &kubectl(
+            &kc,
+            &[
+                "get",
+                "--raw",
+                "/apis/apps/v1/namespaces/shop/deployments/web/scale",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 5);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    // With a precondition kubectl reads the Scale and replaces it (GET then PUT).
+    let out = run(&[
+        "scale",
+        "deployment",
+        "web",
+        "--current-replicas=5",
+        "--replicas=2",
+    ])
+    .await;
+    assert!(out.contains("deployment.apps/web scaled"), "{out}");
+    wait_for("two pods", WAIT, || count_pods(2)).await;
+    let wrong = kubectl_raw(
+        &kc,
+        &[
+            "-n",
+            "shop",
+            "scale",
+            "deployment",
+            "web",
+            "--current-replicas=7",
+            "--replicas=1",
+        ],
+    )
+    .await;
+    assert!(!wrong.status.success());
+    assert_eq!(
+        Api::<Deployment>::namespaced(client.clone(), "shop")
+            .get("web")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(2)
+    );
+    sim.shutdown().await;
+}
+
+/// `kubectl get events` and `kubectl describe pod` read core v1 Events; what an operator
+/// writes through events.k8s.io/v1 must show there.
+#[tokio::test]
+async fn kubectl_describe_shows_events_written_through_events_k8s_io() {
+    require_binary("kubectl", "kubernetes-client");
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kc).unwrap();
+    kubectl(&kc, &["run", "web-1", "--image=example/web:1"]).await;
+    let uid = kubectl(
+        &kc,
+        &["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid}"],
+    )
+    .await;
+    let ev: NewEvent = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-1.ejected"},
+        "eventTime": kubesim_now_micro(),
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": "default", "uid": uid},
+        "note": "ejected by breaker error-rate", "reason": "PodEjected", "action": "Eject",
+        "type": "Warning", "reportingController": "kubervisor", "reportingInstance": "kubervisor-0",
+    }))
+    .unwrap();
+    Api::<NewEvent>::default_namespaced(sim.client())
+        .create(&PostParams::default(), &ev)
+        .await
+        .unwrap();
+
+    let listed = kubectl(
+        &kc,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web-1",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+    )
+    .await;
+    assert_eq!(listed, "ejected by breaker error-rate");
+    let described = kubectl(&kc, &["describe", "pod", "web-1"]).await;
+    let line = described
+        .lines()
+        .find(|l| l.contains("PodEjected"))
+        .unwrap_or_else(|| panic!("no event in:\n{described}"));
+    assert!(
+        line.contains("Warning")
+            && line.contains("kubervisor")
+            && line.contains("ejected by breaker error-rate"),
+        "{line}"
+    );
+    sim.shutdown().await;
+}
+
+fn kubesim_now_micro() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let t = jiff::Timestamp::from_second(now.as_secs() as i64).unwrap();
+    format!(
+        "{}.{:06}Z",
+        t.to_string().trim_end_matches('Z'),
+        now.subsec_micros()
+    )
 }
