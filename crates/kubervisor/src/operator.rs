@@ -68,25 +68,42 @@ pub async fn client(kubeconfig: Option<&PathBuf>, master: Option<&str>) -> anyho
 /// Creates or updates the CRD, then waits until the API server serves it.
 pub async fn install_crd(client: &Client, timeout: Duration) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut crd = kubervisor_api::crd();
     let name = kubervisor_api::CRD_NAME;
-    match api
-        .get_opt(name)
-        .await
-        .context("cannot read CustomResourceDefinitions")?
-    {
-        Some(existing) => {
-            crd.metadata.resource_version = existing.resource_version();
-            api.replace(name, &PostParams::default(), &crd)
+    // Several replicas may install it at once: a create or replace that loses the race
+    // (409) reads the CRD again and tries once more.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut crd = kubervisor_api::crd();
+        let existing = api
+            .get_opt(name)
+            .await
+            .context("cannot read CustomResourceDefinitions")?;
+        let result = match existing {
+            Some(existing) => {
+                crd.metadata.resource_version = existing.resource_version();
+                api.replace(name, &PostParams::default(), &crd)
+                    .await
+                    .map(|_| "updated")
+            }
+            None => api
+                .create(&PostParams::default(), &crd)
                 .await
-                .with_context(|| format!("cannot update CustomResourceDefinition {name}"))?;
-            info!(crd = name, "CRD updated");
-        }
-        None => {
-            api.create(&PostParams::default(), &crd)
-                .await
-                .with_context(|| format!("cannot create CustomResourceDefinition {name}"))?;
-            info!(crd = name, "CRD created");
+                .map(|_| "created"),
+        };
+        match result {
+            Ok(done) => {
+                info!(crd = name, "CRD {done}");
+                break;
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 5 => {
+                debug!(crd = name, "CRD changed meanwhile: {}", status.message);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot create or update CustomResourceDefinition {name}")
+                });
+            }
         }
     }
     let established = await_condition(api, name, conditions::is_crd_established());

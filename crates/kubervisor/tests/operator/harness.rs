@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubervisor::operator::{self, RunOptions};
@@ -18,10 +18,72 @@ use tokio::task::JoinHandle;
 
 pub use kubesim::testing::eventually;
 
+/// Where a scenario runs: kubesim in-process, or the real control plane that
+/// `scripts/cluster.sh up` started (its kubeconfig in `KUBERVISOR_TEST_KUBECONFIG`).
+pub enum Backend {
+    Kubesim,
+    Real(PathBuf),
+}
+
+/// The environment variable naming the real control plane's kubeconfig.
+pub const REAL_KUBECONFIG: &str = "KUBERVISOR_TEST_KUBECONFIG";
+/// Set by the test script when it started a real control plane: a scenario that finds no
+/// kubeconfig then fails instead of being skipped.
+pub const REQUIRE_REAL: &str = "KUBERVISOR_TEST_REQUIRE_REAL";
+
+impl Backend {
+    /// The real control plane, or `None` (said loudly) when none is running.
+    pub fn real() -> Option<Backend> {
+        match std::env::var_os(REAL_KUBECONFIG) {
+            Some(path) => Some(Backend::Real(PathBuf::from(path))),
+            None if std::env::var_os(REQUIRE_REAL).is_some() => {
+                panic!("{REQUIRE_REAL} is set but {REAL_KUBECONFIG} is not")
+            }
+            None => {
+                eprintln!(
+                    "SKIPPED on the real control plane: {REAL_KUBECONFIG} is not set (start one with `scripts/cluster.sh build && scripts/cluster.sh up DIR`, which needs a Go toolchain; scripts/test.sh does it)"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Runs a scenario `async fn name(backend: Backend)` against kubesim and against the real
+/// control plane, as two tests: `name::kubesim` and `name::real_cluster`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn scenario($backend: $crate::harness::Backend) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kubesim() {
+                scenario($crate::harness::Backend::Kubesim).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real_cluster() {
+                if let Some(backend) = $crate::harness::Backend::real() {
+                    scenario(backend).await
+                }
+            }
+        }
+    };
+}
+
 pub struct Cluster {
-    pub sim: Sim,
+    /// The emulator, on the kubesim backend.
+    pub sim: Option<Sim>,
     pub client: Client,
     pub kubeconfig: PathBuf,
+    /// Every object of the scenario lives here: `default` on kubesim, a fresh namespace
+    /// (deleted afterwards) on the shared real control plane.
+    pub namespace: String,
     _dir: tempfile::TempDir,
     operators: BTreeMap<String, RunningOperator>,
 }
@@ -31,35 +93,80 @@ type RunningOperator = (
     JoinHandle<anyhow::Result<()>>,
 );
 
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kubervisor=debug")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 impl Cluster {
-    pub async fn start() -> Cluster {
-        Cluster::start_with(SimConfig {
-            ready_delay: Duration::from_millis(100),
-            ..SimConfig::default()
-        })
-        .await
+    pub async fn start(backend: Backend) -> Cluster {
+        match backend {
+            Backend::Kubesim => {
+                Cluster::start_with(SimConfig {
+                    ready_delay: Duration::from_millis(100),
+                    ..SimConfig::default()
+                })
+                .await
+            }
+            Backend::Real(kubeconfig) => Cluster::connect(kubeconfig).await,
+        }
     }
 
     pub async fn start_with(config: SimConfig) -> Cluster {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kubervisor=debug")),
-            )
-            .with_test_writer()
-            .try_init();
+        init_logs();
         let sim = Sim::start(config).await.expect("kubesim starts");
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
         let client = sim.client();
         Cluster {
-            sim,
+            sim: Some(sim),
             client,
             kubeconfig,
+            namespace: "default".into(),
             _dir: dir,
             operators: BTreeMap::new(),
         }
+    }
+
+    /// Connects to the real control plane and creates this scenario's namespace.
+    async fn connect(kubeconfig: PathBuf) -> Cluster {
+        init_logs();
+        let file = kube::config::Kubeconfig::read_from(&kubeconfig).expect("a readable kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .expect("a usable kubeconfig");
+        let client = Client::try_from(config).expect("a client");
+        static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let namespace = format!(
+            "e2e-{}-{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("the scenario's namespace is created");
+        Cluster {
+            sim: None,
+            client,
+            kubeconfig,
+            namespace,
+            _dir: tempfile::tempdir().unwrap(),
+            operators: BTreeMap::new(),
+        }
+    }
+
+    /// The emulator; only scenarios that run on kubesim alone use it.
+    pub fn sim(&self) -> &Sim {
+        self.sim.as_ref().expect("this scenario runs on kubesim")
     }
 
     /// Starts the operator in-process, as `kubervisor run --kubeconfig … --install-crd` would.
@@ -82,7 +189,7 @@ impl Cluster {
             kubeconfig: Some(self.kubeconfig.clone()),
             master: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            namespace: None,
+            namespace: Some(self.namespace.clone()),
             install_crd: true,
             leader_elect,
             lease_namespace: None,
@@ -101,7 +208,7 @@ impl Cluster {
         }));
         self.operators.insert(identity.to_string(), (tx, task));
         // The CRD is installed by the operator; wait until custom resources are served.
-        let api: Api<KubervisorService> = Api::namespaced(self.client.clone(), "default");
+        let api: Api<KubervisorService> = Api::namespaced(self.client.clone(), &self.namespace);
         eventually("the CRD to be served", Duration::from_secs(10), || {
             let api = api.clone();
             async move {
@@ -133,7 +240,7 @@ impl Cluster {
     ) {
         kubervisor::demo::fixtures::deploy_guarded_service(
             &self.client,
-            "default",
+            &self.namespace,
             name,
             replicas,
             pod_annotations,
@@ -152,13 +259,15 @@ impl Cluster {
         self.create_kvs(json!({
             "apiVersion": "kubervisor.k8s.io/v1alpha1",
             "kind": "KubervisorService",
-            "metadata": {"name": "web", "namespace": "default"},
+            "metadata": {"name": "web", "namespace": self.namespace},
             "spec": {"service": "web", "breakers": breakers, "defaultActivator": activator, "dryRun": dry_run}
         }))
         .await;
     }
 
-    pub async fn create_kvs(&self, manifest: serde_json::Value) {
+    /// Creates a KubervisorService in the scenario's namespace, whatever the manifest says.
+    pub async fn create_kvs(&self, mut manifest: serde_json::Value) {
+        manifest["metadata"]["namespace"] = json!(self.namespace);
         let kvs: KubervisorService = serde_json::from_value(manifest).unwrap();
         self.kvs_api()
             .create(&PostParams::default(), &kvs)
@@ -167,7 +276,7 @@ impl Cluster {
     }
 
     pub fn kvs_api(&self) -> Api<KubervisorService> {
-        Api::namespaced(self.client.clone(), "default")
+        Api::namespaced(self.client.clone(), &self.namespace)
     }
 
     pub async fn delete_kvs(&self, name: &str) {
@@ -179,7 +288,7 @@ impl Cluster {
 
     /// Pods with `app=name`, by name: (traffic label, Ready).
     pub async fn pods(&self, app: &str) -> BTreeMap<String, Pod> {
-        Api::<Pod>::namespaced(self.client.clone(), "default")
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
             .list(&ListParams::default().labels(&format!("app={app}")))
             .await
             .map(|list| {
@@ -242,7 +351,7 @@ impl Cluster {
 
     /// Addresses in the Service's Endpoints.
     pub async fn endpoint_addresses(&self, service: &str) -> usize {
-        let endpoints = Api::<Endpoints>::namespaced(self.client.clone(), "default")
+        let endpoints = Api::<Endpoints>::namespaced(self.client.clone(), &self.namespace)
             .get_opt(service)
             .await
             .ok()
@@ -260,6 +369,7 @@ impl Cluster {
         let out = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .args(["--namespace", &self.namespace])
             .args(args)
             .output()
             .expect("kubectl is installed (apt-get install kubernetes-client)");
@@ -273,7 +383,7 @@ impl Cluster {
 
     async fn events_with_reason(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.client.clone(), "default");
+            Api::namespaced(self.client.clone(), &self.namespace);
         let events = api.list(&ListParams::default()).await.map(|l| l.items);
         events
             .unwrap_or_default()
@@ -297,7 +407,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Events of `reason` in the default namespace, as (regarding name, note).
+    /// Events of `reason` in the scenario's namespace, as (regarding name, note).
     pub async fn events(&self, reason: &str) -> Vec<(String, String)> {
         self.events_with_reason(reason)
             .await
@@ -312,7 +422,7 @@ impl Cluster {
     /// Sets an annotation on one pod (the simulated workload reads them live).
     pub async fn annotate(&self, pod: &str, key: &str, value: &str) {
         let patch = json!({"metadata": {"annotations": {key: value}}});
-        Api::<Pod>::namespaced(self.client.clone(), "default")
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
             .patch(
                 pod,
                 &kube::api::PatchParams::default(),
@@ -335,7 +445,7 @@ impl Cluster {
     }
 
     async fn pods_any(&self, pod: &str) -> Option<Pod> {
-        Api::<Pod>::namespaced(self.client.clone(), "default")
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
             .get_opt(pod)
             .await
             .ok()
@@ -352,6 +462,14 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for (_, (_, task)) in std::mem::take(&mut self.operators) {
             task.abort();
+        }
+        if self.sim.is_none() {
+            // The real control plane is shared: leave it as it was found.
+            let _ = std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(["delete", "namespace", &self.namespace, "--wait=false"])
+                .output();
         }
     }
 }

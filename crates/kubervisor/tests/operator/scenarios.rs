@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Cluster, CustomDetector, eventually};
+use crate::harness::{Backend, Cluster, CustomDetector, eventually};
+use crate::on_both_backends;
 
 fn count(traffic: &BTreeMap<String, String>, value: &str) -> usize {
     traffic.values().filter(|t| *t == value).count()
@@ -102,408 +103,416 @@ async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value
     .await
 }
 
-async fn setup(replicas: i32) -> (Cluster, CustomDetector) {
-    let mut cluster = Cluster::start().await;
+async fn setup(backend: Backend, replicas: i32) -> (Cluster, CustomDetector) {
+    let mut cluster = Cluster::start(backend).await;
     cluster.start_operator().await;
     let detector = CustomDetector::start().await;
     cluster.deploy("web", replicas, BTreeMap::new()).await;
     (cluster, detector)
 }
 
-/// The original operator's own scenario: 5 pods, 2 reported faulty, at least 3 must keep traffic.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn custom_detector_ejects_two_of_five_and_deletion_restores_them() {
-    let (mut cluster, detector) = setup(5).await;
-    // Pods have no traffic label yet: the Service has no endpoints until Kubervisor adopts them.
-    cluster
-        .guard(custom_breaker(&detector, 3, 0), periodic(3600.0), false)
-        .await;
-    let pods = cluster.wait_ready_pods("web", 5).await;
-    let faulty = vec![pods[1].clone(), pods[3].clone()];
-    detector.report(&faulty);
+on_both_backends! {
+    /// The original operator's own scenario: 5 pods, 2 reported faulty, at least 3 must keep traffic.
+    async fn custom_detector_ejects_two_of_five_and_deletion_restores_them(backend: Backend) {
+        let (mut cluster, detector) = setup(backend, 5).await;
+        // Pods have no traffic label yet: the Service has no endpoints until Kubervisor adopts them.
+        cluster
+            .guard(custom_breaker(&detector, 3, 0), periodic(3600.0), false)
+            .await;
+        let pods = cluster.wait_ready_pods("web", 5).await;
+        let faulty = vec![pods[1].clone(), pods[3].clone()];
+        detector.report(&faulty);
 
-    let traffic = wait_traffic(&cluster, "no", 2).await;
-    assert_eq!(count(&traffic, "yes"), 3);
-    for pod in &faulty {
-        assert_eq!(traffic[pod], "no", "{pod} should be the one ejected");
+        let traffic = wait_traffic(&cluster, "no", 2).await;
+        assert_eq!(count(&traffic, "yes"), 3);
+        for pod in &faulty {
+            assert_eq!(traffic[pod], "no", "{pod} should be the one ejected");
+            assert_eq!(
+                cluster.label(pod, "kubervisor/strategy").await.as_deref(),
+                Some("faulty")
+            );
+            assert_eq!(
+                cluster
+                    .annotation(pod, "breaker/retryCount")
+                    .await
+                    .as_deref(),
+                Some("1")
+            );
+        }
+        wait_endpoints(&cluster, 3).await;
+        eventually(
+            "status 5 managed / 2 broken / 0 paused",
+            Duration::from_secs(5),
+            || async {
+                let status = cluster.status("web").await;
+                let c = &status["podCount"];
+                if c["nbPodsManaged"] == 5 && c["nbPodsBreaked"] == 2 && c["nbPodsPaused"] == 0 {
+                    Ok(())
+                } else {
+                    Err(status.to_string())
+                }
+            },
+        )
+        .await;
+        // `kubectl get kvs` prints the CRD's printer columns.
+        let table = cluster.kubectl(&["get", "kvs"]);
+        let lines: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
         assert_eq!(
-            cluster.label(pod, "kubervisor/strategy").await.as_deref(),
-            Some("faulty")
+            lines[0],
+            [
+                "NAME", "SERVICE", "STATE", "MANAGED", "BROKEN", "PAUSED", "AGE"
+            ],
+            "{table}"
         );
         assert_eq!(
-            cluster
-                .annotation(pod, "breaker/retryCount")
-                .await
-                .as_deref(),
-            Some("1")
+            lines[1][..6],
+            ["web", "web", "Running", "5", "2", "0"],
+            "{table}"
         );
+        let ejected = wait_events(&cluster, "PodEjected", 2).await;
+        let on_kvs: Vec<&String> = ejected.iter().map(|(_, note)| note).collect();
+        assert!(
+            on_kvs[0].contains("reported by the custom detector")
+                && on_kvs[0].contains("pods keep traffic (minimum 3)"),
+            "{on_kvs:?}"
+        );
+
+        // Every pod reported faulty: the minimum holds, and the refusal is reported.
+        detector.report(&pods);
+        eventually(
+            "a MinimumAvailable event",
+            Duration::from_secs(10),
+            || async {
+                let events = cluster.events("MinimumAvailable").await;
+                if events.is_empty() {
+                    Err("none yet".to_string())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(count(&cluster.traffic("web").await, "yes"), 3);
+
+        cluster.delete_kvs("web").await;
+        eventually("every pod handed back", Duration::from_secs(10), || async {
+            let pods = cluster.pods("web").await;
+            let clean = pods.values().all(|p| {
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                let annotations = p.metadata.annotations.clone().unwrap_or_default();
+                labels.get("kubervisor/traffic").map(String::as_str) == Some("yes")
+                    && !labels.contains_key("kubervisor/name")
+                    && !labels.contains_key("kubervisor/strategy")
+                    && !annotations.contains_key("breaker/breakAt")
+                    && !annotations.contains_key("breaker/retryCount")
+            });
+            let gone = cluster.kvs_api().get_opt("web").await.unwrap().is_none();
+            if clean && gone && pods.len() == 5 {
+                Ok(())
+            } else {
+                Err(format!("gone={gone} {:?}", cluster.traffic("web").await))
+            }
+        })
+        .await;
+        cluster.stop_operator().await;
     }
-    wait_endpoints(&cluster, 3).await;
-    eventually(
-        "status 5 managed / 2 broken / 0 paused",
-        Duration::from_secs(5),
-        || async {
+}
+
+on_both_backends! {
+    async fn four_of_five_faulty_with_ratio_fifty_ejects_only_two(backend: Backend) {
+        let (cluster, detector) = setup(backend, 5).await;
+        cluster
+            .guard(custom_breaker(&detector, 1, 50), periodic(3600.0), false)
+            .await;
+        let pods = cluster.wait_ready_pods("web", 5).await;
+        detector.report(&pods[..4]);
+        wait_traffic(&cluster, "no", 2).await;
+        // Further evaluations keep the floor of ceil(5 × 50%) = 3: the refusal is reported, nothing more goes.
+        eventually(
+            "a MinimumAvailable event",
+            Duration::from_secs(10),
+            || async {
+                let events = cluster.events("MinimumAvailable").await;
+                match events.first() {
+                    Some((_, note)) if note.contains("3 of 5 pods must keep traffic") => Ok(()),
+                    _ => Err(format!("{events:?}")),
+                }
+            },
+        )
+        .await;
+        let traffic = cluster.traffic("web").await;
+        assert_eq!(count(&traffic, "yes"), 3, "{traffic:?}");
+        assert_eq!(traffic[&pods[4]], "yes", "the healthy pod keeps traffic");
+    }
+}
+
+on_both_backends! {
+    async fn periodic_activator_puts_the_pod_back_after_its_period(backend: Backend) {
+        let (cluster, detector) = setup(backend, 3).await;
+        cluster
+            .guard(custom_breaker(&detector, 1, 0), periodic(2.0), false)
+            .await;
+        let pods = cluster.wait_ready_pods("web", 3).await;
+        detector.report(&pods[..1]);
+        wait_traffic(&cluster, "no", 1).await;
+        let break_at: jiff::Timestamp = cluster
+            .annotation(&pods[0], "breaker/breakAt")
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        detector.report(&[]);
+        wait_traffic(&cluster, "yes", 3).await;
+        let back_after = jiff::Timestamp::now().duration_since(break_at);
+        assert!(
+            back_after >= jiff::SignedDuration::from_secs(2),
+            "re-activated after {back_after:?}, before the period"
+        );
+        assert!(!cluster.events("PodActivated").await.is_empty());
+    }
+}
+
+on_both_backends! {
+    async fn retry_and_kill_deletes_a_pod_that_keeps_failing_and_its_replacement_is_adopted(backend: Backend) {
+        let (cluster, detector) = setup(backend, 3).await;
+        let activator = json!({"mode": "retryAndKill", "period": 0.5, "maxRetryCount": 1});
+        cluster
+            .guard(custom_breaker(&detector, 1, 0), activator, false)
+            .await;
+        let pods = cluster.wait_ready_pods("web", 3).await;
+        let doomed = pods[0].clone();
+        detector.report(std::slice::from_ref(&doomed));
+        // Ejected (retry 1), back after one period, ejected again (retry 2 > 1): killed.
+        eventually(
+            "the failing pod deleted and replaced",
+            Duration::from_secs(20),
+            || async {
+                let traffic = cluster.traffic("web").await;
+                if !traffic.contains_key(&doomed) && traffic.len() == 3 && count(&traffic, "yes") == 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{traffic:?}"))
+                }
+            },
+        )
+        .await;
+        let killed = cluster.events("PodKilled").await;
+        assert!(
+            killed
+                .iter()
+                .any(|(_, note)| note.contains(&doomed) && note.contains("maxRetryCount 1")),
+            "{killed:?}"
+        );
+        // The replacement was adopted.
+        let pods = cluster.pods("web").await;
+        for pod in pods.values() {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            assert_eq!(
+                labels.get("kubervisor/name").map(String::as_str),
+                Some("web")
+            );
+        }
+    }
+}
+
+on_both_backends! {
+    async fn retry_and_pause_parks_one_pod_then_kills_once_the_pause_budget_is_used(backend: Backend) {
+        let (cluster, detector) = setup(backend, 4).await;
+        let activator =
+            json!({"mode": "retryAndPause", "period": 0.5, "maxRetryCount": 0, "maxPauseCount": 1});
+        cluster
+            .guard(custom_breaker(&detector, 1, 0), activator, false)
+            .await;
+        let pods = cluster.wait_ready_pods("web", 4).await;
+        let (first, second) = (pods[0].clone(), pods[1].clone());
+        detector.report(&[first.clone(), second.clone()]);
+        eventually(
+            "one paused, one killed",
+            Duration::from_secs(15),
+            || async {
+                let traffic = cluster.traffic("web").await;
+                if traffic.get(&first).map(String::as_str) == Some("pause")
+                    && !traffic.contains_key(&second)
+                    && traffic.len() == 4
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{traffic:?}"))
+                }
+            },
+        )
+        .await;
+        eventually("status shows 1 paused", Duration::from_secs(5), || async {
             let status = cluster.status("web").await;
-            let c = &status["podCount"];
-            if c["nbPodsManaged"] == 5 && c["nbPodsBreaked"] == 2 && c["nbPodsPaused"] == 0 {
+            if status["podCount"]["nbPodsPaused"] == 1 {
                 Ok(())
             } else {
                 Err(status.to_string())
             }
-        },
-    )
-    .await;
-    // `kubectl get kvs` prints the CRD's printer columns.
-    let table = cluster.kubectl(&["get", "kvs"]);
-    let lines: Vec<Vec<&str>> = table
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    assert_eq!(
-        lines[0],
-        [
-            "NAME", "SERVICE", "STATE", "MANAGED", "BROKEN", "PAUSED", "AGE"
-        ],
-        "{table}"
-    );
-    assert_eq!(
-        lines[1][..6],
-        ["web", "web", "Running", "5", "2", "0"],
-        "{table}"
-    );
-    let ejected = wait_events(&cluster, "PodEjected", 2).await;
-    let on_kvs: Vec<&String> = ejected.iter().map(|(_, note)| note).collect();
-    assert!(
-        on_kvs[0].contains("reported by the custom detector")
-            && on_kvs[0].contains("pods keep traffic (minimum 3)"),
-        "{on_kvs:?}"
-    );
-
-    // Every pod reported faulty: the minimum holds, and the refusal is reported.
-    detector.report(&pods);
-    eventually(
-        "a MinimumAvailable event",
-        Duration::from_secs(10),
-        || async {
-            let events = cluster.events("MinimumAvailable").await;
-            if events.is_empty() {
-                Err("none yet".to_string())
-            } else {
-                Ok(())
-            }
-        },
-    )
-    .await;
-    assert_eq!(count(&cluster.traffic("web").await, "yes"), 3);
-
-    cluster.delete_kvs("web").await;
-    eventually("every pod handed back", Duration::from_secs(10), || async {
-        let pods = cluster.pods("web").await;
-        let clean = pods.values().all(|p| {
-            let labels = p.metadata.labels.clone().unwrap_or_default();
-            let annotations = p.metadata.annotations.clone().unwrap_or_default();
-            labels.get("kubervisor/traffic").map(String::as_str) == Some("yes")
-                && !labels.contains_key("kubervisor/name")
-                && !labels.contains_key("kubervisor/strategy")
-                && !annotations.contains_key("breaker/breakAt")
-                && !annotations.contains_key("breaker/retryCount")
-        });
-        let gone = cluster.kvs_api().get_opt("web").await.unwrap().is_none();
-        if clean && gone && pods.len() == 5 {
-            Ok(())
-        } else {
-            Err(format!("gone={gone} {:?}", cluster.traffic("web").await))
-        }
-    })
-    .await;
-    cluster.stop_operator().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_of_five_faulty_with_ratio_fifty_ejects_only_two() {
-    let (cluster, detector) = setup(5).await;
-    cluster
-        .guard(custom_breaker(&detector, 1, 50), periodic(3600.0), false)
+        })
         .await;
-    let pods = cluster.wait_ready_pods("web", 5).await;
-    detector.report(&pods[..4]);
-    wait_traffic(&cluster, "no", 2).await;
-    // Further evaluations keep the floor of ceil(5 × 50%) = 3: the refusal is reported, nothing more goes.
-    eventually(
-        "a MinimumAvailable event",
-        Duration::from_secs(10),
-        || async {
-            let events = cluster.events("MinimumAvailable").await;
-            match events.first() {
-                Some((_, note)) if note.contains("3 of 5 pods must keep traffic") => Ok(()),
-                _ => Err(format!("{events:?}")),
-            }
-        },
-    )
-    .await;
-    let traffic = cluster.traffic("web").await;
-    assert_eq!(count(&traffic, "yes"), 3, "{traffic:?}");
-    assert_eq!(traffic[&pods[4]], "yes", "the healthy pod keeps traffic");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn periodic_activator_puts_the_pod_back_after_its_period() {
-    let (cluster, detector) = setup(3).await;
-    cluster
-        .guard(custom_breaker(&detector, 1, 0), periodic(2.0), false)
-        .await;
-    let pods = cluster.wait_ready_pods("web", 3).await;
-    detector.report(&pods[..1]);
-    wait_traffic(&cluster, "no", 1).await;
-    let break_at: jiff::Timestamp = cluster
-        .annotation(&pods[0], "breaker/breakAt")
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
-    detector.report(&[]);
-    wait_traffic(&cluster, "yes", 3).await;
-    let back_after = jiff::Timestamp::now().duration_since(break_at);
-    assert!(
-        back_after >= jiff::SignedDuration::from_secs(2),
-        "re-activated after {back_after:?}, before the period"
-    );
-    assert!(!cluster.events("PodActivated").await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_and_kill_deletes_a_pod_that_keeps_failing_and_its_replacement_is_adopted() {
-    let (cluster, detector) = setup(3).await;
-    let activator = json!({"mode": "retryAndKill", "period": 0.5, "maxRetryCount": 1});
-    cluster
-        .guard(custom_breaker(&detector, 1, 0), activator, false)
-        .await;
-    let pods = cluster.wait_ready_pods("web", 3).await;
-    let doomed = pods[0].clone();
-    detector.report(std::slice::from_ref(&doomed));
-    // Ejected (retry 1), back after one period, ejected again (retry 2 > 1): killed.
-    eventually(
-        "the failing pod deleted and replaced",
-        Duration::from_secs(20),
-        || async {
-            let traffic = cluster.traffic("web").await;
-            if !traffic.contains_key(&doomed) && traffic.len() == 3 && count(&traffic, "yes") == 3 {
-                Ok(())
-            } else {
-                Err(format!("{traffic:?}"))
-            }
-        },
-    )
-    .await;
-    let killed = cluster.events("PodKilled").await;
-    assert!(
-        killed
-            .iter()
-            .any(|(_, note)| note.contains(&doomed) && note.contains("maxRetryCount 1")),
-        "{killed:?}"
-    );
-    // The replacement was adopted.
-    let pods = cluster.pods("web").await;
-    for pod in pods.values() {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        assert_eq!(
-            labels.get("kubervisor/name").map(String::as_str),
-            Some("web")
-        );
+        // The replacement is adopted: the paused pod stays out of the endpoints, the 3 others serve.
+        wait_endpoints(&cluster, 3).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_and_pause_parks_one_pod_then_kills_once_the_pause_budget_is_used() {
-    let (cluster, detector) = setup(4).await;
-    let activator =
-        json!({"mode": "retryAndPause", "period": 0.5, "maxRetryCount": 0, "maxPauseCount": 1});
-    cluster
-        .guard(custom_breaker(&detector, 1, 0), activator, false)
-        .await;
-    let pods = cluster.wait_ready_pods("web", 4).await;
-    let (first, second) = (pods[0].clone(), pods[1].clone());
-    detector.report(&[first.clone(), second.clone()]);
-    eventually(
-        "one paused, one killed",
-        Duration::from_secs(15),
-        || async {
-            let traffic = cluster.traffic("web").await;
-            if traffic.get(&first).map(String::as_str) == Some("pause")
-                && !traffic.contains_key(&second)
-                && traffic.len() == 4
-            {
-                Ok(())
-            } else {
-                Err(format!("{traffic:?}"))
-            }
-        },
-    )
-    .await;
-    eventually("status shows 1 paused", Duration::from_secs(5), || async {
-        let status = cluster.status("web").await;
-        if status["podCount"]["nbPodsPaused"] == 1 {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    })
-    .await;
-    // The replacement is adopted: the paused pod stays out of the endpoints, the 3 others serve.
-    wait_endpoints(&cluster, 3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_reports_decisions_and_touches_no_pod() {
-    let (cluster, detector) = setup(4).await;
-    cluster
-        .guard(custom_breaker(&detector, 1, 0), NEVER, true)
-        .await;
-    let pods = eventually("4 Ready pods", Duration::from_secs(10), || async {
-        let pods = cluster.pods("web").await;
-        if pods.len() == 4 {
-            Ok(pods.into_keys().collect::<Vec<_>>())
-        } else {
-            Err(format!("{}", pods.len()))
-        }
-    })
-    .await;
-    wait_ready_reason(&cluster, "DryRun").await;
-    detector.report(&pods[..2]);
-    eventually(
-        "two DryRunEject events",
-        Duration::from_secs(10),
-        || async {
-            let events = cluster.events("DryRunEject").await;
-            let on_kvs = events
-                .iter()
-                .filter(|(on, note)| on == "web" && note.starts_with("dry run: "))
-                .count();
-            if on_kvs == 2 {
-                Ok(())
-            } else {
-                Err(format!("{events:?}"))
-            }
-        },
-    )
-    .await;
-    for pod in cluster.pods("web").await.values() {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        assert!(
-            labels.keys().all(|k| !k.starts_with("kubervisor/")),
-            "dry run labelled a pod: {labels:?}"
-        );
-        assert!(
-            pod.metadata
-                .annotations
-                .clone()
-                .unwrap_or_default()
-                .keys()
-                .all(|k| !k.starts_with("breaker/"))
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_spec_and_missing_service_reach_the_status() {
-    let mut cluster = Cluster::start().await;
-    cluster.start_operator().await;
-    cluster
-        .create_kvs(json!({
-            "apiVersion": "kubervisor.k8s.io/v1alpha1",
-            "kind": "KubervisorService",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"service": "web", "breakers": []}
-        }))
-        .await;
-    let ready = wait_ready_reason(&cluster, "InvalidSpec").await;
-    assert_eq!(ready["status"], "False");
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("spec.breakers: at least one breaker is required"),
-        "{ready}"
-    );
-
-    let detector = CustomDetector::start().await;
-    let patch = json!({"spec": {"breakers": custom_breaker(&detector, 1, 0)}});
-    cluster
-        .kvs_api()
-        .patch(
-            "web",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    let ready = wait_ready_reason(&cluster, "ServiceNotFound").await;
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("Service default/web not found"),
-        "{ready}"
-    );
-
-    cluster.deploy("web", 2, BTreeMap::new()).await;
-    wait_ready_reason(&cluster, "Running").await;
-    cluster.wait_ready_pods("web", 2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_mid_scenario_loses_nothing_and_repeats_nothing() {
-    let (mut cluster, detector) = setup(5).await;
-    cluster
-        .guard(custom_breaker(&detector, 2, 0), periodic(3.0), false)
-        .await;
-    let pods = cluster.wait_ready_pods("web", 5).await;
-    detector.report(&pods[..2]);
-    wait_traffic(&cluster, "no", 2).await;
-    let break_at = cluster
-        .annotation(&pods[0], "breaker/breakAt")
-        .await
-        .unwrap();
-    detector.report(&[]);
-
-    cluster.stop_operator().await;
-    cluster.start_operator().await;
-
-    // The restarted operator brings them back on time, from the annotations alone.
-    wait_traffic(&cluster, "yes", 5).await;
-    let back_after = jiff::Timestamp::now().duration_since(break_at.parse().unwrap());
-    assert!(
-        back_after >= jiff::SignedDuration::from_secs(3),
-        "back after {back_after:?}"
-    );
-    for pod in &pods[..2] {
-        assert_eq!(
-            cluster
-                .annotation(pod, "breaker/retryCount")
-                .await
-                .as_deref(),
-            Some("1"),
-            "{pod} ejected once"
-        );
-    }
-    assert_eq!(
+on_both_backends! {
+    async fn dry_run_reports_decisions_and_touches_no_pod(backend: Backend) {
+        let (cluster, detector) = setup(backend, 4).await;
         cluster
+            .guard(custom_breaker(&detector, 1, 0), NEVER, true)
+            .await;
+        let pods = eventually("4 Ready pods", Duration::from_secs(10), || async {
+            let pods = cluster.pods("web").await;
+            if pods.len() == 4 {
+                Ok(pods.into_keys().collect::<Vec<_>>())
+            } else {
+                Err(format!("{}", pods.len()))
+            }
+        })
+        .await;
+        wait_ready_reason(&cluster, "DryRun").await;
+        detector.report(&pods[..2]);
+        eventually(
+            "two DryRunEject events",
+            Duration::from_secs(10),
+            || async {
+                let events = cluster.events("DryRunEject").await;
+                let on_kvs = events
+                    .iter()
+                    .filter(|(on, note)| on == "web" && note.starts_with("dry run: "))
+                    .count();
+                if on_kvs == 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{events:?}"))
+                }
+            },
+        )
+        .await;
+        for pod in cluster.pods("web").await.values() {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            assert!(
+                labels.keys().all(|k| !k.starts_with("kubervisor/")),
+                "dry run labelled a pod: {labels:?}"
+            );
+            assert!(
+                pod.metadata
+                    .annotations
+                    .clone()
+                    .unwrap_or_default()
+                    .keys()
+                    .all(|k| !k.starts_with("breaker/"))
+            );
+        }
+    }
+}
+
+on_both_backends! {
+    async fn invalid_spec_and_missing_service_reach_the_status(backend: Backend) {
+        let mut cluster = Cluster::start(backend).await;
+        cluster.start_operator().await;
+        cluster
+            .create_kvs(json!({
+                "apiVersion": "kubervisor.k8s.io/v1alpha1",
+                "kind": "KubervisorService",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"service": "web", "breakers": []}
+            }))
+            .await;
+        let ready = wait_ready_reason(&cluster, "InvalidSpec").await;
+        assert_eq!(ready["status"], "False");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.breakers: at least one breaker is required"),
+            "{ready}"
+        );
+
+        let detector = CustomDetector::start().await;
+        let patch = json!({"spec": {"breakers": custom_breaker(&detector, 1, 0)}});
+        cluster
+            .kvs_api()
+            .patch(
+                "web",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        let ready = wait_ready_reason(&cluster, "ServiceNotFound").await;
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("Service {}/web not found", cluster.namespace)),
+            "{ready}"
+        );
+
+        cluster.deploy("web", 2, BTreeMap::new()).await;
+        wait_ready_reason(&cluster, "Running").await;
+        cluster.wait_ready_pods("web", 2).await;
+    }
+}
+
+on_both_backends! {
+    async fn restart_mid_scenario_loses_nothing_and_repeats_nothing(backend: Backend) {
+        let (mut cluster, detector) = setup(backend, 5).await;
+        cluster
+            .guard(custom_breaker(&detector, 2, 0), periodic(3.0), false)
+            .await;
+        let pods = cluster.wait_ready_pods("web", 5).await;
+        detector.report(&pods[..2]);
+        wait_traffic(&cluster, "no", 2).await;
+        let break_at = cluster
             .annotation(&pods[0], "breaker/breakAt")
             .await
-            .unwrap(),
-        break_at
-    );
-    // Still acting: a new faulty pod is ejected once.
-    detector.report(&pods[4..]);
-    wait_traffic(&cluster, "no", 1).await;
-    assert_eq!(
-        cluster
-            .annotation(&pods[4], "breaker/retryCount")
-            .await
-            .as_deref(),
-        Some("1")
-    );
-    wait_events(&cluster, "PodEjected", 3).await;
+            .unwrap();
+        detector.report(&[]);
+
+        cluster.stop_operator().await;
+        cluster.start_operator().await;
+
+        // The restarted operator brings them back on time, from the annotations alone.
+        wait_traffic(&cluster, "yes", 5).await;
+        let back_after = jiff::Timestamp::now().duration_since(break_at.parse().unwrap());
+        assert!(
+            back_after >= jiff::SignedDuration::from_secs(3),
+            "back after {back_after:?}"
+        );
+        for pod in &pods[..2] {
+            assert_eq!(
+                cluster
+                    .annotation(pod, "breaker/retryCount")
+                    .await
+                    .as_deref(),
+                Some("1"),
+                "{pod} ejected once"
+            );
+        }
+        assert_eq!(
+            cluster
+                .annotation(&pods[0], "breaker/breakAt")
+                .await
+                .unwrap(),
+            break_at
+        );
+        // Still acting: a new faulty pod is ejected once.
+        detector.report(&pods[4..]);
+        wait_traffic(&cluster, "no", 1).await;
+        assert_eq!(
+            cluster
+                .annotation(&pods[4], "breaker/retryCount")
+                .await
+                .as_deref(),
+            Some("1")
+        );
+        wait_events(&cluster, "PodEjected", 3).await;
+    }
 }
 
 mod prometheus {
@@ -593,7 +602,7 @@ mod prometheus {
         );
         // Measured by the simulated load: the Service serves no more errors once they are out.
         let before = cluster
-            .sim
+            .sim()
             .service_stats("default", "web")
             .expect("load on web");
         assert!(
@@ -604,7 +613,7 @@ mod prometheus {
             "a window of error-free traffic",
             Duration::from_secs(10),
             || async {
-                let now = cluster.sim.service_stats("default", "web").unwrap();
+                let now = cluster.sim().service_stats("default", "web").unwrap();
                 let (requests, errors) =
                     (now.requests - before.requests, now.errors - before.errors);
                 if requests >= 100 && errors == 0 {
@@ -697,55 +706,56 @@ mod prometheus {
     }
 }
 
-/// Two replicas with leader election: only the leader acts; when it stops, the other takes over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_leader_election_only_the_leader_acts_and_a_standby_takes_over() {
-    let mut cluster = Cluster::start().await;
-    cluster.start_replica("replica-a", true).await;
-    let detector = CustomDetector::start().await;
-    cluster.deploy("web", 4, BTreeMap::new()).await;
-    cluster
-        .guard(custom_breaker(&detector, 1, 0), periodic(3600.0), false)
-        .await;
-    let pods = cluster.wait_ready_pods("web", 4).await;
-    cluster.start_replica("replica-b", true).await;
+on_both_backends! {
+    /// Two replicas with leader election: only the leader acts; when it stops, the other takes over.
+    async fn with_leader_election_only_the_leader_acts_and_a_standby_takes_over(backend: Backend) {
+        let mut cluster = Cluster::start(backend).await;
+        cluster.start_replica("replica-a", true).await;
+        let detector = CustomDetector::start().await;
+        cluster.deploy("web", 4, BTreeMap::new()).await;
+        cluster
+            .guard(custom_breaker(&detector, 1, 0), periodic(3600.0), false)
+            .await;
+        let pods = cluster.wait_ready_pods("web", 4).await;
+        cluster.start_replica("replica-b", true).await;
 
-    detector.report(&pods[..1]);
-    wait_traffic(&cluster, "no", 1).await;
-    let first = eventually("the ejection event", Duration::from_secs(10), || async {
-        let events = cluster.events_by("PodEjected", &pods[0]).await;
-        if events.is_empty() {
-            Err("none".to_string())
-        } else {
-            Ok(events)
-        }
-    })
-    .await;
-    assert_eq!(first.len(), 1, "one replica acted once: {first:?}");
-    assert_eq!(first[0].0, "replica-a", "the first replica holds the lease");
-
-    // The leader stops and gives the lease up; the standby takes over and acts.
-    cluster.stop_replica("replica-a").await;
-    detector.report(&pods[1..2]);
-    wait_traffic(&cluster, "no", 2).await;
-    let second = eventually(
-        "the second ejection event",
-        Duration::from_secs(10),
-        || async {
-            let events = cluster.events_by("PodEjected", &pods[1]).await;
+        detector.report(&pods[..1]);
+        wait_traffic(&cluster, "no", 1).await;
+        let first = eventually("the ejection event", Duration::from_secs(10), || async {
+            let events = cluster.events_by("PodEjected", &pods[0]).await;
             if events.is_empty() {
                 Err("none".to_string())
             } else {
                 Ok(events)
             }
-        },
-    )
-    .await;
-    assert_eq!(second.len(), 1, "{second:?}");
-    assert_eq!(second[0].0, "replica-b");
-    assert_eq!(
-        cluster.events_by("PodEjected", &pods[0]).await.len(),
-        1,
-        "nothing done twice"
-    );
+        })
+        .await;
+        assert_eq!(first.len(), 1, "one replica acted once: {first:?}");
+        assert_eq!(first[0].0, "replica-a", "the first replica holds the lease");
+
+        // The leader stops and gives the lease up; the standby takes over and acts.
+        cluster.stop_replica("replica-a").await;
+        detector.report(&pods[1..2]);
+        wait_traffic(&cluster, "no", 2).await;
+        let second = eventually(
+            "the second ejection event",
+            Duration::from_secs(10),
+            || async {
+                let events = cluster.events_by("PodEjected", &pods[1]).await;
+                if events.is_empty() {
+                    Err("none".to_string())
+                } else {
+                    Ok(events)
+                }
+            },
+        )
+        .await;
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_eq!(second[0].0, "replica-b");
+        assert_eq!(
+            cluster.events_by("PodEjected", &pods[0]).await.len(),
+            1,
+            "nothing done twice"
+        );
+    }
 }
