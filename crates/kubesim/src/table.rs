@@ -36,6 +36,8 @@ enum Source {
     PodStatus,
     PodRestarts,
     PodIp,
+    EventLastSeen,
+    EventObject,
 }
 
 fn column(name: &str, type_: &str, source: Source) -> Column {
@@ -89,6 +91,16 @@ fn columns(store: &Store, info: &ResourceInfo) -> Vec<Column> {
             ..column("IP", "string", Source::PodIp)
         });
         return columns;
+    }
+    if info.plural == "events" && matches!(info.group.as_str(), "" | "events.k8s.io") {
+        // The API server's event columns, which `kubectl get events` prints: no Name.
+        return vec![
+            column("Last Seen", "string", Source::EventLastSeen),
+            column("Type", "string", Source::Path(".type".into())),
+            column("Reason", "string", Source::Path(".reason".into())),
+            column("Object", "string", Source::EventObject),
+            column("Message", "string", Source::Path(".message".into())),
+        ];
     }
     columns.push(column("Age", "string", Source::Age));
     columns
@@ -184,6 +196,23 @@ fn cell(column: &Column, obj: &Value, now: Timestamp) -> Value {
             }
         )),
         Source::PodIp => obj["status"]["podIP"].clone(),
+        // Stored in the core shape (the events.k8s.io view is converted on read).
+        Source::EventLastSeen => {
+            let last = &obj["lastTimestamp"];
+            if last.is_string() {
+                age(last, now)
+            } else {
+                age(&obj["eventTime"], now)
+            }
+        }
+        Source::EventObject => {
+            let involved = &obj["involvedObject"];
+            Value::String(format!(
+                "{}/{}",
+                involved["kind"].as_str().unwrap_or_default().to_lowercase(),
+                involved["name"].as_str().unwrap_or_default()
+            ))
+        }
     }
 }
 
@@ -277,6 +306,20 @@ fn select<'a>(current: Vec<&'a Value>, selector: &str) -> Option<Vec<&'a Value>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_cells_read_like_the_api_servers_printer() {
+        let now: Timestamp = "2026-11-25T10:00:30Z".parse().unwrap();
+        let event = json!({
+            "type": "Normal", "reason": "PodEjected", "message": "pod web-1 ejected",
+            "involvedObject": {"kind": "Pod", "name": "web-1"},
+            "eventTime": "2026-11-25T10:00:00.000000Z",
+        });
+        let cell = |source| cell(&column("x", "string", source), &event, now);
+        assert_eq!(cell(Source::EventLastSeen), json!("30s"));
+        assert_eq!(cell(Source::EventObject), json!("pod/web-1"));
+        assert_eq!(cell(Source::Path(".reason".into())), json!("PodEjected"));
+    }
 
     #[test]
     fn evaluates_paths_indexes_and_filters() {

@@ -179,6 +179,18 @@ on_both_backends! {
                 && on_kvs[0].contains("pods keep traffic (minimum 3)"),
             "{on_kvs:?}"
         );
+        // The decisions show where people look: `kubectl get events` and `kubectl describe pod`.
+        let listed = cluster.kubectl(&["get", "events"]);
+        assert!(
+            listed.lines().filter(|l| l.contains("PodEjected")).count() >= 4,
+            "on the KubervisorService and on each pod: {listed}"
+        );
+        let described = cluster.kubectl(&["describe", "pod", &faulty[0]]);
+        assert!(
+            described.contains("PodEjected")
+                && described.contains(&format!("pod {} ejected by breaker faulty", faulty[0])),
+            "{described}"
+        );
 
         // Every pod reported faulty: the minimum holds, and the refusal is reported.
         detector.report(&pods);
