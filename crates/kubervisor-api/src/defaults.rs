@@ -38,6 +38,8 @@ impl KubervisorServiceSpec {
             breaker
                 .min_pods_available_ratio
                 .get_or_insert(DEFAULT_MIN_PODS_AVAILABLE_RATIO);
+            breaker.panic_threshold_percent.get_or_insert(0);
+            breaker.dry_run.get_or_insert(false);
             if let Some(discrete) = &mut breaker.discrete_value_out_of_list {
                 discrete.tolerance.get_or_insert(DEFAULT_TOLERANCE);
                 discrete.min_activity.get_or_insert(DEFAULT_MIN_ACTIVITY);
@@ -70,6 +72,9 @@ impl KubervisorServiceSpec {
                 min_pods_available_ratio: b.min_pods_available_ratio.expect("defaulted"),
                 detection: Detection::from_defaulted(b),
                 activator: b.activator.as_ref().map(ResolvedActivator::from_defaulted),
+                panic_threshold_percent: b.panic_threshold_percent.expect("defaulted"),
+                max_ejections_per_evaluation: b.max_ejections_per_evaluation,
+                dry_run: b.dry_run.expect("defaulted"),
             })
             .collect();
         Ok(ResolvedSpec {
@@ -120,6 +125,11 @@ pub struct ResolvedBreaker {
     pub min_pods_available_ratio: u32,
     pub detection: Detection,
     pub activator: Option<ResolvedActivator>,
+    /// 0 is off.
+    pub panic_threshold_percent: u32,
+    /// `None`: only the floor limits ejections.
+    pub max_ejections_per_evaluation: Option<u32>,
+    pub dry_run: bool,
 }
 
 /// The one detection method of a breaker.
@@ -222,6 +232,10 @@ pub struct ResolvedActivator {
     pub period: Duration,
     pub max_retry_count: u32,
     pub max_pause_count: u32,
+    /// A re-activated pod's retry count is reset after this long with traffic.
+    pub forget_after: Option<Duration>,
+    /// The longest a pod stays out, whatever its retry count.
+    pub max_ejection_time: Option<Duration>,
 }
 
 impl ResolvedActivator {
@@ -231,6 +245,8 @@ impl ResolvedActivator {
             period: Duration::from_secs_f64(a.period.unwrap_or(DEFAULT_ACTIVATOR_PERIOD)),
             max_retry_count: a.max_retry_count.unwrap_or(DEFAULT_MAX_RETRY_COUNT),
             max_pause_count: a.max_pause_count.unwrap_or(DEFAULT_MAX_PAUSE_COUNT),
+            forget_after: a.forget_after.map(Duration::from_secs_f64),
+            max_ejection_time: a.max_ejection_time.map(Duration::from_secs_f64),
         }
     }
 }

@@ -93,6 +93,16 @@ pub struct BreakerStrategy {
     /// How the pods this breaker ejected come back (default: the resource's defaultActivator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activator: Option<ActivatorStrategy>,
+    /// When fewer than this percentage of the judged pods are healthy, the problem is taken
+    /// to be fleet-wide (or the detector broken) and nothing is ejected (default 0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold_percent: Option<u32>,
+    /// Pods ejected at most per evaluation, worst first (default: no limit but the floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejections_per_evaluation: Option<u32>,
+    /// Report this breaker's decisions without carrying them out (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
 }
 
 /// A PromQL query whose series carry a pod name label and a discrete value label.
@@ -159,6 +169,13 @@ pub struct ActivatorStrategy {
     /// Paused pods allowed at once; past it, retryAndPause kills (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pause_count: Option<u32>,
+    /// Seconds a re-activated pod must keep traffic without a new ejection for its retry
+    /// count to be reset to 0 (default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_after: Option<f64>,
+    /// Seconds a pod stays out at most, whatever its retry count (default: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<f64>,
 }
 
 /// What the activator does with an ejected pod.

@@ -125,6 +125,16 @@ fn validate_breaker(c: &mut Collector, at: &str, breaker: &BreakerStrategy) {
         format!("{at}.minPodsAvailableRatio"),
         breaker.min_pods_available_ratio,
     );
+    c.percent(
+        format!("{at}.panicThresholdPercent"),
+        breaker.panic_threshold_percent,
+    );
+    if breaker.max_ejections_per_evaluation == Some(0) {
+        c.error(
+            format!("{at}.maxEjectionsPerEvaluation"),
+            "must be at least 1 (omit it for no limit)",
+        );
+    }
     let methods = [
         breaker.discrete_value_out_of_list.is_some(),
         breaker.continuous_value_deviation.is_some(),
@@ -198,6 +208,19 @@ fn validate_activator(c: &mut Collector, at: &str, activator: &ActivatorStrategy
             format!("{at}.period"),
             format!("must be greater than 0 and at most 31536000 seconds, got {period}"),
         );
+    }
+    for (field, value) in [
+        ("forgetAfter", activator.forget_after),
+        ("maxEjectionTime", activator.max_ejection_time),
+    ] {
+        if let Some(seconds) = value
+            && !(seconds > 0.0 && seconds <= MAX_ACTIVATOR_PERIOD)
+        {
+            c.error(
+                format!("{at}.{field}"),
+                format!("must be greater than 0 and at most 31536000 seconds, got {seconds}"),
+            );
+        }
     }
 }
 

@@ -193,16 +193,80 @@ pub fn next_due(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Option
 }
 
 /// How long a pod ejected `retries` times stays out: one period, or, in retry modes,
-/// one period per ejection (never less than one).
-fn wait_before_activation(activator: &ResolvedActivator, retries: u32) -> Duration {
+/// one period per ejection (never less than one), capped by `maxEjectionTime`.
+pub fn wait_before_activation(activator: &ResolvedActivator, retries: u32) -> Duration {
     let waits = match activator.mode {
         ActivatorMode::Periodic => 1,
         _ => retries.max(1),
     };
-    activator.period.saturating_mul(waits)
+    let wait = activator.period.saturating_mul(waits);
+    activator
+        .max_ejection_time
+        .map_or(wait, |cap| wait.min(cap))
 }
 
-fn add(at: Timestamp, wait: Duration) -> Timestamp {
+/// A pod back in traffic whose past ejections are forgotten: its retry count goes to 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forgotten {
+    pub pod: String,
+    pub retries: u32,
+    pub forget_after: Duration,
+}
+
+impl fmt::Display for Forgotten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pod {} kept traffic {} s after its re-activation: its {} past ejection(s) are forgotten (forgetAfter)",
+            self.pod,
+            secs(self.forget_after),
+            self.retries
+        )
+    }
+}
+
+/// The pods with traffic whose activator has `forgetAfter` and that have served that long
+/// since their time out of traffic ended, without a new ejection.
+pub fn forget_retries(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Vec<Forgotten> {
+    let mut forgotten: Vec<Forgotten> = pods
+        .iter()
+        .filter(|p| p.marks.traffic() == Some(Traffic::Yes) && !p.terminating)
+        .filter_map(|pod| {
+            let retries = pod.marks.retries().filter(|r| *r > 0)?;
+            let Some(Ok(break_at)) = &pod.marks.break_at else {
+                return None;
+            };
+            let activator = spec.activator_for(pod.marks.strategy.as_deref());
+            let forget_after = activator.forget_after?;
+            let back_at = add(*break_at, wait_before_activation(activator, retries));
+            (now >= add(back_at, forget_after)).then(|| Forgotten {
+                pod: pod.name.clone(),
+                retries,
+                forget_after,
+            })
+        })
+        .collect();
+    forgotten.sort_by(|a, b| a.pod.cmp(&b.pod));
+    forgotten
+}
+
+/// When the next retry count is due to be forgotten.
+pub fn next_forget(spec: &ResolvedSpec, pods: &[PodView]) -> Option<Timestamp> {
+    pods.iter()
+        .filter(|p| p.marks.traffic() == Some(Traffic::Yes) && !p.terminating)
+        .filter_map(|pod| {
+            let retries = pod.marks.retries().filter(|r| *r > 0)?;
+            let Some(Ok(break_at)) = &pod.marks.break_at else {
+                return None;
+            };
+            let activator = spec.activator_for(pod.marks.strategy.as_deref());
+            let back_at = add(*break_at, wait_before_activation(activator, retries));
+            Some(add(back_at, activator.forget_after?))
+        })
+        .min()
+}
+
+pub(crate) fn add(at: Timestamp, wait: Duration) -> Timestamp {
     let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
     at.saturating_add(wait).unwrap_or(Timestamp::MAX)
 }
@@ -237,6 +301,8 @@ mod tests {
                 period: Duration::from_secs(10),
                 max_retry_count,
                 max_pause_count,
+                forget_after: None,
+                max_ejection_time: None,
             },
             dry_run: false,
         }
@@ -325,11 +391,16 @@ mod tests {
             detection: kubervisor_api::Detection::Custom(kubervisor_api::CustomRule {
                 url: "x".into(),
             }),
+            panic_threshold_percent: 0,
+            max_ejections_per_evaluation: None,
+            dry_run: false,
             activator: Some(ResolvedActivator {
                 mode: ActivatorMode::RetryAndKill,
                 period: Duration::from_secs(60),
                 max_retry_count: 0,
                 max_pause_count: 0,
+                forget_after: None,
+                max_ejection_time: None,
             }),
         });
         let pods = [
@@ -376,6 +447,40 @@ mod tests {
                 t(1000)
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn retries_are_forgotten_after_serving_forget_after_since_the_time_out_ended() {
+        let mut spec = spec(ActivatorMode::RetryAndKill, 5, 1);
+        spec.default_activator.forget_after = Some(Duration::from_secs(100));
+        // Ejected twice at 0: out until 20, back since then.
+        let mut back = ejected("a", "b", t(0), 2);
+        back.marks.traffic = Some(Ok(Traffic::Yes));
+        let pods = [
+            back,
+            ejected("out", "b", t(0), 2),
+            pod("fresh", Traffic::Yes),
+        ];
+        assert!(forget_retries(&spec, &pods, t(119)).is_empty());
+        let forgotten = forget_retries(&spec, &pods, t(120));
+        assert_eq!(forgotten.len(), 1);
+        assert_eq!(forgotten[0].pod, "a");
+        assert_eq!(next_forget(&spec, &pods), Some(t(120)));
+        spec.default_activator.forget_after = None;
+        assert!(forget_retries(&spec, &pods, t(10_000)).is_empty());
+    }
+
+    #[test]
+    fn max_ejection_time_caps_the_wait_of_retry_modes() {
+        let mut spec = spec(ActivatorMode::RetryAndKill, 10, 1);
+        spec.default_activator.max_ejection_time = Some(Duration::from_secs(25));
+        // Ejected 5 times: 50 s without the cap, 25 s with it.
+        let pods = [ejected("a", "b", t(0), 5)];
+        assert!(plan_activations(&spec, &pods, t(24)).is_empty());
+        assert_eq!(
+            actions(&plan_activations(&spec, &pods, t(25))),
+            [("a", Action::Activate)]
         );
     }
 }

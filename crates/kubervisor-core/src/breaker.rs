@@ -24,6 +24,45 @@ impl MinAvailable {
     }
 }
 
+/// Everything that bounds what one evaluation of a breaker may eject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub min_available: MinAvailable,
+    /// Below this percentage of healthy judged pods, nothing is ejected; 0 is off.
+    pub panic_threshold_percent: u32,
+    /// Ejections per evaluation at most; `None` is no limit but the floor.
+    pub max_per_evaluation: Option<u32>,
+}
+
+impl From<MinAvailable> for Limits {
+    fn from(min_available: MinAvailable) -> Limits {
+        Limits {
+            min_available,
+            panic_threshold_percent: 0,
+            max_per_evaluation: None,
+        }
+    }
+}
+
+/// Too few judged pods are healthy: the problem is taken to be fleet-wide, or the
+/// detector broken, and the breaker ejects nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Panic {
+    pub healthy: usize,
+    pub judged: usize,
+    pub threshold_percent: u32,
+}
+
+impl fmt::Display for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} judged pods healthy, fewer than panicThresholdPercent {}%: the problem looks fleet-wide, nothing is ejected",
+            self.healthy, self.judged, self.threshold_percent
+        )
+    }
+}
+
 /// A pod to take out of traffic; its `Display` is the reason given in events and logs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ejection {
@@ -75,6 +114,10 @@ pub enum SpareReason {
         ready_managed: usize,
         limits: MinAvailable,
     },
+    /// The breaker is in panic: it ejects nothing.
+    Panic(Panic),
+    /// `maxEjectionsPerEvaluation` pods were ejected already by this evaluation.
+    RateLimited { max: u32 },
 }
 
 impl fmt::Display for Spared {
@@ -96,6 +139,12 @@ impl fmt::Display for Spared {
                 f,
                 "{}, but not ejected: {min_available} of {ready_managed} pods must keep traffic (minPodsAvailableCount {}, minPodsAvailableRatio {}%)",
                 self.evidence, limits.count, limits.ratio_percent
+            ),
+            SpareReason::Panic(panic) => write!(f, "{}, but not ejected: {panic}", self.evidence),
+            SpareReason::RateLimited { max } => write!(
+                f,
+                "{}, but not ejected: maxEjectionsPerEvaluation {max} reached",
+                self.evidence
             ),
         }
     }
@@ -121,6 +170,8 @@ pub struct EjectionPlan {
     pub serving: usize,
     /// Pods that must keep serving.
     pub min_available: usize,
+    /// Set when the breaker refused to eject anything.
+    pub panic: Option<Panic>,
 }
 
 impl EjectionPlan {
@@ -136,18 +187,23 @@ impl EjectionPlan {
 /// (serving − floor) pods are ejected, worst offenders first, ties broken by name.
 pub fn plan_ejections(
     breaker: &str,
-    limits: MinAvailable,
+    limits: impl Into<Limits>,
     pods: &[PodView],
     findings: &Findings,
 ) -> EjectionPlan {
+    let limits: Limits = limits.into();
     let ready_managed = pods.iter().filter(|p| p.is_serving_capable()).count();
     let serving = pods.iter().filter(|p| p.has_traffic()).count();
-    let min_available = limits.floor(ready_managed);
-    let mut budget = serving.saturating_sub(min_available);
+    let min_available = limits.min_available.floor(ready_managed);
+    let by_floor = serving.saturating_sub(min_available);
+    let mut budget = limits
+        .max_per_evaluation
+        .map_or(by_floor, |max| by_floor.min(max as usize));
     let mut plan = EjectionPlan {
         ready_managed,
         serving,
         min_available,
+        panic: panic(limits.panic_threshold_percent, pods, findings),
         ..EjectionPlan::default()
     };
     // Findings may name every pod of a large fleet: look pods up by name, not by scanning.
@@ -169,11 +225,20 @@ pub fn plan_ejections(
             plan.spared.push(spare(SpareReason::NotCandidate(why)));
             continue;
         }
+        if let Some(panic) = plan.panic {
+            plan.spared.push(spare(SpareReason::Panic(panic)));
+            continue;
+        }
         if budget == 0 {
-            plan.spared.push(spare(SpareReason::Floor {
-                min_available,
-                ready_managed,
-                limits,
+            plan.spared.push(spare(match limits.max_per_evaluation {
+                Some(max) if plan.ejections.len() >= max as usize => {
+                    SpareReason::RateLimited { max }
+                }
+                _ => SpareReason::Floor {
+                    min_available,
+                    ready_managed,
+                    limits: limits.min_available,
+                },
             }));
             continue;
         }
@@ -189,6 +254,35 @@ pub fn plan_ejections(
         });
     }
     plan
+}
+
+/// Whether fewer than `threshold_percent` of the judged pods are healthy.
+///
+/// Judged pods are those the detector gave a verdict on; a custom detector names only
+/// anomalous pods, so there every other serving-capable pod counts as judged healthy.
+fn panic(threshold_percent: u32, pods: &[PodView], findings: &Findings) -> Option<Panic> {
+    if threshold_percent == 0 {
+        return None;
+    }
+    let (healthy, judged) = if findings.unlisted_are_healthy {
+        let anomalous: std::collections::HashSet<&str> =
+            findings.anomalies.iter().map(|a| a.pod.as_str()).collect();
+        let capable: Vec<&PodView> = pods.iter().filter(|p| p.is_serving_capable()).collect();
+        let healthy = capable
+            .iter()
+            .filter(|p| !anomalous.contains(p.name.as_str()))
+            .count();
+        (healthy, capable.len())
+    } else {
+        let healthy = findings.healthy.len();
+        (healthy, healthy + findings.anomalies.len())
+    };
+    let below = judged > 0 && (healthy as u64) * 100 < u64::from(threshold_percent) * judged as u64;
+    below.then_some(Panic {
+        healthy,
+        judged,
+        threshold_percent,
+    })
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ pub struct Findings {
     pub healthy: Vec<String>,
     /// Pods present in the data but not judged, with the reason.
     pub not_judged: Vec<(String, String)>,
+    /// The detector names only anomalous pods (a custom detector): every other pod it
+    /// could see counts as judged healthy.
+    pub unlisted_are_healthy: bool,
 }
 
 impl Findings {
@@ -209,6 +212,7 @@ pub fn custom(reported: &[String]) -> Findings {
                 evidence: Evidence::Reported,
             })
             .collect(),
+        unlisted_are_healthy: true,
         ..Findings::default()
     }
     .finish()

@@ -4,12 +4,14 @@
 //! - [`detect`] turns query results into per-pod findings (anomalous or not, and why);
 //! - [`breaker`] chooses which anomalous pods lose traffic without going under the minimum;
 //! - [`activator`] chooses which ejected pods come back, are paused or killed;
+//! - [`safety`] gives ejected pods back early when outside losses break the floor;
 //! - [`status`] counts pods by traffic state.
 
 pub mod activator;
 pub mod breaker;
 pub mod detect;
 mod pod;
+pub mod safety;
 pub mod status;
 
 pub use pod::{NotCandidate, PodView};

@@ -8,8 +8,9 @@ use kubervisor_api::pod::*;
 use kubervisor_api::{ActivatorMode, ResolvedActivator, ResolvedSpec};
 use kubervisor_core::PodView;
 use kubervisor_core::activator::{Action, due_at, plan_activations};
-use kubervisor_core::breaker::{MinAvailable, plan_ejections};
+use kubervisor_core::breaker::{Limits, MinAvailable, plan_ejections};
 use kubervisor_core::detect::{Anomaly, Evidence, Findings};
+use kubervisor_core::safety::restore_floor;
 use proptest::prelude::*;
 
 fn view(
@@ -191,6 +192,7 @@ proptest! {
         period in 1u64..60,
         max_retry_count in 0u32..5,
         max_pause_count in 0u32..3,
+        cap in prop::option::of(1u64..200),
     ) {
         let spec = ResolvedSpec {
             service: "web".into(),
@@ -200,6 +202,8 @@ proptest! {
                 period: Duration::from_secs(period),
                 max_retry_count,
                 max_pause_count,
+                forget_after: None,
+                max_ejection_time: cap.map(Duration::from_secs),
             },
             dry_run: false,
         };
@@ -216,7 +220,8 @@ proptest! {
             match decision.action {
                 Action::Activate => {
                     let waits = if mode == ActivatorMode::Periodic { 1 } else { retries.max(1) };
-                    let due = break_at.checked_add(jiff::SignedDuration::from_secs((period * u64::from(waits)) as i64)).unwrap();
+                    let wait = (period * u64::from(waits)).min(cap.unwrap_or(u64::MAX));
+                    let due = break_at.checked_add(jiff::SignedDuration::from_secs(wait as i64)).unwrap();
                     prop_assert!(now >= due, "activated at {} before due {}", now, due);
                     prop_assert!(mode == ActivatorMode::Periodic || retries <= max_retry_count);
                 }
@@ -230,6 +235,19 @@ proptest! {
             }
         }
         prop_assert!(pauses == 0 || paused_before + pauses <= max_pause_count as usize);
+        // And none is kept out past its time: min(retries × period, maxEjectionTime).
+        for pod in pods.iter().filter(|p| p.marks.traffic() == Some(Traffic::No) && !p.terminating) {
+            let (Some(Ok(break_at)), Some(retries)) = (&pod.marks.break_at, pod.marks.retries()) else { continue };
+            if mode != ActivatorMode::Periodic && retries > max_retry_count {
+                continue;
+            }
+            let waits = if mode == ActivatorMode::Periodic { 1 } else { retries.max(1) };
+            let wait = (period * u64::from(waits)).min(cap.unwrap_or(u64::MAX));
+            let due = break_at.checked_add(jiff::SignedDuration::from_secs(wait as i64)).unwrap();
+            if now >= due {
+                prop_assert!(plan.iter().any(|d| d.pod == pod.name && d.action == Action::Activate), "{} due at {} still out at {}", pod.name, due, now);
+            }
+        }
     }
 
     /// The activator sleeps until the earliest due time: a pod it would act on now must
@@ -250,6 +268,8 @@ proptest! {
                 period: Duration::from_secs(period),
                 max_retry_count,
                 max_pause_count: 1,
+                forget_after: None,
+                max_ejection_time: None,
             },
             dry_run: false,
         };
@@ -259,5 +279,93 @@ proptest! {
             let due = due_at(&spec, pod);
             prop_assert!(due.is_some_and(|due| due <= now), "{} acted on at {} but due {:?}", decision.pod, now, due);
         }
+    }
+
+    /// Panic: when fewer than the threshold of judged pods are healthy, nothing is ejected.
+    #[test]
+    fn a_breaker_in_panic_never_ejects(
+        (pods, findings) in fleet_and_findings(),
+        limits in arb_limits(),
+        threshold in 1u32..=100,
+        unlisted_are_healthy in any::<bool>(),
+        healthy_every in 1usize..4,
+    ) {
+        let mut findings = findings;
+        findings.unlisted_are_healthy = unlisted_are_healthy;
+        let anomalous: Vec<&str> = findings.anomalies.iter().map(|a| a.pod.as_str()).collect();
+        if !unlisted_are_healthy {
+            findings.healthy = pods
+                .iter()
+                .map(|p| p.name.clone())
+                .filter(|n| !anomalous.contains(&n.as_str()))
+                .step_by(healthy_every)
+                .collect();
+        }
+        let (healthy, judged) = if unlisted_are_healthy {
+            let capable: Vec<&PodView> = pods.iter().filter(|p| p.is_serving_capable()).collect();
+            let healthy = capable.iter().filter(|p| !anomalous.contains(&p.name.as_str())).count();
+            (healthy, capable.len())
+        } else {
+            (findings.healthy.len(), findings.healthy.len() + findings.anomalies.len())
+        };
+        let limits = Limits { min_available: limits, panic_threshold_percent: threshold, max_per_evaluation: None };
+        let plan = plan_ejections("b", limits, &pods, &findings);
+        if judged > 0 && healthy * 100 < threshold as usize * judged {
+            prop_assert!(plan.ejections.is_empty(), "{} of {} healthy < {}%: ejected {:?}", healthy, judged, threshold, plan.ejections);
+        }
+    }
+
+    /// The rate limit is never exceeded, and the floor still holds under it.
+    #[test]
+    fn never_more_ejections_per_evaluation_than_the_limit(
+        (pods, findings) in fleet_and_findings(),
+        limits in arb_limits(),
+        max in 1u32..4,
+    ) {
+        let floor = limits.floor(pods.iter().filter(|p| p.is_serving_capable()).count());
+        let plan = plan_ejections("b", Limits { min_available: limits, panic_threshold_percent: 0, max_per_evaluation: Some(max) }, &pods, &findings);
+        prop_assert!(plan.ejections.len() <= max as usize);
+        prop_assert!(plan.serving_after() >= floor.min(plan.serving));
+    }
+
+    /// After outside losses, one pass of the restore rule brings the floor back, or gives
+    /// back every ejected pod able to serve; and it never gives back more than needed.
+    #[test]
+    fn restoring_brings_the_floor_back_in_one_pass(
+        pods in arb_fleet(),
+        limits in arb_limits(),
+    ) {
+        let spec = ResolvedSpec {
+            service: "web".into(),
+            breakers: vec![kubervisor_api::ResolvedBreaker {
+                name: "b".into(),
+                evaluation_period: Duration::from_secs(1),
+                min_pods_available_count: limits.count,
+                min_pods_available_ratio: limits.ratio_percent,
+                detection: kubervisor_api::Detection::Custom(kubervisor_api::CustomRule { url: "x".into() }),
+                activator: None,
+                panic_threshold_percent: 0,
+                max_ejections_per_evaluation: None,
+                dry_run: false,
+            }],
+            default_activator: ResolvedActivator::default(),
+            dry_run: false,
+        };
+        let floor = limits.floor(pods.iter().filter(|p| p.is_serving_capable()).count());
+        let before = serving(&pods);
+        let restored = restore_floor(&spec, &pods);
+        let mut after = pods.clone();
+        for r in &restored {
+            let pod = after.iter_mut().find(|p| p.name == r.pod).unwrap();
+            prop_assert_eq!(pod.marks.traffic(), Some(Traffic::No));
+            prop_assert!(pod.is_serving_capable());
+            pod.marks.traffic = Some(Ok(Traffic::Yes));
+        }
+        let still_out = after
+            .iter()
+            .filter(|p| p.is_serving_capable() && p.marks.traffic() == Some(Traffic::No) && p.marks.unknown_reason().is_none())
+            .count();
+        prop_assert!(serving(&after) >= floor || still_out == 0, "{} serve, floor {}, {} still out", serving(&after), floor, still_out);
+        prop_assert!(serving(&after) <= floor.max(before), "gave back more than needed");
     }
 }
