@@ -117,6 +117,17 @@ pub fn from_ejected_ops(pod: &SlimPod, to: Traffic) -> Vec<PatchOperation> {
     ops
 }
 
+/// The operations that reset a serving pod's retry count, only if it still serves since
+/// the same ejection.
+pub fn forget_ops(pod: &SlimPod) -> Vec<PatchOperation> {
+    let mut ops = vec![test(label(TRAFFIC_LABEL), Traffic::Yes.as_str())];
+    if let Some(at) = pod.annotations.get(BREAK_AT_ANNOTATION) {
+        ops.push(test(annotation(BREAK_AT_ANNOTATION), at.as_str()));
+    }
+    ops.push(replace(annotation(RETRY_COUNT_ANNOTATION), "0"));
+    ops
+}
+
 /// The operations that put a newly managed pod under `kvs`: traffic `yes` if absent, and the name label.
 pub fn adopt_ops(pod: &SlimPod, kvs: &str) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
@@ -201,6 +212,7 @@ impl Effects {
                 at,
             } => eject_ops(pod, breaker, *retry_count, *at),
             PodChange::Reinstate { to } => from_ejected_ops(pod, *to),
+            PodChange::ForgetRetries => forget_ops(pod),
             PodChange::Kill => return self.delete_pod(pod).await,
         };
         self.patch_pod(pod, ops).await
@@ -531,6 +543,26 @@ mod tests {
             Some(json!({"breaker/breakAt": "2026-11-25T11:00:00Z"})),
         );
         assert!(apply(&mut doc, from_ejected_ops(&pod, Traffic::Pause)).is_err());
+    }
+
+    #[test]
+    fn forgetting_resets_the_count_only_for_the_same_ejection() {
+        let pod = slim(
+            &[(TRAFFIC_LABEL, "yes")],
+            &[(BREAK_AT_ANNOTATION, "t1"), (RETRY_COUNT_ANNOTATION, "3")],
+            true,
+        );
+        let mut doc = pod_doc(
+            json!({"kubervisor/traffic": "yes"}),
+            Some(json!({"breaker/breakAt": "t1", "breaker/retryCount": "3"})),
+        );
+        apply(&mut doc, forget_ops(&pod)).unwrap();
+        assert_eq!(doc["metadata"]["annotations"]["breaker/retryCount"], "0");
+        let mut ejected_again = pod_doc(
+            json!({"kubervisor/traffic": "yes"}),
+            Some(json!({"breaker/breakAt": "t2", "breaker/retryCount": "4"})),
+        );
+        assert!(apply(&mut ejected_again, forget_ops(&pod)).is_err());
     }
 
     #[test]

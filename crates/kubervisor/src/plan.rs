@@ -18,9 +18,12 @@ use kubervisor_api::{
     ResolvedBreaker, ResolvedSpec,
 };
 use kubervisor_core::PodView;
-use kubervisor_core::activator::{Action, Activation, earliest_due, plan_activations};
-use kubervisor_core::breaker::{Ejection, MinAvailable, plan_ejections};
+use kubervisor_core::activator::{
+    Action, Activation, Forgotten, earliest_due, forget_retries, next_forget, plan_activations,
+};
+use kubervisor_core::breaker::{Ejection, Limits, MinAvailable, Panic, plan_ejections};
 use kubervisor_core::detect::Findings;
+use kubervisor_core::safety::{Restoration, restore_floor};
 use kubervisor_core::status::{PodCounts, count};
 
 use crate::effects::Written;
@@ -83,6 +86,8 @@ pub enum PodChange {
     },
     /// From `no` to `to`, only if it is still the same ejection.
     Reinstate { to: Traffic },
+    /// Reset `breaker/retryCount` to 0, only if the pod still serves since the same ejection.
+    ForgetRetries,
     /// Delete the pod so its controller replaces it.
     Kill,
 }
@@ -117,6 +122,8 @@ pub enum DecisionKind {
     Activate,
     Pause,
     Kill,
+    /// Given back early to restore the floor.
+    Restore,
 }
 
 impl DecisionKind {
@@ -127,6 +134,7 @@ impl DecisionKind {
             DecisionKind::Activate => "activate",
             DecisionKind::Pause => "pause",
             DecisionKind::Kill => "kill",
+            DecisionKind::Restore => "restore",
         }
     }
 
@@ -165,6 +173,19 @@ pub enum Note {
     SourceError {
         breaker: String,
         message: String,
+    },
+    /// Outside losses broke the floor: an ejected pod came back early.
+    FloorRestored(Restoration),
+    DryRunRestore(Restoration),
+    /// A re-activated pod served long enough: its past ejections are forgotten.
+    RetriesForgotten(Forgotten),
+    /// A breaker entered panic, or left it.
+    Panic {
+        breaker: String,
+        panic: Panic,
+    },
+    PanicEnded {
+        breaker: String,
     },
     /// The resource cannot run: its `Ready` condition says why.
     NotRunning {
@@ -209,6 +230,11 @@ impl Note {
             },
             Note::Floor { .. } => "MinimumAvailable",
             Note::SourceError { .. } => "SourceError",
+            Note::FloorRestored(_) => "FloorRestored",
+            Note::DryRunRestore(_) => "DryRunFloorRestore",
+            Note::RetriesForgotten(_) => "RetriesForgotten",
+            Note::Panic { .. } => "Panic",
+            Note::PanicEnded { .. } => "PanicEnded",
             Note::NotRunning { reason, .. } => reason.as_str(),
         }
     }
@@ -222,7 +248,9 @@ impl Note {
                 Action::Pause => "Pause",
                 Action::Kill => "Kill",
             },
-            Note::SourceError { .. } => "Evaluate",
+            Note::SourceError { .. } | Note::Panic { .. } | Note::PanicEnded { .. } => "Evaluate",
+            Note::FloorRestored(_) | Note::DryRunRestore(_) => "Activate",
+            Note::RetriesForgotten(_) => "Forget",
             Note::NotRunning { .. } => "Reconcile",
         }
     }
@@ -231,7 +259,11 @@ impl Note {
     pub fn is_warning(&self) -> bool {
         matches!(
             self,
-            Note::Floor { .. } | Note::SourceError { .. } | Note::NotRunning { .. }
+            Note::Floor { .. }
+                | Note::SourceError { .. }
+                | Note::NotRunning { .. }
+                | Note::FloorRestored(_)
+                | Note::Panic { .. }
         ) || matches!(self, Note::Reinstated(a) if a.action == Action::Kill)
     }
 }
@@ -256,6 +288,13 @@ impl fmt::Display for Note {
             ),
             Note::SourceError { breaker, message } => {
                 write!(f, "breaker {breaker}: {message}; no pod is ejected")
+            }
+            Note::FloorRestored(r) => write!(f, "{r}"),
+            Note::DryRunRestore(r) => write!(f, "dry run: {r}"),
+            Note::RetriesForgotten(forgotten) => write!(f, "{forgotten}"),
+            Note::Panic { breaker, panic } => write!(f, "breaker {breaker} in panic: {panic}"),
+            Note::PanicEnded { breaker } => {
+                write!(f, "breaker {breaker} left panic: it ejects again")
             }
             Note::NotRunning { message, .. } => f.write_str(message),
         }
@@ -297,6 +336,8 @@ enum Cause {
     Release,
     Eject(Ejection),
     Reinstate(Activation, String),
+    Restore(Restoration),
+    Forget(Forgotten),
 }
 
 /// Everything one KubervisorService's task knows between two inputs.
@@ -312,6 +353,8 @@ pub struct State {
     awaiting: HashMap<String, (Arc<SlimPod>, Cause)>,
     /// Last error of each breaker's source.
     source_errors: BTreeMap<String, String>,
+    /// Breakers in panic, with the numbers of the evaluation that entered it.
+    panics: BTreeMap<String, Panic>,
     /// Dry-run decisions already reported, so each is reported once while it holds.
     dry_run_reported: BTreeSet<(String, DecisionKind)>,
     /// Pods each breaker last left in traffic because of the floor, reported when it changes.
@@ -423,6 +466,8 @@ impl State {
         self.source_errors
             .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
         self.floor_notes
+            .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
+        self.panics
             .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
         self.stop_note = None;
         let dry_run = spec.dry_run;
@@ -549,10 +594,11 @@ impl State {
                 return;
             }
         };
-        let dry_run = spec.dry_run;
-        let pods = self.pods(dry_run);
+        let dry_run = spec.dry_run || breaker.dry_run;
+        let pods = self.pods(spec.dry_run);
         let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
         let plan = plan_ejections(&breaker.name, limits(breaker), &views, &findings);
+        self.follow_panic(&breaker.name, plan.panic, out);
         let mut holding = BTreeSet::new();
         for ejection in &plan.ejections {
             let Some(pod) = pods.iter().find(|p| p.name == ejection.pod) else {
@@ -604,6 +650,28 @@ impl State {
         }
     }
 
+    /// Reports a breaker entering panic once, and leaving it once.
+    fn follow_panic(&mut self, breaker: &str, panic: Option<Panic>, out: &mut Vec<Effect>) {
+        let note = match (panic, self.panics.contains_key(breaker)) {
+            (Some(panic), false) => {
+                self.panics.insert(breaker.to_string(), panic);
+                Note::Panic {
+                    breaker: breaker.to_string(),
+                    panic,
+                }
+            }
+            (None, true) => {
+                self.panics.remove(breaker);
+                Note::PanicEnded {
+                    breaker: breaker.to_string(),
+                }
+            }
+            _ => return,
+        };
+        out.push(Effect::Publish(Report { pod: None, note }));
+        self.status_dirty = true;
+    }
+
     /// Acts on the ejected pods whose time has come.
     fn activate(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         let Some(spec) = self.running_spec().cloned() else {
@@ -611,6 +679,33 @@ impl State {
         };
         let pods = self.pods(spec.dry_run);
         let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
+        let by_name = |name: &str| pods.iter().find(|p| p.name == name).cloned();
+        // The floor first: pods given back here are not judged again below.
+        for restoration in restore_floor(&spec, &views) {
+            let Some(pod) = by_name(&restoration.pod) else {
+                continue;
+            };
+            if spec.dry_run {
+                let breaker = restoration.breaker.clone();
+                let note = Note::DryRunRestore(restoration);
+                self.report_dry_run(&pod, &breaker, DecisionKind::Restore, note, out);
+                continue;
+            }
+            let change = PodChange::Reinstate { to: Traffic::Yes };
+            self.write(&pod, change, Cause::Restore(restoration), out);
+        }
+        if !spec.dry_run {
+            for forgotten in forget_retries(&spec, &views, now) {
+                if let Some(pod) = by_name(&forgotten.pod) {
+                    self.write(
+                        &pod,
+                        PodChange::ForgetRetries,
+                        Cause::Forget(forgotten),
+                        out,
+                    );
+                }
+            }
+        }
         let mut holding = BTreeSet::new();
         for activation in plan_activations(&spec, &views, now) {
             let Some(pod) = pods.iter().find(|p| p.name == activation.pod) else {
@@ -684,6 +779,18 @@ impl State {
                 DecisionKind::of(activation.action),
                 Note::Reinstated(activation),
             ),
+            Cause::Restore(restoration) => (
+                restoration.breaker.clone(),
+                DecisionKind::Restore,
+                Note::FloorRestored(restoration),
+            ),
+            Cause::Forget(forgotten) => {
+                out.push(Effect::Publish(Report {
+                    pod: Some(before),
+                    note: Note::RetriesForgotten(forgotten),
+                }));
+                return;
+            }
         };
         out.push(Effect::CountDecision {
             breaker,
@@ -797,16 +904,28 @@ impl State {
         pods
     }
 
-    /// When the activator must act next: the earliest due time of the ejected pods.
+    /// When the activator must act next: at once when the floor needs restoring, else the
+    /// earliest due time of the ejected pods or of a retry count to forget.
     fn next_activation(&self) -> Option<Timestamp> {
         let spec = self.running_spec().cloned()?;
-        let views: Vec<PodView> = self
-            .pods(spec.dry_run)
+        let views: Vec<PodView> = self.pods(spec.dry_run).iter().map(|p| p.view()).collect();
+        if !restore_floor(&spec, &views).is_empty() {
+            return Some(Timestamp::MIN);
+        }
+        let ejected: Vec<PodView> = views
             .iter()
-            .filter(|p| p.labels.get(TRAFFIC_LABEL).map(String::as_str) == Some("no"))
-            .map(|p| p.view())
+            .filter(|v| v.marks.traffic() == Some(Traffic::No))
+            .cloned()
             .collect();
-        earliest_due(&spec, &views)
+        let forget = if spec.dry_run {
+            None
+        } else {
+            next_forget(&spec, &views)
+        };
+        [earliest_due(&spec, &ejected), forget]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Writes the status of a running resource: the `Ready` condition and the pod counts.
@@ -818,7 +937,21 @@ impl State {
         let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
         let counts = count(&views);
         out.push(Effect::PodCounts(counts));
-        let condition = if self.source_errors.is_empty() {
+        let condition = if !self.source_errors.is_empty() {
+            let errors: Vec<String> = self
+                .source_errors
+                .iter()
+                .map(|(b, e)| format!("breaker {b}: {e}"))
+                .collect();
+            not_ready("SourceError", errors.join("; "))
+        } else if !self.panics.is_empty() {
+            let panics: Vec<String> = self
+                .panics
+                .iter()
+                .map(|(b, p)| format!("breaker {b}: {p}"))
+                .collect();
+            not_ready("Panic", panics.join("; "))
+        } else {
             let names: Vec<&str> = spec.breakers.iter().map(|b| b.name.as_str()).collect();
             if spec.dry_run {
                 ready(
@@ -831,13 +964,6 @@ impl State {
             } else {
                 ready("Running", format!("breakers {} running", names.join(", ")))
             }
-        } else {
-            let errors: Vec<String> = self
-                .source_errors
-                .iter()
-                .map(|(b, e)| format!("breaker {b}: {e}"))
-                .collect();
-            not_ready("SourceError", errors.join("; "))
         };
         let pod_count = PodCountStatus {
             nb_pods_managed: counts.managed,
@@ -878,10 +1004,14 @@ impl State {
     }
 }
 
-fn limits(breaker: &ResolvedBreaker) -> MinAvailable {
-    MinAvailable {
-        count: breaker.min_pods_available_count,
-        ratio_percent: breaker.min_pods_available_ratio,
+fn limits(breaker: &ResolvedBreaker) -> Limits {
+    Limits {
+        min_available: MinAvailable {
+            count: breaker.min_pods_available_count,
+            ratio_percent: breaker.min_pods_available_ratio,
+        },
+        panic_threshold_percent: breaker.panic_threshold_percent,
+        max_per_evaluation: breaker.max_ejections_per_evaluation,
     }
 }
 

@@ -274,6 +274,14 @@ impl Fleet {
                 );
                 set(&mut pod, TRAFFIC_LABEL, to.as_str());
             }
+            PodChange::ForgetRetries => {
+                assert_eq!(
+                    pod.labels.get(TRAFFIC_LABEL).map(String::as_str),
+                    Some("yes")
+                );
+                pod.annotations
+                    .insert(RETRY_COUNT_ANNOTATION.into(), "0".into());
+            }
             PodChange::Kill => {
                 self.pods.remove(name);
                 return Written::Done(None);
@@ -786,4 +794,147 @@ fn a_pod_with_unreadable_marks_is_counted_unknown_and_left_alone() {
     assert_eq!(h.state().activator_due(), None);
     let effects = h.report(&["p1"]);
     assert!(pod_writes(&effects).is_empty());
+}
+
+// --- fleet safety
+
+fn with_breaker_fields(min_count: u32, fields: serde_json::Value) -> serde_json::Value {
+    let mut spec = custom(min_count, 0, json!({"mode": "periodic", "period": 60}));
+    for (k, v) in fields.as_object().unwrap() {
+        spec["breakers"][0][k] = v.clone();
+    }
+    spec
+}
+
+#[test]
+fn outside_losses_below_the_floor_bring_ejected_pods_back_in_one_pass() {
+    // 6 pods, floor 4 by count, 2 ejected.
+    let mut h = Harness::running(custom(4, 0, json!({"mode": "periodic", "period": 600})), 6);
+    h.report(&["p0"]);
+    h.at(1);
+    h.report(&["p1"]);
+    h.observe();
+    assert_eq!(h.with_traffic("no"), ["p0", "p1"]);
+    assert_eq!(
+        h.state().activator_due(),
+        Some(t0() + SignedDuration::from_secs(600))
+    );
+    // Two serving pods turn unready: 2 serve, the floor is 4.
+    for name in ["p4", "p5"] {
+        h.fleet.pods.get_mut(name).unwrap().ready = false;
+    }
+    h.observe();
+    assert!(
+        h.state().activator_due().is_some_and(|due| due <= h.now),
+        "due at once"
+    );
+    let effects = h.at(2);
+    assert_eq!(h.with_traffic("no"), Vec::<&str>::new());
+    let restored: Vec<_> = events(&effects)
+        .into_iter()
+        .filter(|(r, _, _)| *r == "FloorRestored")
+        .collect();
+    assert_eq!(restored.len(), 2);
+    // Out the longest first.
+    assert_eq!(restored[0].1.as_deref(), Some("p0"));
+    assert_eq!(
+        restored[0].2,
+        "pod p0 re-admitted early: 2 of 4 pods serve, fewer than the floor 4 of breaker faulty"
+    );
+    assert_eq!(
+        h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "1",
+        "the count is kept"
+    );
+    assert!(effects.contains(&Effect::CountDecision {
+        breaker: "faulty".into(),
+        pod: "p1".into(),
+        kind: DecisionKind::Restore,
+        dry_run: false
+    }));
+}
+
+#[test]
+fn a_breaker_in_panic_ejects_nothing_and_says_so_once_each_way() {
+    let mut h = Harness::running(
+        with_breaker_fields(1, json!({"panicThresholdPercent": 50})),
+        5,
+    );
+    // 3 of 5 flagged: 2 of 5 healthy < 50%.
+    let effects = h.report(&["p0", "p1", "p2"]);
+    assert!(pod_writes(&effects).is_empty());
+    assert_eq!(reasons(&effects), ["Panic"]);
+    assert_eq!(
+        events(&effects)[0].2,
+        "breaker faulty in panic: 2 of 5 judged pods healthy, fewer than panicThresholdPercent 50%: the problem looks fleet-wide, nothing is ejected"
+    );
+    let (reason, message) = ready_reason(&effects).unwrap();
+    assert_eq!(reason, "Panic");
+    assert!(
+        message.starts_with("breaker faulty: 2 of 5 judged pods healthy"),
+        "{message}"
+    );
+    assert!(
+        reasons(&h.report(&["p0", "p1", "p2"])).is_empty(),
+        "entered once"
+    );
+    // One flagged: out of panic, and that pod goes.
+    let effects = h.report(&["p3"]);
+    assert_eq!(h.with_traffic("no"), ["p3"]);
+    assert_eq!(reasons(&effects), ["PanicEnded", "PodEjected"]);
+    assert_eq!(ready_reason(&effects).unwrap().0, "Running");
+}
+
+#[test]
+fn at_most_max_ejections_per_evaluation_worst_first() {
+    let mut h = Harness::running(
+        with_breaker_fields(1, json!({"maxEjectionsPerEvaluation": 1})),
+        6,
+    );
+    h.report(&["p1", "p2", "p3", "p4"]);
+    assert_eq!(h.with_traffic("no"), ["p1"]);
+    h.observe();
+    h.report(&["p1", "p2", "p3", "p4"]);
+    assert_eq!(h.with_traffic("no"), ["p1", "p2"]);
+}
+
+#[test]
+fn a_dry_run_breaker_reports_while_the_others_act() {
+    let mut spec = custom(1, 0, json!({"mode": "periodic", "period": 60}));
+    spec["breakers"] = json!([
+        {"name": "faulty", "evaluationPeriod": 1, "customService": "detector:8080"},
+        {"name": "trial", "evaluationPeriod": 1, "customService": "detector:8081", "dryRun": true}
+    ]);
+    let mut h = Harness::running(spec, 4);
+    let names = vec!["p1".to_string()];
+    let trial = h.findings("trial", Ok(detect::custom(&names)));
+    assert!(pod_writes(&trial).is_empty());
+    assert_eq!(reasons(&trial), ["DryRunEject"]);
+    let faulty = h.report(&["p2"]);
+    assert_eq!(pod_writes(&faulty).len(), 1);
+    assert_eq!(h.with_traffic("no"), ["p2"]);
+}
+
+#[test]
+fn retries_are_forgotten_once_a_pod_served_forget_after() {
+    let spec = custom(
+        1,
+        0,
+        json!({"mode": "retryAndKill", "period": 10, "maxRetryCount": 3, "forgetAfter": 100}),
+    );
+    let mut h = Harness::running(spec, 3);
+    h.report(&["p0"]);
+    h.observe();
+    h.at(10);
+    assert_eq!(h.with_traffic("yes"), ["p0", "p1", "p2"]);
+    h.observe();
+    assert_eq!(
+        h.state().activator_due(),
+        Some(t0() + SignedDuration::from_secs(110))
+    );
+    assert!(h.at(109).is_empty());
+    let effects = h.at(110);
+    assert_eq!(reasons(&effects), ["RetriesForgotten"]);
+    assert_eq!(h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "0");
+    h.observe();
+    assert_eq!(h.state().activator_due(), None, "nothing left to forget");
 }
