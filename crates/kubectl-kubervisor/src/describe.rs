@@ -66,12 +66,13 @@ impl Description<'_> {
                         method(b),
                         b.evaluation_period.map_or(NONE.into(), format::seconds),
                         min_available(b.min_pods_available_count, b.min_pods_available_ratio),
+                        safety(b),
                     ]
                 })
                 .collect();
             out.push_str(&table_indented(
                 "  ",
-                &["NAME", "METHOD", "PERIOD", "MIN AVAILABLE"],
+                &["NAME", "METHOD", "PERIOD", "MIN AVAILABLE", "SAFETY"],
                 &rows,
             ));
         }
@@ -88,7 +89,15 @@ impl Description<'_> {
         }
         out.push_str(&table_indented(
             "  ",
-            &["FOR", "MODE", "PERIOD", "MAX RETRIES", "MAX PAUSED"],
+            &[
+                "FOR",
+                "MODE",
+                "PERIOD",
+                "MAX RETRIES",
+                "MAX PAUSED",
+                "MAX OUT",
+                "FORGET AFTER",
+            ],
             &rows,
         ));
 
@@ -216,7 +225,30 @@ fn activator_row(for_: &str, activator: &ActivatorStrategy) -> Vec<String> {
         activator
             .max_pause_count
             .map_or(NONE.into(), |n| n.to_string()),
+        activator
+            .max_ejection_time
+            .map_or(NONE.into(), format::seconds),
+        activator.forget_after.map_or(NONE.into(), format::seconds),
     ]
+}
+
+/// The breaker's safety settings beyond the floor, `<none>` when none is set.
+fn safety(breaker: &kubervisor_api::BreakerStrategy) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = breaker.panic_threshold_percent.filter(|p| *p > 0) {
+        parts.push(format!("panic below {p}% healthy"));
+    }
+    if let Some(max) = breaker.max_ejections_per_evaluation {
+        parts.push(format!("at most {max} per evaluation"));
+    }
+    if breaker.dry_run == Some(true) {
+        parts.push("dry run".to_string());
+    }
+    if parts.is_empty() {
+        NONE.into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -236,7 +268,9 @@ mod tests {
                     "minPodsAvailableCount": 3,
                     "minPodsAvailableRatio": 50,
                     "discreteValueOutOfList": {"prometheusService": "p:9090", "promQL": "q", "key": "code", "podNamekey": "pod", "goodValues": ["200"]},
-                    "activator": {"mode": "retryAndKill", "period": 60}
+                    "panicThresholdPercent": 40,
+                    "maxEjectionsPerEvaluation": 2,
+                    "activator": {"mode": "retryAndKill", "period": 60, "maxEjectionTime": 300, "forgetAfter": 3600}
                 }],
                 "defaultActivator": {"mode": "retryAndPause", "period": 30}
             },
@@ -275,9 +309,9 @@ mod tests {
             "Namespace:    shop\n",
             "Service:      web (selector app=web,kubervisor/traffic=yes; active)\n",
             "Dry Run:      false\n",
-            "  errors   discreteValueOutOfList   5s       3 pods, 50%\n",
-            "  (default)        retryAndPause   30s      3             1\n",
-            "  breaker errors   retryAndKill    1m       3             1\n",
+            "  errors   discreteValueOutOfList   5s       3 pods, 50%     panic below 40% healthy, at most 2 per evaluation\n",
+            "  (default)        retryAndPause   30s      3             1            <none>    <none>\n",
+            "  breaker errors   retryAndKill    1m       3             1            5m        1h\n",
             "  Ready   True     Running   2026-11-25T09:01:00Z (59m ago)   breakers errors running\n",
             "Pod Counts:   2 managed, 1 broken, 0 paused, 0 unknown\n",
             "  web-a   yes       True      <none>     <none>                          0\n",
