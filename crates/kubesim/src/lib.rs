@@ -3,6 +3,7 @@
 
 pub mod controllers;
 pub mod error;
+mod eviction;
 pub mod faults;
 pub mod patch;
 pub mod protobuf;

@@ -174,6 +174,16 @@ const BUILTINS: &[Builtin] = &[
         false,
     ),
     Builtin(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+        true,
+    ),
+    Builtin(
         "coordination.k8s.io",
         "v1",
         "leases",
@@ -406,6 +416,17 @@ impl Registry {
                     "version": "v1",
                     "kind": "Scale",
                     "verbs": ["get", "patch", "update"],
+                }));
+            }
+            if info.crd.is_none() && info.group.is_empty() && info.plural == "pods" {
+                resources.push(json!({
+                    "name": "pods/eviction",
+                    "singularName": "",
+                    "namespaced": true,
+                    "group": "policy",
+                    "version": "v1",
+                    "kind": "Eviction",
+                    "verbs": ["create"],
                 }));
             }
         }

@@ -172,6 +172,7 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
         (&Method::GET, false, false) => "list",
         (&Method::GET, true, _) => "get",
         (&Method::POST, false, _) => "create",
+        (&Method::POST, true, _) if target.sub.as_deref() == Some("eviction") => "create",
         (&Method::PUT, true, _) => "update",
         (&Method::PATCH, true, _) => "patch",
         (&Method::DELETE, true, _) => "delete",
@@ -213,6 +214,19 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
             &parts.headers,
             &body,
         );
+    }
+    if target.sub.as_deref() == Some("eviction")
+        && target.info.group.is_empty()
+        && target.info.plural == "pods"
+        && verb == "create"
+    {
+        let status = crate::eviction::serve(
+            &state.store,
+            &target.namespace.clone().unwrap_or_default(),
+            target.name.as_deref().unwrap_or_default(),
+            &body,
+        )?;
+        return Ok(value_response(StatusCode::CREATED, &status));
     }
     let sub = match target.sub.as_deref() {
         None => Sub::Main,
