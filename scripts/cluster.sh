@@ -9,6 +9,9 @@
 #
 # Environment: KUBERVISOR_CACHE (default ~/.cache/kubervisor) holds sources and binaries;
 # KUBERVISOR_NODES (default 1) fake nodes; KUBERVISOR_UP_TIMEOUT (default 120) seconds.
+# Functions run through wait_until, timed and traps look unreachable to shellcheck, and
+# the bash -c programs are single-quoted on purpose.
+# shellcheck disable=SC2016,SC2317
 set -euo pipefail
 
 # Pinned releases; README "Real Kubernetes control plane" says why.
