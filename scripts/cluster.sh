@@ -9,6 +9,9 @@
 #
 # Environment: KUBERVISOR_CACHE (default ~/.cache/kubervisor) holds sources and binaries;
 # KUBERVISOR_NODES (default 1) fake nodes; KUBERVISOR_UP_TIMEOUT (default 120) seconds.
+# Functions run through wait_until, timed and traps look unreachable to shellcheck, and
+# the bash -c programs are single-quoted on purpose.
+# shellcheck disable=SC2016,SC2317
 set -euo pipefail
 
 # Pinned releases; README "Real Kubernetes control plane" says why.
@@ -351,15 +354,21 @@ with open(registry, "a+") as f:
 EOF
 }
 
-# The PID of component $2 of cluster $1, if that process is alive and is ours (its
-# command line names the cluster's directory, so a reused PID is never signalled).
+# The PID of component $2 of cluster $1, if that process is alive and is ours: its
+# command line names the cluster's directory (so a reused PID is never signalled), or it
+# is a child of this very script that has not reached exec yet.
 component_pid() {
-    local file=$1/pids/$2.pid pid
+    local file=$1/pids/$2.pid pid stat
     [ -f "$file" ] || return 1
     pid=$(cat "$file")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qF "$1/" || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) } # the fields after the command name: state, parent PID, ...
+    [ "${stat%% *}" != Z ] || return 1
+    if ! tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$1/"; then
+        stat=${stat#* }
+        [ "${stat%% *}" = "$$" ] || return 1
+    fi
     echo "$pid"
 }
 
@@ -394,27 +403,36 @@ stop_cluster() {
 ossl() { openssl "$@" 2>>"$DIR/logs/openssl.log"; }
 gen_key() { ossl ecparam -name prime256v1 -genkey -noout -out "$1"; }
 
-# Issues $pki/$1.{key,crt} for subject $2, signed by the cluster CA, with extra extensions $3.
+# Issues $PKI/$1.{key,crt} for subject $2, signed by the CA $CA (default: ca), with the
+# extra extensions $3.
 issue_cert() {
-    local pki=$PKI name=$1 subject=$2 ext=$3
+    local pki=$PKI name=$1 subject=$2 ext=$3 ca=${CA:-ca}
     gen_key "$pki/$name.key"
     ossl req -new -key "$pki/$name.key" -subj "$subject" -out "$pki/$name.csr"
     printf '[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n%s\n' \
         "$ext" >"$pki/$name.ext"
-    ossl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    ossl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
         -set_serial "0x$(openssl rand -hex 16)" -days 3650 -sha256 \
         -extfile "$pki/$name.ext" -extensions v3 -out "$pki/$name.crt"
     rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
 
+# A self-signed CA $PKI/$1.{key,crt}.
+make_ca() {
+    gen_key "$PKI/$1.key"
+    printf '[req]\ndistinguished_name=dn\n[dn]\n[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\n' \
+        >"$PKI/$1.cnf"
+    ossl req -x509 -new -key "$PKI/$1.key" -subj "/CN=kubervisor-test-$1" -days 3650 -sha256 \
+        -config "$PKI/$1.cnf" -extensions v3 -out "$PKI/$1.crt"
+    rm -f "$PKI/$1.cnf"
+}
+
 make_pki() {
     mkdir -p "$PKI"
-    gen_key "$PKI/ca.key"
-    printf '[req]\ndistinguished_name=dn\n[dn]\n[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\n' \
-        >"$PKI/ca.cnf"
-    ossl req -x509 -new -key "$PKI/ca.key" -subj "/CN=kubervisor-test-ca" -days 3650 -sha256 \
-        -config "$PKI/ca.cnf" -extensions v3 -out "$PKI/ca.crt"
-    rm -f "$PKI/ca.cnf"
+    make_ca ca
+    # The aggregation layer's own CA and client, as the API server expects them.
+    make_ca front-proxy-ca
+    CA=front-proxy-ca issue_cert front-proxy-client "/CN=front-proxy-client" "extendedKeyUsage=clientAuth"
     local first_service_ip=${SERVICE_CIDR%.*/*}.1
     issue_cert apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$first_service_ip"
@@ -467,7 +485,7 @@ check_alive() {
     for c in "$@"; do
         if ! component_pid "$DIR" "$c" >/dev/null; then
             echo "cluster.sh: error: $c exited; the end of $DIR/logs/$c.log:" >&2
-            tail -n 30 "$DIR/logs/$c.log" >&2 || true
+            tail -n 30 "$DIR/logs/$c.log" >&2 2>/dev/null || true
             exit 1
         fi
     done
@@ -582,6 +600,12 @@ cmd_up() {
         --endpoint-reconciler-type=none \
         --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
         --client-ca-file="$PKI/ca.crt" \
+        --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+        --requestheader-allowed-names=front-proxy-client \
+        --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+        --requestheader-extra-headers-prefix=X-Remote-Extra- \
+        --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+        --proxy-client-key-file="$PKI/front-proxy-client.key" \
         --authorization-mode=Node,RBAC \
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
