@@ -49,6 +49,31 @@ impl ResourceInfo {
         View::of(&self.group, &self.plural)
     }
 
+    /// Whether the real server keeps `metadata.generation` for this resource: custom
+    /// resources, CRDs, workloads, pods (since 1.33) and EndpointSlices; not ConfigMaps,
+    /// Services, Namespaces, Events and the like.
+    pub fn tracks_generation(&self) -> bool {
+        self.crd.is_some()
+            || matches!(
+                (self.group.as_str(), self.plural.as_str()),
+                ("", "pods")
+                    | ("apps", _)
+                    | ("discovery.k8s.io", "endpointslices")
+                    | ("apiextensions.k8s.io", "customresourcedefinitions")
+            )
+    }
+
+    /// Whether a delete answers with the deleted object (`ReturnDeletedObject` upstream)
+    /// rather than a `Status` of success.
+    pub fn returns_deleted_object(&self) -> bool {
+        self.crd.is_none()
+            && self.group.is_empty()
+            && matches!(
+                self.plural.as_str(),
+                "pods" | "services" | "serviceaccounts" | "namespaces"
+            )
+    }
+
     /// Whether `NAME/scale` serves an `autoscaling/v1` Scale (what `kubectl scale` uses).
     pub fn has_scale(&self) -> bool {
         self.crd.is_none() && self.group == "apps" && self.plural == "deployments"

@@ -203,6 +203,51 @@ fn parse_term(term: &str) -> Result<Req, String> {
     }
 }
 
+/// Whether the real server lets a list or watch of this resource select on `path`
+/// (upstream's per-resource `GetAttrs`/field label conversions). Custom resources
+/// allow only metadata here (kubesim ignores a CRD's `selectableFields`).
+pub fn selectable_field(group: &str, plural: &str, custom: bool, path: &str) -> bool {
+    if matches!(path, "metadata.name" | "metadata.namespace") {
+        return true;
+    }
+    if custom {
+        return false;
+    }
+    let extra: &[&str] = match (group, plural) {
+        ("", "pods") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        ("", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("", "secrets") => &["type"],
+        ("", "namespaces") => &["status.phase"],
+        ("", "nodes") => &["spec.unschedulable"],
+        ("", "services") => &["spec.clusterIP", "spec.type"],
+        ("apps", "replicasets") => &["status.replicas"],
+        _ => &[],
+    };
+    extra.contains(&path)
+}
+
 /// A parsed field selector: equality and inequality on dotted paths.
 #[derive(Debug, Clone, Default)]
 pub struct FieldSelector {
@@ -251,6 +296,11 @@ impl FieldSelector {
 
     /// Renames each path's first segment, for selectors written against another shape of
     /// the objects (an `events.k8s.io` Event's `regarding` is the stored `involvedObject`).
+    /// The dotted paths this selector compares.
+    pub fn paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.reqs.iter().map(|(path, _, _)| path.join("."))
+    }
+
     pub fn rename_roots(mut self, rename: impl Fn(&str) -> &str) -> Self {
         for (path, _, _) in &mut self.reqs {
             if let Some(first) = path.first_mut() {

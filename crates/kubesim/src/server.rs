@@ -268,6 +268,14 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             let kind = PatchKind::from_content_type(ct)?;
+            // Custom resources have no patch strategy to merge by.
+            if kind == PatchKind::Strategic && info.crd.is_some() {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ));
+            }
             let p = patch::parse_body(kind, &body)?;
             let name = target.name.as_deref().unwrap_or_default();
             let existed = store.get(&info.key(), &ns, name).is_some();
@@ -283,7 +291,22 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
             let opts = delete_options(&body, &query)?;
             let name = target.name.as_deref().unwrap_or_default();
             let deleted = store.delete(&info, &ns, name, &opts)?;
-            Ok(object_response(StatusCode::OK, &info, &deleted))
+            let still_there = store.get(&info.key(), &ns, name).is_some();
+            if still_there || info.returns_deleted_object() {
+                return Ok(object_response(StatusCode::OK, &info, &deleted));
+            }
+            // Named by the storage resource: events.k8s.io deletes report core `events`.
+            let mut details = json!({"name": name, "kind": info.key().plural});
+            if !info.key().group.is_empty() {
+                details["group"] = json!(info.key().group);
+            }
+            if let Some(uid) = crate::util::str_at(&deleted, "/metadata/uid") {
+                details["uid"] = json!(uid);
+            }
+            Ok(value_response(
+                StatusCode::OK,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+            ))
         }
         "deletecollection" => {
             let opts = delete_options(&body, &query)?;
@@ -473,6 +496,17 @@ fn selectors(
         Some(view) => fields.rename_roots(|p| view.storage_field(p)),
         None => fields,
     };
+    // Only the fields the real server indexes can be selected, by their stored names.
+    let key = info.key();
+    let custom = info.crd.is_some();
+    if let Some(path) = fields
+        .paths()
+        .find(|p| !crate::selector::selectable_field(&key.group, &key.plural, custom, p))
+    {
+        return Err(ApiError::bad_request(format!(
+            "field label not supported: {path}"
+        )));
+    }
     Ok((labels, fields))
 }
 
@@ -555,23 +589,41 @@ fn object_response(code: StatusCode, info: &ResourceInfo, obj: &Value) -> Respon
 fn render_list(
     info: &ResourceInfo,
     rv: u64,
-    cont: Option<String>,
+    cont: Option<(String, Option<usize>)>,
     items: &[Arc<Value>],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + items.len() * 512);
     let mut md = json!({"resourceVersion": rv.to_string()});
-    if let Some(c) = cont {
+    if let Some((c, remaining)) = cont {
         md["continue"] = Value::String(c);
+        if let Some(n) = remaining {
+            md["remainingItemCount"] = json!(n);
+        }
     }
     let head = json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": md});
     let head = serde_json::to_vec(&head).unwrap_or_default();
     out.extend_from_slice(&head[..head.len() - 1]);
     out.extend_from_slice(b",\"items\":[");
+    // The real server leaves apiVersion and kind out of built-in list items (custom
+    // resources, being unstructured, keep them).
+    let builtin = info.crd.is_none();
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_object(info, item, &mut out);
+        if builtin {
+            let mut shown = match info.view() {
+                Some(view) => view.to_view(item),
+                None => (**item).clone(),
+            };
+            if let Some(o) = shown.as_object_mut() {
+                o.remove("apiVersion");
+                o.remove("kind");
+            }
+            let _ = serde_json::to_writer(&mut out, &shown);
+        } else {
+            write_object(info, item, &mut out);
+        }
     }
     out.extend_from_slice(b"]}");
     out
@@ -648,7 +700,12 @@ fn list(
     }
     Ok(json_response(
         StatusCode::OK,
-        render_list(&target.info, rv, cont, &page.items),
+        render_list(
+            &target.info,
+            rv,
+            cont.map(|c| (c, page.remaining)),
+            &page.items,
+        ),
     ))
 }
 

@@ -74,6 +74,9 @@ pub struct ListPage {
     pub resource_version: u64,
     /// Key of the last item when more remain.
     pub next: Option<(String, String)>,
+    /// How many objects remain after this page, when it is cut short and nothing is
+    /// selected (the real server only counts then).
+    pub remaining: Option<usize>,
 }
 
 /// How a watch begins: the current objects (rv unset or 0) or the events since an rv.
@@ -201,6 +204,7 @@ impl Store {
             items: Vec::new(),
             resource_version: inner.rv,
             next: None,
+            remaining: None,
         };
         let Some(m) = inner.objects.get(key) else {
             return page;
@@ -210,7 +214,8 @@ impl Store {
             (None, Some(ns)) => std::ops::Bound::Included((ns.to_string(), String::new())),
             (None, None) => std::ops::Bound::Unbounded,
         };
-        for ((ns, name), obj) in m.range((start, std::ops::Bound::Unbounded)) {
+        let mut objects = m.range((start, std::ops::Bound::Unbounded));
+        while let Some(((ns, name), obj)) = objects.next() {
             if namespace.is_some_and(|want| want != ns) {
                 break;
             }
@@ -223,6 +228,12 @@ impl Store {
                     .last()
                     .map(|o| (util::namespace_of(o).to_string(), name_of(o).to_string()));
                 page.next = last.or(Some((ns.clone(), name.clone())));
+                if labels.is_empty() && fields.is_empty() {
+                    let rest = objects
+                        .take_while(|((n, _), _)| namespace.is_none_or(|want| want == n))
+                        .count();
+                    page.remaining = Some(1 + rest);
+                }
                 break;
             }
             page.items.push(obj.clone());
@@ -366,6 +377,8 @@ impl Store {
         }
         check_type(info, &obj)?;
         if let Some(view) = info.view() {
+            view.validate_create(&obj)
+                .map_err(|m| ApiError::invalid(&info.plural, "", name_of(&obj), m))?;
             let storage = storage_info(&self.lock(), view)?;
             return self.create(&storage, namespace, view.to_storage(&obj));
         }
@@ -441,7 +454,11 @@ impl Store {
             "creationTimestamp".into(),
             Value::String(util::now_rfc3339()),
         );
-        md.insert("generation".into(), json!(1));
+        if info.tracks_generation() {
+            md.insert("generation".into(), json!(1));
+        } else {
+            md.remove("generation");
+        }
         md.remove("deletionTimestamp");
         md.remove("deletionGracePeriodSeconds");
         md.remove("resourceVersion");
@@ -483,10 +500,34 @@ impl Store {
                     ));
                 }
             }
-            ("", "namespaces") => obj["status"] = json!({"phase": "Active"}),
+            ("", "namespaces") => {
+                obj["status"] = json!({"phase": "Active"});
+                // Set by the real server on every namespace, for namespace selectors.
+                let name = json!(name_of(obj));
+                let md = metadata_mut(obj);
+                if !md.get("labels").is_some_and(Value::is_object) {
+                    md.insert("labels".into(), json!({}));
+                }
+                md["labels"]["kubernetes.io/metadata.name"] = name;
+            }
+            // Go's Event has these without omitempty: a client reads "" and {}, not nothing.
+            ("", "events") => {
+                for (field, empty) in [
+                    ("source", json!({})),
+                    ("reportingComponent", json!("")),
+                    ("reportingInstance", json!("")),
+                ] {
+                    if obj.get(field).is_none_or(Value::is_null) {
+                        obj[field] = empty;
+                    }
+                }
+            }
             // As upstream's defaulting: kubectl create secret generic leaves the type empty.
-            ("", "secrets") if obj.get("type").is_none_or(|t| t.as_str() == Some("")) => {
-                obj["type"] = json!("Opaque");
+            ("", "secrets") => {
+                if obj.get("type").is_none_or(|t| t.as_str() == Some("")) {
+                    obj["type"] = json!("Opaque");
+                }
+                fold_string_data(obj);
             }
             ("", "services") => {
                 if !obj.get("spec").is_some_and(Value::is_object) {
@@ -551,6 +592,13 @@ impl Store {
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 let infos = Registry::infos_from_crd(obj)
                     .map_err(|m| ApiError::invalid(&info.plural, &info.group, name_of(obj), m))?;
+                // listKind defaults to KIND + "List", in the spec and the accepted names.
+                if let Some(names) = obj.pointer_mut("/spec/names")
+                    && names.get("listKind").is_none()
+                    && let Some(kind) = names.get("kind").and_then(Value::as_str)
+                {
+                    names["listKind"] = json!(format!("{kind}List"));
+                }
                 let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
                 let stored: Vec<String> = infos.iter().map(|i| i.version.clone()).collect();
                 let now = util::now_rfc3339();
@@ -676,9 +724,12 @@ impl Store {
             }
             md.insert("resourceVersion".into(), Value::String(old_rv.to_string()));
         }
+        if info.group.is_empty() && info.plural == "secrets" {
+            fold_string_data(&mut new);
+        }
         new["apiVersion"] = old.get("apiVersion").cloned().unwrap_or(Value::Null);
         new["kind"] = old.get("kind").cloned().unwrap_or(Value::Null);
-        if spec_of(&new) != spec_of(&old) {
+        if info.tracks_generation() && spec_of(&new) != spec_of(&old) {
             let generation = old
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
@@ -949,6 +1000,23 @@ fn register_crd(inner: &mut Inner, crd: &Value) {
         for i in infos {
             inner.registry.insert(i);
         }
+    }
+}
+
+/// A Secret's `stringData` is write-only: the real server stores it base64-encoded in
+/// `data`, where it wins over a key of the same name.
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    if !secret.get("data").is_some_and(Value::is_object) {
+        secret["data"] = json!({});
+    }
+    for (k, v) in strings {
+        let text = v.as_str().unwrap_or_default();
+        secret["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
 

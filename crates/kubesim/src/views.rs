@@ -51,7 +51,18 @@ impl View {
     /// A stored object as this view shows it.
     pub fn to_view(self, stored: &Value) -> Value {
         match self {
-            View::EventsV1 => rename(stored, EVENT_RENAMES.iter().copied(), "events.k8s.io/v1"),
+            View::EventsV1 => {
+                let mut shown = rename(stored, EVENT_RENAMES.iter().copied(), "events.k8s.io/v1");
+                // omitempty in events.k8s.io/v1, not in core v1.
+                if let Some(o) = shown.as_object_mut() {
+                    for field in ["reportingController", "reportingInstance"] {
+                        if o.get(field).is_some_and(|v| *v == "") {
+                            o.remove(field);
+                        }
+                    }
+                }
+                shown
+            }
         }
     }
 
@@ -59,6 +70,60 @@ impl View {
     pub fn to_storage(self, obj: &Value) -> Value {
         match self {
             View::EventsV1 => rename(obj, EVENT_RENAMES.iter().map(|(c, e)| (*e, *c)), "v1"),
+        }
+    }
+
+    /// What upstream's `ValidateEventCreate` requires of an Event created through
+    /// `events.k8s.io/v1` (core `v1` creates are validated leniently, for old clients):
+    /// the new fields set, the deprecated ones unset. The errors, joined as upstream does.
+    pub fn validate_create(self, obj: &Value) -> Result<(), String> {
+        let View::EventsV1 = self;
+        let set = |field: &str| obj.get(field).is_some_and(|v| !v.is_null() && *v != "");
+        let mut errors = Vec::new();
+        if !set("eventTime") {
+            errors.push("eventTime: Required value".to_string());
+        }
+        for field in [
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+        ] {
+            if !set(field) {
+                errors.push(format!("{field}: Required value"));
+            }
+        }
+        match obj.get("type").and_then(Value::as_str) {
+            Some("Normal" | "Warning") => {}
+            other => errors.push(format!(
+                "type: Invalid value: \"\": has invalid value: {}",
+                other.unwrap_or_default()
+            )),
+        }
+        for field in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp"] {
+            if set(field) {
+                errors.push(format!("{field}: Invalid value: \"\": needs to be unset"));
+            }
+        }
+        if obj
+            .get("deprecatedCount")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            != 0
+        {
+            errors.push("deprecatedCount: Invalid value: \"\": needs to be unset".into());
+        }
+        if obj.get("deprecatedSource").is_some_and(|s| {
+            ["component", "host"]
+                .iter()
+                .any(|f| s.get(f).is_some_and(|v| *v != ""))
+        }) {
+            errors.push("deprecatedSource: Invalid value: \"\": needs to be unset".into());
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(format!("[{}]", errors.join(", "))),
         }
     }
 
@@ -105,6 +170,21 @@ fn rename<'a>(
 mod tests {
     use super::View;
     use serde_json::json;
+
+    #[test]
+    fn an_events_k8s_io_create_needs_the_new_fields_and_none_of_the_deprecated_ones() {
+        let valid = json!({"eventTime": "2025-03-01T10:00:00.000000Z", "type": "Normal",
+            "reason": "R", "action": "A", "reportingController": "c", "reportingInstance": "i"});
+        assert_eq!(View::EventsV1.validate_create(&valid), Ok(()));
+        let mut deprecated = valid.clone();
+        deprecated["deprecatedCount"] = json!(2);
+        let err = View::EventsV1.validate_create(&deprecated).unwrap_err();
+        assert!(err.contains("deprecatedCount"), "{err}");
+        let err = View::EventsV1
+            .validate_create(&json!({"type": "Normal"}))
+            .unwrap_err();
+        assert!(err.starts_with("[eventTime: Required value, "), "{err}");
+    }
 
     #[test]
     fn events_convert_both_ways_with_upstream_field_names() {
