@@ -1,6 +1,7 @@
-//! The installation artefacts: `deploy/` applied with the real kubectl to kubesim and the
-//! operator started with the Deployment's own command line, the generated CRD copies, the
-//! RBAC rules, the Helm chart's static files, the Dockerfile and the examples.
+//! The installation artefacts: `deploy/` applied with the real kubectl (to kubesim and to
+//! the real control plane) and the operator started with the Deployment's own command line,
+//! the generated CRD copies, the RBAC rules, the Helm chart's static files, the Dockerfile
+//! and the examples.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kubesim::on_both_backends;
+use kubesim::testing::{Backend, RealNamespace};
 use kubesim::{Sim, SimConfig};
 use serde_json::Value;
 
@@ -107,6 +110,60 @@ fn require_binary(name: &str, package: &str) -> PathBuf {
         })
 }
 
+/// A copy of the admin kubeconfig that authenticates as the Deployment's service account,
+/// with a token the API server issues for it.
+async fn service_account_kubeconfig(admin: &Path, dir: &Path) -> PathBuf {
+    let token = kubectl(
+        admin,
+        &[
+            "-n",
+            NAMESPACE,
+            "create",
+            "token",
+            "kubervisor",
+            "--duration=10m",
+        ],
+    )
+    .await;
+    let path = dir.join("service-account-kubeconfig");
+    std::fs::copy(admin, &path).unwrap();
+    let user = "system:serviceaccount:kubervisor-system:kubervisor";
+    kubectl(
+        &path,
+        &[
+            "config",
+            "set-credentials",
+            user,
+            &format!("--token={}", token.trim()),
+        ],
+    )
+    .await;
+    kubectl(
+        &path,
+        &[
+            "config",
+            "set-context",
+            "--current",
+            &format!("--user={user}"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        kubectl(
+            &path,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}"
+            ]
+        )
+        .await,
+        user
+    );
+    path
+}
+
 /// Runs kubectl without blocking the runtime that serves the simulated API.
 async fn kubectl_raw(kubeconfig: &Path, args: &[&str]) -> Output {
     tokio::process::Command::new(require_binary("kubectl", "kubernetes-client"))
@@ -186,25 +243,110 @@ fn deployment_container() -> Value {
     document("deploy/deployment.yaml")["spec"]["template"]["spec"]["containers"][0].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_apply_k_deploy_installs_a_working_operator_on_kubesim() {
+/// What `kubectl apply -k deploy/` installs at cluster scope, besides the CRD.
+const CLUSTER_OBJECTS: [&str; 2] = ["clusterrole/kubervisor", "clusterrolebinding/kubervisor"];
+
+/// On the shared real control plane, removes what `deploy/` installed, before (leftovers of
+/// an interrupted run) and after the test. The CRD stays: other tests use it meanwhile.
+struct Uninstall {
+    kubeconfig: PathBuf,
+}
+
+impl Uninstall {
+    async fn before(kubeconfig: &Path) -> Uninstall {
+        for args in [
+            &[
+                "delete",
+                "namespace",
+                NAMESPACE,
+                "--ignore-not-found",
+                "--timeout=60s",
+            ][..],
+            &[
+                "delete",
+                CLUSTER_OBJECTS[0],
+                CLUSTER_OBJECTS[1],
+                "--ignore-not-found",
+            ][..],
+        ] {
+            kubectl(kubeconfig, args).await;
+        }
+        Uninstall {
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        for args in [
+            &[
+                "delete",
+                "namespace",
+                NAMESPACE,
+                "--ignore-not-found",
+                "--wait=false",
+            ][..],
+            &[
+                "delete",
+                CLUSTER_OBJECTS[0],
+                CLUSTER_OBJECTS[1],
+                "--ignore-not-found",
+            ][..],
+        ] {
+            let _ = Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .output();
+        }
+    }
+}
+
+on_both_backends! {
+async fn kubectl_apply_k_deploy_installs_a_working_operator(backend: Backend) {
     require_binary("kubectl", "kubernetes-client");
-    let sim = Sim::start(SimConfig {
-        ready_delay: Duration::from_millis(100),
-        ..Default::default()
-    })
-    .await
-    .expect("kubesim starts");
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kc).unwrap();
+    // Where the example goes: `default` on kubesim, a namespace of its own on a real server.
+    let (sim, real) = match &backend {
+        Backend::Kubesim => {
+            let sim = Sim::start(SimConfig {
+                ready_delay: Duration::from_millis(100),
+                ..Default::default()
+            })
+            .await
+            .expect("kubesim starts");
+            sim.write_kubeconfig(&kc).unwrap();
+            (Some(sim), None)
+        }
+        Backend::Real(admin) => {
+            std::fs::copy(admin, &kc).unwrap();
+            let uninstall = Uninstall::before(&kc).await;
+            let examples = RealNamespace::create(admin, "deploy-examples").await;
+            (None, Some((uninstall, examples)))
+        }
+    };
+    let examples_ns = real.as_ref().map_or("default", |(_, ns)| ns.name.as_str());
     let deploy = repo().join("deploy");
     let deploy = deploy.to_str().unwrap();
 
     let out = kubectl(&kc, &["apply", "-k", deploy]).await;
+    // The operator tests install the same CRD (`--install-crd`) on the shared real control
+    // plane, maybe before this test: there it may already exist.
+    let crd = "customresourcedefinition.apiextensions.k8s.io/kubervisorservices.kubervisor.k8s.io";
+    let crd_outcomes: &[&str] = if real.is_some() {
+        &["created", "configured", "unchanged"]
+    } else {
+        &["created"]
+    };
+    assert!(
+        crd_outcomes
+            .iter()
+            .any(|outcome| out.contains(&format!("{crd} {outcome}"))),
+        "`{crd} {crd_outcomes:?}` missing from:\n{out}"
+    );
     for created in [
         "namespace/kubervisor-system created",
-        "customresourcedefinition.apiextensions.k8s.io/kubervisorservices.kubervisor.k8s.io created",
         "serviceaccount/kubervisor created",
         "clusterrole.rbac.authorization.k8s.io/kubervisor created",
         "clusterrolebinding.rbac.authorization.k8s.io/kubervisor created",
@@ -215,7 +357,6 @@ async fn kubectl_apply_k_deploy_installs_a_working_operator_on_kubesim() {
     ] {
         assert!(out.contains(created), "`{created}` missing from:\n{out}");
     }
-
     for (args, name) in [
         (
             vec!["get", "namespace", NAMESPACE],
@@ -250,7 +391,19 @@ async fn kubectl_apply_k_deploy_installs_a_working_operator_on_kubesim() {
         assert_eq!(kubectl(&kc, &args).await.trim(), name);
     }
 
-    // The Deployment is well-formed enough for the simulated controller to run both replicas.
+    kubectl(
+        &kc,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/kubervisorservices.kubervisor.k8s.io",
+            "--timeout=30s",
+        ],
+    )
+    .await;
+
+    // The Deployment is well-formed enough for the controllers to run both replicas: on a
+    // real server they are scheduled to (fake) nodes and reported Ready.
     wait_for("two ready kubervisor replicas", WAIT, || async {
         let ready = kubectl(
             &kc,
@@ -274,14 +427,14 @@ async fn kubectl_apply_k_deploy_installs_a_working_operator_on_kubesim() {
     let example = repo().join("examples/discrete-http-codes.yaml");
     kubectl(
         &kc,
-        &["apply", "-n", "default", "-f", example.to_str().unwrap()],
+        &["apply", "-n", examples_ns, "-f", example.to_str().unwrap()],
     )
     .await;
     let guarded = kubectl(
         &kc,
         &[
             "-n",
-            "default",
+            examples_ns,
             "get",
             "kvs",
             "web",
@@ -299,14 +452,47 @@ async fn kubectl_apply_k_deploy_installs_a_working_operator_on_kubesim() {
         "a second apply changed something:\n{again}"
     );
 
-    run_the_deployment_command_line(&kc, dir.path()).await;
-    sim.shutdown().await;
+    // kubesim has no scheduler; a real one places both replicas on nodes.
+    if real.is_some() {
+        let nodes = kubectl(
+            &kc,
+            &[
+                "-n",
+                NAMESPACE,
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=kubervisor",
+                "-o",
+                "jsonpath={.items[*].spec.nodeName}",
+            ],
+        )
+        .await;
+        assert_eq!(nodes.split_whitespace().count(), 2, "{nodes:?}");
+    }
+
+    run_the_deployment_command_line(&kc, dir.path(), real.as_ref().map(|(_, ns)| ns)).await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+}
 }
 
-/// Runs the binary with the Deployment's arguments and environment against kubesim,
-/// and checks that its probes answer and that it takes the Lease its Role allows.
-async fn run_the_deployment_command_line(kc: &Path, dir: &Path) {
+/// Runs the binary with the Deployment's arguments and environment, and checks that its
+/// probes answer and that it takes the Lease its Role allows. On a real server it runs as
+/// the Deployment's service account, so RBAC is enforced as in the pod, and watches only
+/// `real_namespace`: other tests share that server.
+async fn run_the_deployment_command_line(
+    kc: &Path,
+    dir: &Path,
+    real_namespace: Option<&RealNamespace>,
+) {
     let container = deployment_container();
+    let operator_kc = match real_namespace {
+        None => kc.to_path_buf(),
+        Some(_) => service_account_kubeconfig(kc, dir).await,
+    };
+    let confined = real_namespace.map(|ns| format!("--namespace={}", ns.name));
     let free_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -324,7 +510,8 @@ async fn run_the_deployment_command_line(kc: &Path, dir: &Path) {
                 arg.replace("$(POD_NAMESPACE)", NAMESPACE)
             }
         })
-        .chain([format!("--kubeconfig={}", kc.display())])
+        .chain([format!("--kubeconfig={}", operator_kc.display())])
+        .chain(confined)
         .collect();
     assert!(
         args.iter().any(|a| a.starts_with("--addr=")),

@@ -1,4 +1,6 @@
-//! Conformance with the real kubectl, through the kubeconfig kubesim writes.
+//! Conformance with the real kubectl, through the kubeconfig kubesim writes. Each test
+//! runs on kubesim and on the real control plane (`on_both_backends!`), so the same
+//! assertions hold on both.
 
 mod common;
 
@@ -9,13 +11,90 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, Ser
 use k8s_openapi::api::events::v1::Event as NewEvent;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, PostParams};
+use kubesim::Sim;
+use kubesim::on_both_backends;
+use kubesim::testing::{Backend, RealNamespace, unique_name};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The cluster of one test: its own kubesim, or a namespace of its own on the shared real
+/// control plane; `kc` defaults to that namespace.
+struct Target {
+    sim: Option<Sim>,
+    /// Defaults to `ns`.
+    client: kube::Client,
+    ns: String,
+    kc: PathBuf,
+    dir: tempfile::TempDir,
+    backend: Backend,
+    real_namespaces: Vec<RealNamespace>,
+}
+
+impl Target {
+    async fn start(backend: Backend) -> Target {
+        require_binary("kubectl", "kubernetes-client");
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        match &backend {
+            Backend::Kubesim => {
+                let sim = sim().await;
+                sim.write_kubeconfig(&kc).unwrap();
+                Target {
+                    client: sim.client(),
+                    sim: Some(sim),
+                    ns: "default".into(),
+                    kc,
+                    dir,
+                    backend,
+                    real_namespaces: Vec::new(),
+                }
+            }
+            Backend::Real(admin) => {
+                let namespace = RealNamespace::create(admin, "kubectl").await;
+                namespace.write_kubeconfig(&kc);
+                Target {
+                    sim: None,
+                    client: namespace.client.clone(),
+                    ns: namespace.name.clone(),
+                    kc,
+                    dir,
+                    backend,
+                    real_namespaces: vec![namespace],
+                }
+            }
+        }
+    }
+
+    /// A name for a namespace the test creates itself: `name` on kubesim, a unique one
+    /// (deleted when the test ends) on the shared real control plane.
+    async fn new_namespace_name(&mut self, name: &str) -> String {
+        match &self.backend {
+            Backend::Kubesim => name.to_string(),
+            Backend::Real(admin) => {
+                let name = unique_name(name);
+                self.real_namespaces
+                    .push(RealNamespace::adopt(admin, &name).await);
+                name
+            }
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    async fn shutdown(self) {
+        if let Some(sim) = self.sim {
+            sim.shutdown().await;
+        }
+    }
+}
 
 const APP: &str = r#"
 apiVersion: apps/v1
@@ -72,14 +151,11 @@ spec:
   size: 3
 "#;
 
-#[tokio::test]
-async fn kubectl_applies_watches_labels_patches_and_deletes() {
-    require_binary("kubectl", "kubernetes-client");
-    let sim = sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kc).unwrap();
-    let app = dir.path().join("app.yaml");
+on_both_backends! {
+async fn kubectl_applies_watches_labels_patches_and_deletes(backend: Backend) {
+    let target = Target::start(backend).await;
+    let kc = target.kc.clone();
+    let app = target.path("app.yaml");
     std::fs::write(&app, APP).unwrap();
 
     let out = kubectl(&kc, &["apply", "-f", app.to_str().unwrap()]).await;
@@ -87,6 +163,12 @@ async fn kubectl_applies_watches_labels_patches_and_deletes() {
         out.contains("deployment.apps/web created") && out.contains("service/web created"),
         "{out}"
     );
+    // `kubectl wait` fails on no pods at all; a real Deployment creates them asynchronously.
+    wait_for("three pods of the Deployment", WAIT, || async {
+        let names = kubectl(&kc, &["get", "pods", "-l", "app=web", "-o", "name"]).await;
+        (names.lines().count() == 3).then_some(())
+    })
+    .await;
     kubectl(
         &kc,
         &[
@@ -149,7 +231,7 @@ async fn kubectl_applies_watches_labels_patches_and_deletes() {
             "name",
         ])
         .env("KUBECONFIG", &kc)
-        .env("HOME", dir.path())
+        .env("HOME", target.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -284,19 +366,17 @@ async fn kubectl_applies_watches_labels_patches_and_deletes() {
     .await;
     let missing = kubectl_raw(&kc, &["get", "deployment", "web"]).await;
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
-    sim.shutdown().await;
+    target.shutdown().await;
+}
 }
 
-#[tokio::test]
-async fn kubectl_applies_a_crd_then_a_custom_resource_and_patches_its_status() {
-    require_binary("kubectl", "kubernetes-client");
-    let sim = sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kc).unwrap();
-    let crd = dir.path().join("crd.yaml");
+on_both_backends! {
+async fn kubectl_applies_a_crd_then_a_custom_resource_and_patches_its_status(backend: Backend) {
+    let target = Target::start(backend).await;
+    let kc = target.kc.clone();
+    let crd = target.path("crd.yaml");
     std::fs::write(&crd, CRD).unwrap();
-    let widget = dir.path().join("widget.yaml");
+    let widget = target.path("widget.yaml");
     std::fs::write(&widget, WIDGET).unwrap();
 
     kubectl(&kc, &["apply", "-f", crd.to_str().unwrap()]).await;
@@ -354,7 +434,8 @@ async fn kubectl_applies_a_crd_then_a_custom_resource_and_patches_its_status() {
     );
     kubectl(&kc, &["delete", "widget", "w1"]).await;
     kubectl(&kc, &["delete", "-f", crd.to_str().unwrap()]).await;
-    sim.shutdown().await;
+    target.shutdown().await;
+}
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
@@ -366,23 +447,22 @@ fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     )
 }
 
+on_both_backends! {
 /// kubectl's generators send protobuf bodies (checked with `-v=8`); kubesim must decode
 /// every field they carry, and `kubectl scale` patches the scale subresource.
-#[tokio::test]
-async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
-    require_binary("kubectl", "kubernetes-client");
-    let sim = sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kc).unwrap();
-    let client = sim.client();
+/// On the real control plane, the same commands build the objects these assertions expect.
+async fn kubectl_generators_send_protobuf_that_kubesim_decodes(backend: Backend) {
+    let mut target = Target::start(backend).await;
+    let kc = target.kc.clone();
+    let client = target.client.clone();
 
-    kubectl(&kc, &["create", "namespace", "shop"]).await;
-    let ns = ["-n", "shop"];
+    let shop = target.new_namespace_name("shop").await;
+    let shop = shop.as_str();
+    kubectl(&kc, &["create", "namespace", shop]).await;
     let run = |args: &'static [&'static str]| {
         let kc = kc.clone();
         async move {
-            let mut all = ns.to_vec();
+            let mut all = vec!["-n", shop];
             all.extend_from_slice(args);
             kubectl(&kc, &all).await
         }
@@ -423,7 +503,7 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
     run(&["create", "serviceaccount", "robot"]).await;
 
     let namespace = Api::<Namespace>::all(client.clone())
-        .get("shop")
+        .get(shop)
         .await
         .unwrap();
     assert_eq!(
@@ -431,7 +511,7 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
         Some("Active")
     );
 
-    let deploy = Api::<Deployment>::namespaced(client.clone(), "shop")
+    let deploy = Api::<Deployment>::namespaced(client.clone(), shop)
         .get("web")
         .await
         .unwrap();
@@ -448,7 +528,7 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
     assert_eq!(container.image.as_deref(), Some("example/web:1"));
     assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 8080);
 
-    let services = Api::<Service>::namespaced(client.clone(), "shop");
+    let services = Api::<Service>::namespaced(client.clone(), shop);
     let web = services.get("web").await.unwrap().spec.unwrap();
     assert_eq!(web.selector, labels(&[("app", "web")]));
     let port = &web.ports.unwrap()[0];
@@ -464,12 +544,12 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
         (Some("443-8443"), 443, Some(IntOrString::Int(8443)))
     );
 
-    let settings = Api::<ConfigMap>::namespaced(client.clone(), "shop")
+    let settings = Api::<ConfigMap>::namespaced(client.clone(), shop)
         .get("settings")
         .await
         .unwrap();
     assert_eq!(settings.data, labels(&[("mode", "fast")]));
-    let token = Api::<Secret>::namespaced(client.clone(), "shop")
+    let token = Api::<Secret>::namespaced(client.clone(), shop)
         .get("token")
         .await
         .unwrap();
@@ -478,13 +558,13 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
         Some(&ByteString(b"s3cret".to_vec()))
     );
     assert_eq!(token.type_.as_deref(), Some("Opaque"));
-    Api::<ServiceAccount>::namespaced(client.clone(), "shop")
+    Api::<ServiceAccount>::namespaced(client.clone(), shop)
         .get("robot")
         .await
         .unwrap();
 
     // The Deployment made from a protobuf body runs its pods, and kubectl scale resizes it.
-    let pods = Api::<Pod>::namespaced(client.clone(), "shop");
+    let pods = Api::<Pod>::namespaced(client.clone(), shop);
     let count_pods = |n: usize| {
         let pods = pods.clone();
         async move {
@@ -505,7 +585,7 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
             &[
                 "get",
                 "--raw",
-                "/apis/apps/v1/namespaces/shop/deployments/web/scale",
+                &format!("/apis/apps/v1/namespaces/{shop}/deployments/web/scale"),
             ],
         )
         .await,
@@ -529,7 +609,7 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
         &kc,
         &[
             "-n",
-            "shop",
+            shop,
             "scale",
             "deployment",
             "web",
@@ -540,7 +620,7 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
     .await;
     assert!(!wrong.status.success());
     assert_eq!(
-        Api::<Deployment>::namespaced(client.clone(), "shop")
+        Api::<Deployment>::namespaced(client.clone(), shop)
             .get("web")
             .await
             .unwrap()
@@ -549,18 +629,16 @@ async fn kubectl_generators_send_protobuf_that_kubesim_decodes() {
             .replicas,
         Some(2)
     );
-    sim.shutdown().await;
+    target.shutdown().await;
+}
 }
 
+on_both_backends! {
 /// `kubectl get events` and `kubectl describe pod` read core v1 Events; what an operator
 /// writes through events.k8s.io/v1 must show there.
-#[tokio::test]
-async fn kubectl_describe_shows_events_written_through_events_k8s_io() {
-    require_binary("kubectl", "kubernetes-client");
-    let sim = sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kc).unwrap();
+async fn kubectl_describe_shows_events_written_through_events_k8s_io(backend: Backend) {
+    let target = Target::start(backend).await;
+    let kc = target.kc.clone();
     kubectl(&kc, &["run", "web-1", "--image=example/web:1"]).await;
     let uid = kubectl(
         &kc,
@@ -570,12 +648,12 @@ async fn kubectl_describe_shows_events_written_through_events_k8s_io() {
     let ev: NewEvent = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web-1.ejected"},
         "eventTime": kubesim_now_micro(),
-        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": "default", "uid": uid},
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": target.ns, "uid": uid},
         "note": "ejected by breaker error-rate", "reason": "PodEjected", "action": "Eject",
         "type": "Warning", "reportingController": "kubervisor", "reportingInstance": "kubervisor-0",
     }))
     .unwrap();
-    Api::<NewEvent>::default_namespaced(sim.client())
+    Api::<NewEvent>::default_namespaced(target.client.clone())
         .create(&PostParams::default(), &ev)
         .await
         .unwrap();
@@ -585,8 +663,9 @@ async fn kubectl_describe_shows_events_written_through_events_k8s_io() {
         &[
             "get",
             "events",
+            // A real control plane writes events of its own about the pod (Scheduled...).
             "--field-selector",
-            "involvedObject.name=web-1",
+            "involvedObject.name=web-1,reason=PodEjected",
             "-o",
             "jsonpath={.items[*].message}",
         ],
@@ -604,7 +683,8 @@ async fn kubectl_describe_shows_events_written_through_events_k8s_io() {
             && line.contains("ejected by breaker error-rate"),
         "{line}"
     );
-    sim.shutdown().await;
+    target.shutdown().await;
+}
 }
 
 fn kubesim_now_micro() -> String {

@@ -1,4 +1,5 @@
-//! A simulated cluster per test, and the plugin binary run against it as a user would.
+//! A cluster per test (kubesim, or namespaces of its own on the real control plane), and
+//! the plugin binary run against it as a user would.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kubervisor_api::KubervisorService;
+use kubesim::testing::{Backend, RealNamespace};
 use kubesim::{Sim, SimConfig};
 use serde_json::{Value, json};
 
@@ -82,46 +84,85 @@ pub fn require_kubectl() -> PathBuf {
         })
 }
 
+/// A cluster of one test: its own kubesim, or namespaces of its own on the real control
+/// plane, with a kubeconfig that defaults to the test's namespace.
 pub struct Cluster {
-    pub sim: Sim,
+    /// The emulator, on the kubesim backend (kept running for the test).
+    _sim: Option<Sim>,
     pub client: Client,
     pub kubeconfig: PathBuf,
+    /// The namespace the kubeconfig defaults to: `default` on kubesim, a fresh one on the
+    /// shared real control plane.
+    pub ns: String,
     pub dir: tempfile::TempDir,
+    backend: Backend,
+    /// Deleted when the test ends.
+    real_namespaces: Vec<RealNamespace>,
 }
 
 impl Cluster {
-    /// A simulated cluster without the CRD.
-    pub async fn bare() -> Cluster {
-        let sim = Sim::start(SimConfig {
-            ready_delay: Duration::from_millis(50),
-            ..SimConfig::default()
-        })
-        .await
-        .expect("kubesim starts");
+    /// A cluster without the CRD; on the real control plane (where other tests install
+    /// it) only the test's namespace is fresh.
+    pub async fn bare(backend: Backend) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
-        let client = sim.client();
-        Cluster {
-            sim,
-            client,
-            kubeconfig,
-            dir,
+        match &backend {
+            Backend::Kubesim => {
+                let sim = Sim::start(SimConfig {
+                    ready_delay: Duration::from_millis(50),
+                    ..SimConfig::default()
+                })
+                .await
+                .expect("kubesim starts");
+                sim.write_kubeconfig(&kubeconfig).unwrap();
+                let client = sim.client();
+                Cluster {
+                    _sim: Some(sim),
+                    client,
+                    kubeconfig,
+                    ns: "default".into(),
+                    dir,
+                    backend,
+                    real_namespaces: Vec::new(),
+                }
+            }
+            Backend::Real(admin) => {
+                let namespace = RealNamespace::create(admin, "plugin").await;
+                namespace.write_kubeconfig(&kubeconfig);
+                Cluster {
+                    _sim: None,
+                    client: namespace.client.clone(),
+                    kubeconfig,
+                    ns: namespace.name.clone(),
+                    dir,
+                    backend,
+                    real_namespaces: vec![namespace],
+                }
+            }
         }
     }
 
-    /// A simulated cluster serving KubervisorServices.
-    pub async fn start() -> Cluster {
-        let cluster = Cluster::bare().await;
+    /// A cluster serving KubervisorServices.
+    pub async fn start(backend: Backend) -> Cluster {
+        let cluster = Cluster::bare(backend).await;
         cluster.install_crd().await;
         cluster
     }
 
+    pub fn is_real(&self) -> bool {
+        matches!(self.backend, Backend::Real(_))
+    }
+
+    /// The CRD, created unless another test of the shared real control plane already did.
     pub async fn install_crd(&self) {
-        Api::<CustomResourceDefinition>::all(self.client.clone())
+        let created = Api::<CustomResourceDefinition>::all(self.client.clone())
             .create(&PostParams::default(), &kubervisor_api::crd())
-            .await
-            .expect("CRD created");
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 && self.is_real() => {}
+            Err(e) => panic!("CRD not created: {e}"),
+        }
         let api: Api<KubervisorService> = Api::all(self.client.clone());
         eventually("the CRD to be served", Duration::from_secs(10), || {
             let api = api.clone();
@@ -135,22 +176,50 @@ impl Cluster {
         .await;
     }
 
+    /// Another namespace for the test: `name` itself on kubesim, `name-PID-SEQUENCE` (deleted
+    /// afterwards) on the shared real control plane. Returns its name.
+    pub async fn namespace(&mut self, name: &str) -> String {
+        match &self.backend {
+            Backend::Kubesim => {
+                let ns: Namespace = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+                }))
+                .unwrap();
+                Api::<Namespace>::all(self.client.clone())
+                    .create(&PostParams::default(), &ns)
+                    .await
+                    .unwrap();
+                name.to_string()
+            }
+            Backend::Real(admin) => {
+                let namespace = RealNamespace::create(admin, name).await;
+                let name = namespace.name.clone();
+                self.real_namespaces.push(namespace);
+                name
+            }
+        }
+    }
+
+    /// The rows (by first cell) of an `--all-namespaces` table, header kept, in this test's namespaces: on
+    /// the shared real control plane other tests' resources show too; kubesim must have
+    /// no others.
+    pub fn own_rows(&self, rows: Vec<Vec<String>>, namespaces: &[&str]) -> Vec<Vec<String>> {
+        let total = rows.len();
+        let own: Vec<Vec<String>> = rows
+            .into_iter()
+            .filter(|row| row[0] == "NAMESPACE" || namespaces.iter().any(|ns| row[0] == *ns))
+            .collect();
+        if !self.is_real() {
+            assert_eq!(own.len(), total, "rows of other namespaces on kubesim");
+        }
+        own
+    }
+
     /// Runs the plugin with `--kubeconfig` pointing at this cluster.
     pub async fn plugin(&self, args: &[&str]) -> Run {
         let mut all = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap()];
         all.extend_from_slice(args);
         run(PLUGIN, &all, self.dir.path(), &[]).await
-    }
-
-    pub async fn namespace(&self, name: &str) {
-        let ns: Namespace = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        }))
-        .unwrap();
-        Api::<Namespace>::all(self.client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
     }
 
     pub async fn service(&self, namespace: &str, name: &str, selector: Value) {

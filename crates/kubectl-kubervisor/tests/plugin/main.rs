@@ -1,10 +1,14 @@
-//! The plugin binary against a simulated cluster, and through the real kubectl.
+//! The plugin binary against a cluster, and through the real kubectl. Every scenario that
+//! needs a cluster runs on kubesim and on the real control plane (`on_both_backends!`);
+//! the few that stay on kubesim say why.
 
 mod harness;
 
 use std::time::Duration;
 
 use harness::{Cluster, PLUGIN, cells, eventually, require_kubectl, run, status};
+use kubesim::on_both_backends;
+use kubesim::testing::Backend;
 use serde_json::{Value, json};
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -29,23 +33,25 @@ fn without_age(table: &str, age_column: usize) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Two KubervisorServices in `default` (one reconciled, one not) and one in `shop`.
-async fn three_resources() -> Cluster {
-    let cluster = Cluster::start().await;
-    cluster.namespace("shop").await;
-    cluster.kvs("default", "web", "web").await;
+/// Two KubervisorServices in the test's namespace (one reconciled, one not) and one in
+/// `shop`; returns the cluster and `shop`'s name.
+async fn three_resources(backend: Backend) -> (Cluster, String) {
+    let mut cluster = Cluster::start(backend).await;
+    let shop = cluster.namespace("shop").await;
+    let ns = cluster.ns.clone();
+    cluster.kvs(&ns, "web", "web").await;
     cluster
         .set_status(
-            "default",
+            &ns,
             "web",
             status("True", "Running", "breakers errors running", [5, 1, 1, 0]),
         )
         .await;
-    cluster.kvs("default", "api", "api").await;
-    cluster.kvs("shop", "cart", "cart").await;
+    cluster.kvs(&ns, "api", "api").await;
+    cluster.kvs(&shop, "cart", "cart").await;
     cluster
         .set_status(
-            "shop",
+            &shop,
             "cart",
             status(
                 "False",
@@ -55,12 +61,12 @@ async fn three_resources() -> Cluster {
             ),
         )
         .await;
-    cluster
+    (cluster, shop)
 }
 
-#[tokio::test]
-async fn list_shows_the_current_namespace_as_a_table() {
-    let cluster = three_resources().await;
+on_both_backends! {
+async fn list_shows_the_current_namespace_as_a_table(backend: Backend) {
+    let (cluster, shop) = three_resources(backend).await;
     for args in [&[][..], &["list"][..]] {
         let run = cluster.plugin(args).await;
         assert_eq!(
@@ -78,23 +84,25 @@ async fn list_shows_the_current_namespace_as_a_table() {
             run.stdout
         );
     }
-    let run = cluster.plugin(&["list", "-n", "shop"]).await;
+    let run = cluster.plugin(&["list", "-n", &shop]).await;
     assert_eq!(
         without_age(run.ok(), 6)[1],
         strings(&["cart", "cart", "ServiceNotFound", "0", "0", "0"])
     );
     // Flags before the command work too, as with kubectl.
-    let run = cluster.plugin(&["--namespace=shop", "list"]).await;
+    let run = cluster.plugin(&[&format!("--namespace={shop}"), "list"]).await;
     assert!(run.ok().contains("cart"), "{run:#?}");
 }
+}
 
-#[tokio::test]
-async fn list_all_namespaces_puts_the_namespace_first() {
-    let cluster = three_resources().await;
+on_both_backends! {
+async fn list_all_namespaces_puts_the_namespace_first(backend: Backend) {
+    let (cluster, shop) = three_resources(backend).await;
+    let ns = cluster.ns.as_str();
     for args in [&["-A"][..], &["list", "--all-namespaces"][..]] {
         let run = cluster.plugin(args).await;
         assert_eq!(
-            without_age(run.ok(), 7),
+            cluster.own_rows(without_age(run.ok(), 7), &[ns, &shop]),
             [
                 strings(&[
                     "NAMESPACE",
@@ -105,20 +113,19 @@ async fn list_all_namespaces_puts_the_namespace_first() {
                     "BROKEN",
                     "PAUSED"
                 ]),
-                strings(&[
-                    "default", "api", "api", "<none>", "<none>", "<none>", "<none>"
-                ]),
-                strings(&["default", "web", "web", "Running", "5", "1", "1"]),
-                strings(&["shop", "cart", "cart", "ServiceNotFound", "0", "0", "0"]),
+                strings(&[ns, "api", "api", "<none>", "<none>", "<none>", "<none>"]),
+                strings(&[ns, "web", "web", "Running", "5", "1", "1"]),
+                strings(&[&shop, "cart", "cart", "ServiceNotFound", "0", "0", "0"]),
             ],
             "{args:?}"
         );
     }
 }
+}
 
-#[tokio::test]
-async fn list_wide_adds_unknown_dry_run_and_breakers() {
-    let cluster = three_resources().await;
+on_both_backends! {
+async fn list_wide_adds_unknown_dry_run_and_breakers(backend: Backend) {
+    let (cluster, _) = three_resources(backend).await;
     let run = cluster.plugin(&["list", "-o", "wide"]).await;
     let rows = cells(run.ok());
     assert_eq!(
@@ -134,24 +141,32 @@ async fn list_wide_adds_unknown_dry_run_and_breakers() {
     );
     assert_eq!(rows[2][9], "errors(discrete)");
 }
+}
 
-#[tokio::test]
-async fn an_empty_namespace_says_so_on_stderr() {
-    let cluster = Cluster::start().await;
+on_both_backends! {
+async fn an_empty_namespace_says_so_on_stderr(backend: Backend) {
+    let cluster = Cluster::start(backend).await;
     let run = cluster.plugin(&[]).await;
     assert_eq!(run.ok(), "");
-    assert_eq!(run.stderr, "No resources found in default namespace.\n");
+    assert_eq!(
+        run.stderr,
+        format!("No resources found in {} namespace.\n", cluster.ns)
+    );
     let run = cluster.plugin(&["-n", "nowhere"]).await;
     assert_eq!(run.ok(), "");
     assert_eq!(run.stderr, "No resources found in nowhere namespace.\n");
-    let run = cluster.plugin(&["-A"]).await;
-    assert_eq!(run.ok(), "");
-    assert_eq!(run.stderr, "No resources found\n");
+    // The shared real control plane holds other tests' resources: only kubesim is empty.
+    if !cluster.is_real() {
+        let run = cluster.plugin(&["-A"]).await;
+        assert_eq!(run.ok(), "");
+        assert_eq!(run.stderr, "No resources found\n");
+    }
+}
 }
 
-#[tokio::test]
-async fn json_and_yaml_print_a_list_of_the_objects() {
-    let cluster = three_resources().await;
+on_both_backends! {
+async fn json_and_yaml_print_a_list_of_the_objects(backend: Backend) {
+    let (cluster, shop) = three_resources(backend).await;
     let run = cluster.plugin(&["-o", "json"]).await;
     let doc: Value = serde_json::from_str(run.ok()).expect("JSON");
     let run = cluster.plugin(&["list", "-o", "yaml"]).await;
@@ -172,15 +187,24 @@ async fn json_and_yaml_print_a_list_of_the_objects() {
 
     let run = cluster.plugin(&["-A", "-o", "json"]).await;
     let doc: Value = serde_json::from_str(run.ok()).unwrap();
-    assert_eq!(doc["items"].as_array().unwrap().len(), 3);
+    let namespaces: Vec<&str> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    let rows = namespaces.iter().map(|ns| strings(&[ns])).collect();
+    let own = cluster.own_rows(rows, &[&cluster.ns, &shop]);
+    assert_eq!(own.len(), 3, "{namespaces:?}");
     let run = cluster.plugin(&["-n", "nowhere", "-o", "json"]).await;
     let doc: Value = serde_json::from_str(run.ok()).unwrap();
     assert_eq!(doc["items"], json!([]));
 }
+}
 
-#[tokio::test]
-async fn kubeconfig_env_context_and_its_namespace_are_honoured() {
-    let cluster = three_resources().await;
+on_both_backends! {
+async fn kubeconfig_env_context_and_its_namespace_are_honoured(backend: Backend) {
+    let (cluster, shop_ns) = three_resources(backend).await;
     let dir = cluster.dir.path();
     // A first file whose current context points nowhere, and a context on the cluster defaulting to `shop`.
     let unreachable = dir.join("unreachable");
@@ -189,15 +213,16 @@ async fn kubeconfig_env_context_and_its_namespace_are_honoured() {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: nowhere\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: nowhere\n  context:\n    cluster: nowhere\n    user: nobody\ncurrent-context: nowhere\nusers:\n- name: nobody\n  user: {}\n",
     )
     .unwrap();
+    // The cluster's own kubeconfig (with its credentials), its context renamed `sim-shop`
+    // and defaulting to `shop`, and no current context.
+    let mut config = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    config.current_context = None;
+    for named in &mut config.contexts {
+        named.name = "sim-shop".into();
+        named.context.as_mut().unwrap().namespace = Some(shop_ns.clone());
+    }
     let shop = dir.join("shop");
-    std::fs::write(
-        &shop,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\ncontexts:\n- name: sim-shop\n  context:\n    cluster: sim\n    user: sim\n    namespace: shop\nusers:\n- name: sim\n  user: {{}}\n",
-            cluster.sim.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&shop, serde_json::to_vec(&config).unwrap()).unwrap();
     let merged = std::env::join_paths([&unreachable, &shop]).unwrap();
     let merged = merged.to_str().unwrap();
 
@@ -211,7 +236,7 @@ async fn kubeconfig_env_context_and_its_namespace_are_honoured() {
     assert_eq!(cells(run.ok())[1][0], "cart", "{run:#?}");
     let run = harness::run(
         PLUGIN,
-        &["--context", "sim-shop", "-n", "default"],
+        &["--context", "sim-shop", "-n", &cluster.ns],
         dir,
         &[("KUBECONFIG", merged)],
     )
@@ -244,21 +269,22 @@ async fn kubeconfig_env_context_and_its_namespace_are_honoured() {
         "error: context \"nope\" not found in the kubeconfig\n"
     );
 }
+}
 
-/// The Service `web` (guarded), pods in every traffic state, a stray pod carrying our
-/// name, and a pod of another app.
-async fn guarded_web(active: bool) -> Cluster {
-    let cluster = Cluster::start().await;
+/// The Service `web` (guarded when `active`) and its KubervisorService, reconciled.
+async fn guarded_web(backend: Backend, active: bool) -> Cluster {
+    let cluster = Cluster::start(backend).await;
+    let ns = cluster.ns.as_str();
     let selector = if active {
         json!({"app": "web", "kubervisor/traffic": "yes"})
     } else {
         json!({"app": "web"})
     };
-    cluster.service("default", "web", selector).await;
-    cluster.kvs("default", "web", "web").await;
+    cluster.service(ns, "web", selector).await;
+    cluster.kvs(ns, "web", "web").await;
     cluster
         .set_status(
-            "default",
+            ns,
             "web",
             status("True", "Running", "breakers errors running", [5, 1, 1, 1]),
         )
@@ -266,13 +292,14 @@ async fn guarded_web(active: bool) -> Cluster {
     cluster
 }
 
-#[tokio::test]
-async fn describe_shows_the_spec_conditions_and_every_managed_pod() {
-    let cluster = guarded_web(true).await;
+on_both_backends! {
+async fn describe_shows_the_spec_conditions_and_every_managed_pod(backend: Backend) {
+    let cluster = guarded_web(backend, true).await;
+    let ns = cluster.ns.as_str();
     let none = json!({});
     cluster
         .pod(
-            "default",
+            ns,
             "web-1",
             json!({"app": "web", "kubervisor/traffic": "yes", "kubervisor/name": "web"}),
             none.clone(),
@@ -280,7 +307,7 @@ async fn describe_shows_the_spec_conditions_and_every_managed_pod() {
         .await;
     cluster
         .pod(
-            "default",
+            ns,
             "web-2",
             json!({"app": "web", "kubervisor/traffic": "no", "kubervisor/name": "web", "kubervisor/strategy": "errors"}),
             json!({"breaker/breakAt": "2026-11-25T10:00:00Z", "breaker/retryCount": "2"}),
@@ -288,18 +315,18 @@ async fn describe_shows_the_spec_conditions_and_every_managed_pod() {
         .await;
     cluster
         .pod(
-            "default",
+            ns,
             "web-3",
             json!({"app": "web", "kubervisor/traffic": "pause", "kubervisor/name": "web", "kubervisor/strategy": "errors"}),
             json!({"breaker/breakAt": "2026-11-25T09:00:00Z", "breaker/retryCount": "4"}),
         )
         .await;
     cluster
-        .pod("default", "web-4", json!({"app": "web"}), none.clone())
+        .pod(ns, "web-4", json!({"app": "web"}), none.clone())
         .await;
     cluster
         .pod(
-            "default",
+            ns,
             "moved-1",
             json!({"app": "old", "kubervisor/traffic": "yes", "kubervisor/name": "web"}),
             none.clone(),
@@ -307,27 +334,27 @@ async fn describe_shows_the_spec_conditions_and_every_managed_pod() {
         .await;
     cluster
         .pod(
-            "default",
+            ns,
             "other-1",
             json!({"app": "other", "kubervisor/traffic": "yes"}),
             none,
         )
         .await;
     cluster
-        .wait_ready("default", &["web-1", "web-2", "web-3", "web-4", "moved-1"])
+        .wait_ready(ns, &["web-1", "web-2", "web-3", "web-4", "moved-1"])
         .await;
 
     let run = cluster.plugin(&["describe", "web"]).await;
     let out = run.ok();
     for expected in [
-        "Name:         web\n",
-        "Namespace:    default\n",
-        "Service:      web (selector app=web,kubervisor/traffic=yes; active)\n",
-        "Dry Run:      false\n",
-        "Pod Counts:   5 managed, 1 broken, 1 paused, 1 unknown\n",
-        "Unknown Pods:\n  web-4: label kubervisor/traffic is missing\n",
+        "Name:         web\n".to_string(),
+        format!("Namespace:    {ns}\n"),
+        "Service:      web (selector app=web,kubervisor/traffic=yes; active)\n".into(),
+        "Dry Run:      false\n".into(),
+        "Pod Counts:   5 managed, 1 broken, 1 paused, 1 unknown\n".into(),
+        "Unknown Pods:\n  web-4: label kubervisor/traffic is missing\n".into(),
     ] {
-        assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        assert!(out.contains(&expected), "missing {expected:?} in\n{out}");
     }
     let rows = cells(out);
     let find = |first: &str| {
@@ -392,14 +419,16 @@ async fn describe_shows_the_spec_conditions_and_every_managed_pod() {
     );
     assert!(!out.contains("other-1"), "{out}");
 }
+}
 
-#[tokio::test]
-async fn activate_and_deactivate_change_the_service_selector_idempotently() {
-    let cluster = guarded_web(false).await;
+on_both_backends! {
+async fn activate_and_deactivate_change_the_service_selector_idempotently(backend: Backend) {
+    let cluster = guarded_web(backend, false).await;
+    let ns = cluster.ns.as_str();
     for name in ["web-1", "web-2"] {
         cluster
             .pod(
-                "default",
+                ns,
                 name,
                 json!({"app": "web", "kubervisor/traffic": "yes", "kubervisor/name": "web"}),
                 json!({}),
@@ -407,7 +436,7 @@ async fn activate_and_deactivate_change_the_service_selector_idempotently() {
             .await;
     }
     cluster
-        .pod("default", "other-1", json!({"app": "other"}), json!({}))
+        .pod(ns, "other-1", json!({"app": "other"}), json!({}))
         .await;
 
     let run = cluster.plugin(&["activate", "web"]).await;
@@ -416,7 +445,7 @@ async fn activate_and_deactivate_change_the_service_selector_idempotently() {
         "kubervisorservice \"web\" activated: service \"web\" now selects app=web,kubervisor/traffic=yes\n"
     );
     assert_eq!(run.stderr, "");
-    let selector = cluster.selector("default", "web").await;
+    let selector = cluster.selector(ns, "web").await;
     assert_eq!(
         selector.get("kubervisor/traffic").map(String::as_str),
         Some("yes")
@@ -438,20 +467,22 @@ async fn activate_and_deactivate_change_the_service_selector_idempotently() {
         run.ok(),
         "kubervisorservice \"web\" deactivated: service \"web\" now selects app=web, whatever the pods' kubervisor/traffic label\n"
     );
-    let selector = cluster.selector("default", "web").await;
+    let selector = cluster.selector(ns, "web").await;
     assert_eq!(selector.len(), 1, "{selector:?}");
     assert_eq!(selector.get("app").map(String::as_str), Some("web"));
 
     let run = cluster.plugin(&["deactivate", "web"]).await;
     assert!(run.ok().contains("is already inactive"), "{run:#?}");
 }
+}
 
-#[tokio::test]
-async fn activate_is_refused_while_not_ready_unless_forced() {
-    let cluster = guarded_web(false).await;
+on_both_backends! {
+async fn activate_is_refused_while_not_ready_unless_forced(backend: Backend) {
+    let cluster = guarded_web(backend, false).await;
+    let ns = cluster.ns.as_str();
     cluster
         .set_status(
-            "default",
+            ns,
             "web",
             status(
                 "False",
@@ -468,7 +499,7 @@ async fn activate_is_refused_while_not_ready_unless_forced() {
     );
     assert!(
         !cluster
-            .selector("default", "web")
+            .selector(ns, "web")
             .await
             .contains_key("kubervisor/traffic")
     );
@@ -482,21 +513,21 @@ async fn activate_is_refused_while_not_ready_unless_forced() {
     );
     assert_eq!(
         cluster
-            .selector("default", "web")
+            .selector(ns, "web")
             .await
             .get("kubervisor/traffic")
             .map(String::as_str),
         Some("yes")
     );
 }
+}
 
-#[tokio::test]
-async fn activate_is_refused_before_the_operator_wrote_a_status() {
-    let cluster = Cluster::start().await;
-    cluster
-        .service("default", "web", json!({"app": "web"}))
-        .await;
-    cluster.kvs("default", "web", "web").await;
+on_both_backends! {
+async fn activate_is_refused_before_the_operator_wrote_a_status(backend: Backend) {
+    let cluster = Cluster::start(backend).await;
+    let ns = cluster.ns.as_str();
+    cluster.service(ns, "web", json!({"app": "web"})).await;
+    cluster.kvs(ns, "web", "web").await;
     let run = cluster.plugin(&["activate", "web"]).await;
     assert!(
         run.failed().contains("it has no Ready condition yet"),
@@ -504,10 +535,12 @@ async fn activate_is_refused_before_the_operator_wrote_a_status() {
     );
     assert!(run.stderr.contains("--force"), "{run:#?}");
 }
+}
 
-#[tokio::test]
-async fn activate_is_refused_when_managed_pods_would_lose_traffic_unless_forced() {
-    let cluster = guarded_web(false).await;
+on_both_backends! {
+async fn activate_is_refused_when_managed_pods_would_lose_traffic_unless_forced(backend: Backend) {
+    let cluster = guarded_web(backend, false).await;
+    let ns = cluster.ns.as_str();
     let labels = |traffic: Option<&str>| {
         let mut labels = json!({"app": "web"});
         if let Some(t) = traffic {
@@ -516,22 +549,22 @@ async fn activate_is_refused_when_managed_pods_would_lose_traffic_unless_forced(
         labels
     };
     cluster
-        .pod("default", "web-1", labels(Some("yes")), json!({}))
+        .pod(ns, "web-1", labels(Some("yes")), json!({}))
         .await;
     cluster
-        .pod("default", "web-2", labels(Some("no")), json!({}))
+        .pod(ns, "web-2", labels(Some("no")), json!({}))
         .await;
     cluster
-        .pod("default", "web-3", labels(None), json!({}))
+        .pod(ns, "web-3", labels(None), json!({}))
         .await;
     cluster
-        .wait_ready("default", &["web-1", "web-2", "web-3"])
+        .wait_ready(ns, &["web-1", "web-2", "web-3"])
         .await;
     eventually(
         "all three pods behind the Service",
         Duration::from_secs(10),
         || async {
-            match cluster.endpoint_count("default", "web").await {
+            match cluster.endpoint_count(ns, "web").await {
                 3 => Ok(()),
                 n => Err(format!("{n} addresses")),
             }
@@ -546,7 +579,7 @@ async fn activate_is_refused_when_managed_pods_would_lose_traffic_unless_forced(
     );
     assert!(
         !cluster
-            .selector("default", "web")
+            .selector(ns, "web")
             .await
             .contains_key("kubervisor/traffic")
     );
@@ -562,7 +595,7 @@ async fn activate_is_refused_when_managed_pods_would_lose_traffic_unless_forced(
         "only web-1 behind the Service",
         Duration::from_secs(10),
         || async {
-            match cluster.endpoint_count("default", "web").await {
+            match cluster.endpoint_count(ns, "web").await {
                 1 => Ok(()),
                 n => Err(format!("{n} addresses")),
             }
@@ -570,15 +603,17 @@ async fn activate_is_refused_when_managed_pods_would_lose_traffic_unless_forced(
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn activate_refuses_a_service_without_a_selector_even_when_forced() {
-    let cluster = Cluster::start().await;
-    cluster.service("default", "web", json!(null)).await;
-    cluster.kvs("default", "web", "web").await;
+on_both_backends! {
+async fn activate_refuses_a_service_without_a_selector_even_when_forced(backend: Backend) {
+    let cluster = Cluster::start(backend).await;
+    let ns = cluster.ns.as_str();
+    cluster.service(ns, "web", json!(null)).await;
+    cluster.kvs(ns, "web", "web").await;
     cluster
         .set_status(
-            "default",
+            ns,
             "web",
             status("True", "Running", "ok", [0, 0, 0, 0]),
         )
@@ -590,16 +625,20 @@ async fn activate_refuses_a_service_without_a_selector_even_when_forced() {
         "{run:#?}"
     );
 }
+}
 
-#[tokio::test]
-async fn missing_service_is_named_with_its_resource() {
-    let cluster = Cluster::start().await;
-    cluster.kvs("default", "web", "gone").await;
+on_both_backends! {
+async fn missing_service_is_named_with_its_resource(backend: Backend) {
+    let cluster = Cluster::start(backend).await;
+    let ns = cluster.ns.as_str();
+    cluster.kvs(ns, "web", "gone").await;
     for command in ["activate", "deactivate"] {
         let run = cluster.plugin(&[command, "web"]).await;
         assert_eq!(
             run.failed(),
-            "error: service \"gone\" (spec.service of kubervisorservice \"web\") not found in namespace \"default\"\n"
+            format!(
+                "error: service \"gone\" (spec.service of kubervisorservice \"web\") not found in namespace \"{ns}\"\n"
+            )
         );
     }
     let run = cluster.plugin(&["describe", "web"]).await;
@@ -608,10 +647,13 @@ async fn missing_service_is_named_with_its_resource() {
         "{run:#?}"
     );
 }
+}
 
+/// kubesim only: the shared real control plane has the CRD, which other tests running at
+/// the same time need.
 #[tokio::test]
 async fn a_missing_crd_says_how_to_install_it() {
-    let cluster = Cluster::bare().await;
+    let cluster = Cluster::bare(Backend::Kubesim).await;
     let expected = "error: the KubervisorService CRD is not installed in this cluster (kubervisor crd | kubectl apply -f -)\n";
     for args in [
         &[][..],
@@ -625,23 +667,29 @@ async fn a_missing_crd_says_how_to_install_it() {
     }
 }
 
-#[tokio::test]
-async fn a_missing_resource_is_named_with_its_namespace() {
-    let cluster = Cluster::start().await;
-    cluster.namespace("shop").await;
+on_both_backends! {
+async fn a_missing_resource_is_named_with_its_namespace(backend: Backend) {
+    let mut cluster = Cluster::start(backend).await;
+    let shop = cluster.namespace("shop").await;
     let run = cluster.plugin(&["describe", "nope"]).await;
     assert_eq!(
         run.failed(),
-        "error: kubervisorservice \"nope\" not found in namespace \"default\"\n"
+        format!(
+            "error: kubervisorservice \"nope\" not found in namespace \"{}\"\n",
+            cluster.ns
+        )
     );
     for command in ["activate", "deactivate"] {
-        let run = cluster.plugin(&[command, "nope", "-n", "shop"]).await;
+        let run = cluster.plugin(&[command, "nope", "-n", &shop]).await;
         assert_eq!(
             run.failed(),
-            "error: kubervisorservice \"nope\" not found in namespace \"shop\"\n"
+            format!("error: kubervisorservice \"nope\" not found in namespace \"{shop}\"\n")
         );
     }
 }
+}
+
+// The tests below need no cluster at all: one run says everything.
 
 #[tokio::test]
 async fn an_unreachable_cluster_is_one_line_naming_the_server() {
@@ -709,13 +757,14 @@ async fn usage_errors_exit_1_and_help_exits_0() {
     assert!(run.stdout.contains("kubectl kubervisor"), "{run:#?}");
 }
 
-#[tokio::test]
-async fn kubectl_finds_the_plugin_on_path_and_passes_its_arguments() {
+on_both_backends! {
+async fn kubectl_finds_the_plugin_on_path_and_passes_its_arguments(backend: Backend) {
     let kubectl = require_kubectl();
-    let cluster = guarded_web(false).await;
+    let cluster = guarded_web(backend, false).await;
+    let ns = cluster.ns.as_str();
     cluster
         .pod(
-            "default",
+            ns,
             "web-1",
             json!({"app": "web", "kubervisor/traffic": "yes"}),
             json!({}),
@@ -748,7 +797,7 @@ async fn kubectl_finds_the_plugin_on_path_and_passes_its_arguments() {
     assert!(run.ok().contains("activated"), "{run:#?}");
     assert_eq!(
         cluster
-            .selector("default", "web")
+            .selector(ns, "web")
             .await
             .get("kubervisor/traffic")
             .map(String::as_str),
@@ -760,4 +809,5 @@ async fn kubectl_finds_the_plugin_on_path_and_passes_its_arguments() {
         run.stderr.contains("kubervisorservice \"nope\" not found"),
         "{run:#?}"
     );
+}
 }

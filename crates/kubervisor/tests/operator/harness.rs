@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubervisor::operator::{self, RunOptions};
 use kubervisor::task::Timing;
 use kubervisor_api::KubervisorService;
+use kubesim::testing::RealNamespace;
 use kubesim::{Sim, SimConfig};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -20,34 +21,7 @@ pub use kubesim::testing::eventually;
 
 /// Where a scenario runs: kubesim in-process, or the real control plane that
 /// `scripts/cluster.sh up` started (its kubeconfig in `KUBERVISOR_TEST_KUBECONFIG`).
-pub enum Backend {
-    Kubesim,
-    Real(PathBuf),
-}
-
-/// The environment variable naming the real control plane's kubeconfig.
-pub const REAL_KUBECONFIG: &str = "KUBERVISOR_TEST_KUBECONFIG";
-/// Set by the test script when it started a real control plane: a scenario that finds no
-/// kubeconfig then fails instead of being skipped.
-pub const REQUIRE_REAL: &str = "KUBERVISOR_TEST_REQUIRE_REAL";
-
-impl Backend {
-    /// The real control plane, or `None` (said loudly) when none is running.
-    pub fn real() -> Option<Backend> {
-        match std::env::var_os(REAL_KUBECONFIG) {
-            Some(path) => Some(Backend::Real(PathBuf::from(path))),
-            None if std::env::var_os(REQUIRE_REAL).is_some() => {
-                panic!("{REQUIRE_REAL} is set but {REAL_KUBECONFIG} is not")
-            }
-            None => {
-                eprintln!(
-                    "SKIPPED on the real control plane: {REAL_KUBECONFIG} is not set (start one with `scripts/cluster.sh build && scripts/cluster.sh up DIR`, which needs a Go toolchain; scripts/test.sh does it)"
-                );
-                None
-            }
-        }
-    }
-}
+pub use kubesim::testing::Backend;
 
 /// Runs a scenario `async fn name(backend: Backend)` against kubesim and against the real
 /// control plane, as two tests: `name::kubesim` and `name::real_cluster`.
@@ -84,6 +58,8 @@ pub struct Cluster {
     /// Every object of the scenario lives here: `default` on kubesim, a fresh namespace
     /// (deleted afterwards) on the shared real control plane.
     pub namespace: String,
+    /// Deleted when the scenario ends, on the real control plane.
+    real_namespace: Option<RealNamespace>,
     _dir: tempfile::TempDir,
     operators: BTreeMap<String, RunningOperator>,
 }
@@ -129,6 +105,7 @@ impl Cluster {
             client,
             kubeconfig,
             namespace: "default".into(),
+            real_namespace: None,
             _dir: dir,
             operators: BTreeMap::new(),
         }
@@ -137,28 +114,13 @@ impl Cluster {
     /// Connects to the real control plane and creates this scenario's namespace.
     async fn connect(kubeconfig: PathBuf) -> Cluster {
         init_logs();
-        let file = kube::config::Kubeconfig::read_from(&kubeconfig).expect("a readable kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-            .await
-            .expect("a usable kubeconfig");
-        let client = Client::try_from(config).expect("a client");
-        static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let namespace = format!(
-            "e2e-{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("the scenario's namespace is created");
+        let namespace = RealNamespace::create(&kubeconfig, "e2e").await;
         Cluster {
             sim: None,
-            client,
+            client: namespace.client.clone(),
             kubeconfig,
-            namespace,
+            namespace: namespace.name.clone(),
+            real_namespace: Some(namespace),
             _dir: tempfile::tempdir().unwrap(),
             operators: BTreeMap::new(),
         }
@@ -463,14 +425,8 @@ impl Drop for Cluster {
         for (_, (_, task)) in std::mem::take(&mut self.operators) {
             task.abort();
         }
-        if self.sim.is_none() {
-            // The real control plane is shared: leave it as it was found.
-            let _ = std::process::Command::new("kubectl")
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
-                .args(["delete", "namespace", &self.namespace, "--wait=false"])
-                .output();
-        }
+        // The real control plane is shared: leave it as it was found.
+        self.real_namespace.take();
     }
 }
 
