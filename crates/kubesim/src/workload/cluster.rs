@@ -129,7 +129,7 @@ pub async fn start_against(
 }
 
 /// One merged stream of the three watches, as workload events.
-pub fn cluster_feed(
+pub(crate) fn cluster_feed(
     client: kube::Client,
     namespace: Option<&str>,
 ) -> impl Stream<Item = WorkloadEvent> + Send + Unpin + 'static {
