@@ -106,7 +106,7 @@ impl Sim {
         workload.set_metrics_addr(metrics_addr);
         tasks.push(tokio::spawn(workload::run(
             workload.clone(),
-            store.subscribe_all(),
+            workload::store_feed(store.subscribe_all()),
             config.workload_tick,
         )));
 
@@ -122,7 +122,7 @@ impl Sim {
         });
         let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
         let app = server::router(state);
-        let mut rx2 = shutdown_rx.clone();
+        let metrics_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = shutdown_rx.wait_for(|s| *s).await;
@@ -131,14 +131,11 @@ impl Sim {
                 tracing::error!(error = %e, "kubesim API server stopped");
             }
         }));
-        let metrics_app = workload::metrics_router(workload.clone());
-        tasks.push(tokio::spawn(async move {
-            let serve =
-                axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(async move {
-                    let _ = rx2.wait_for(|s| *s).await;
-                });
-            let _ = serve.await;
-        }));
+        tasks.push(tokio::spawn(workload::serve_metrics(
+            metrics_listener,
+            workload.clone(),
+            metrics_shutdown,
+        )));
         Ok(Sim {
             addr,
             metrics_addr,

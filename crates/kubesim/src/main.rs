@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +27,26 @@ enum Command {
         /// Seconds from pod start to Ready.
         #[arg(long, default_value_t = 0.5)]
         ready_delay: f64,
+        /// Requests per second per Service without the sim.kubervisor.io/rps annotation.
+        #[arg(long, default_value_t = 50.0)]
+        rps: f64,
+    },
+    /// Simulate the workload of any cluster (kubesim or a real kube-apiserver): load on
+    /// each Service's ready endpoints, every pod's metrics on one loopback listener, and a
+    /// Prometheus SD document. Runs until killed.
+    Workload {
+        /// Kubeconfig of the cluster to watch (its current context).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Keep a Prometheus file_sd_configs document of the pods' metrics targets here.
+        #[arg(long)]
+        prometheus_sd: PathBuf,
+        /// Watch this namespace only (default: all namespaces).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Loopback address of the metrics listener (port 0 picks a free one; it is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        metrics_addr: SocketAddr,
         /// Requests per second per Service without the sim.kubervisor.io/rps annotation.
         #[arg(long, default_value_t = 50.0)]
         rps: f64,
@@ -65,6 +86,35 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", sim.url());
             wait_for_signal().await;
             sim.shutdown().await;
+        }
+        Command::Workload {
+            kubeconfig,
+            prometheus_sd,
+            namespace,
+            metrics_addr,
+            rps,
+        } => {
+            let parsed = kube::config::Kubeconfig::read_from(&kubeconfig).map_err(|e| {
+                anyhow::anyhow!("cannot read kubeconfig {}: {e}", kubeconfig.display())
+            })?;
+            let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", kubeconfig.display()))?;
+            let client = kube::Client::try_from(config)?;
+            let handle = kubesim::workload::start_against(
+                client,
+                kubesim::workload::WorkloadConfig {
+                    namespace,
+                    metrics_addr,
+                    prometheus_sd: Some(prometheus_sd),
+                    default_rps: rps,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            println!("{}", handle.metrics_addr());
+            wait_for_signal().await;
+            handle.shutdown().await;
         }
     }
     Ok(())
