@@ -640,6 +640,9 @@ options:
   nodeIP: $NODE_IP
   manageAllNodes: false
   manageNodesWithAnnotationSelector: kwok.x-k8s.io/node=fake
+  # Node Leases, renewed well within the controller-manager's grace period; without them
+  # kwok heartbeats node status every ~55 s, past the 50 s grace, and nodes flap NotReady.
+  nodeLeaseDurationSeconds: 40
 EOF
     start kwok "$BINDIR/kwok" --config="$DIR/kwok.yaml" --kubeconfig="$DIR/kwok.kubeconfig"
     STARTED=5
