@@ -369,7 +369,15 @@ async fn describe_shows_the_spec_conditions_and_every_managed_pod(backend: Backe
     );
     assert_eq!(
         find("(default)"),
-        strings(&["(default)", "retryAndPause", "30s", "3", "1"])
+        strings(&[
+            "(default)",
+            "retryAndPause",
+            "30s",
+            "3",
+            "1",
+            "<none>",
+            "<none>"
+        ])
     );
     assert_eq!(
         find("Ready"),

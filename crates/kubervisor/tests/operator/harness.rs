@@ -60,6 +60,8 @@ pub struct Cluster {
     pub namespace: String,
     /// Deleted when the scenario ends, on the real control plane.
     real_namespace: Option<RealNamespace>,
+    /// On the real control plane, the simulated workload as a client of the API.
+    pub workload: Option<kubesim::workload::WorkloadHandle>,
     _dir: tempfile::TempDir,
     operators: BTreeMap<String, RunningOperator>,
 }
@@ -106,6 +108,7 @@ impl Cluster {
             kubeconfig,
             namespace: "default".into(),
             real_namespace: None,
+            workload: None,
             _dir: dir,
             operators: BTreeMap::new(),
         }
@@ -121,14 +124,19 @@ impl Cluster {
             kubeconfig,
             namespace: namespace.name.clone(),
             real_namespace: Some(namespace),
+            workload: None,
             _dir: tempfile::tempdir().unwrap(),
             operators: BTreeMap::new(),
         }
     }
 
-    /// The emulator; only scenarios that run on kubesim alone use it.
-    pub fn sim(&self) -> &Sim {
-        self.sim.as_ref().expect("this scenario runs on kubesim")
+    /// What the simulated load generator sent to `service` so far, on either backend.
+    pub fn service_stats(&self, service: &str) -> Option<kubesim::ServiceStats> {
+        match (&self.sim, &self.workload) {
+            (Some(sim), _) => sim.service_stats(&self.namespace, service),
+            (None, Some(workload)) => workload.service_stats(&self.namespace, service),
+            (None, None) => panic!("no simulated workload runs in this scenario"),
+        }
     }
 
     /// Starts the operator in-process, as `kubervisor run --kubeconfig … --install-crd` would.

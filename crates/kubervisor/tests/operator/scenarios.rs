@@ -533,24 +533,48 @@ mod prometheus {
 
     use kubervisor::harness::prometheus::{PrometheusOptions, PrometheusProcess};
     use kubesim::SimConfig;
+    use kubesim::workload::{WorkloadConfig, start_against};
     use serde_json::json;
 
     use super::{count, wait_ready_reason, wait_traffic};
-    use crate::harness::{Cluster, eventually};
+    use crate::harness::{Backend, Cluster, eventually};
+    use crate::on_both_backends;
 
-    /// A cluster whose pods a real Prometheus scrapes every second.
+    /// A cluster whose pods a real Prometheus scrapes every second: kubesim's own
+    /// workload, or on the real control plane the same workload as a client of its API.
     async fn cluster_with_prometheus(
+        backend: Backend,
         replicas: i32,
     ) -> (Cluster, PrometheusProcess, tempfile::TempDir, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let sd_file = dir.path().join("targets.json");
-        let mut cluster = Cluster::start_with(SimConfig {
-            ready_delay: Duration::from_millis(100),
-            prometheus_sd: Some(sd_file.clone()),
-            default_rps: 100.0,
-            ..SimConfig::default()
-        })
-        .await;
+        let mut cluster = match backend {
+            Backend::Kubesim => {
+                Cluster::start_with(SimConfig {
+                    ready_delay: Duration::from_millis(100),
+                    prometheus_sd: Some(sd_file.clone()),
+                    default_rps: 100.0,
+                    ..SimConfig::default()
+                })
+                .await
+            }
+            real => {
+                let mut cluster = Cluster::start(real).await;
+                let workload = start_against(
+                    cluster.client.clone(),
+                    WorkloadConfig {
+                        namespace: Some(cluster.namespace.clone()),
+                        prometheus_sd: Some(sd_file.clone()),
+                        default_rps: 100.0,
+                        ..WorkloadConfig::default()
+                    },
+                )
+                .await
+                .expect("the workload starts");
+                cluster.workload = Some(workload);
+                cluster
+            }
+        };
         let prometheus = PrometheusProcess::start(PrometheusOptions::new(&sd_file))
             .await
             .expect("prometheus starts (install it with `apt-get install prometheus`)");
@@ -585,136 +609,138 @@ mod prometheus {
         }])
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn discrete_detector_ejects_pods_with_high_error_rate_and_the_service_recovers() {
-        let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(5).await;
-        let bad = [pods[0].clone(), pods[2].clone()];
-        for pod in &bad {
-            cluster
-                .annotate(pod, "sim.kubervisor.io/error-rate", "0.8")
-                .await;
-        }
-        cluster
-            .guard(
-                discrete(prometheus.address()),
-                json!({"mode": "periodic", "period": 3600}),
-                false,
-            )
-            .await;
-        cluster.wait_ready_pods("web", 5).await;
-        let traffic = wait_traffic(&cluster, "no", 2).await;
-        for pod in &bad {
-            assert_eq!(traffic[pod], "no", "{traffic:?}");
-        }
-        let note = super::wait_events(&cluster, "PodEjected", 2).await;
-        assert!(
-            note.iter()
-                .any(|(_, n)| n.contains("bad code") && n.contains("> tolerance 50%")),
-            "{note:?}"
-        );
-        // Measured by the simulated load: the Service serves no more errors once they are out.
-        let before = cluster
-            .sim()
-            .service_stats("default", "web")
-            .expect("load on web");
-        assert!(
-            before.errors > 0,
-            "errors were served before the ejection: {before:?}"
-        );
-        eventually(
-            "a window of error-free traffic",
-            Duration::from_secs(10),
-            || async {
-                let now = cluster.sim().service_stats("default", "web").unwrap();
-                let (requests, errors) =
-                    (now.requests - before.requests, now.errors - before.errors);
-                if requests >= 100 && errors == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("{errors} errors in {requests} requests"))
-                }
-            },
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn continuous_detector_ejects_the_pod_whose_price_deviates() {
-        let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(5).await;
-        for (i, pod) in pods.iter().enumerate() {
-            let price = if i == 3 { "40" } else { "10" };
-            cluster
-                .annotate(pod, "sim.kubervisor.io/price", price)
-                .await;
-        }
-        let breakers = json!([{
-            "name": "price",
-            "evaluationPeriod": 1,
-            "minPodsAvailableCount": 2,
-            "continuousValueDeviation": {
-                "prometheusService": format!("http://{}", prometheus.address()),
-                "promQL": "(rate(price_sum{service=\"web\"}[5s]) / rate(price_count{service=\"web\"}[5s])) / scalar(sum(rate(price_sum{service=\"web\"}[5s])) / sum(rate(price_count{service=\"web\"}[5s])))",
-                "podNamekey": "pod",
-                "maxDeviationPercent": 75
+    on_both_backends! {
+        async fn discrete_detector_ejects_pods_with_high_error_rate_and_the_service_recovers(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 5).await;
+            let bad = [pods[0].clone(), pods[2].clone()];
+            for pod in &bad {
+                cluster
+                    .annotate(pod, "sim.kubervisor.io/error-rate", "0.8")
+                    .await;
             }
-        }]);
-        cluster
-            .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+            cluster
+                .guard(
+                    discrete(prometheus.address()),
+                    json!({"mode": "periodic", "period": 3600}),
+                    false,
+                )
+                .await;
+            cluster.wait_ready_pods("web", 5).await;
+            let traffic = wait_traffic(&cluster, "no", 2).await;
+            for pod in &bad {
+                assert_eq!(traffic[pod], "no", "{traffic:?}");
+            }
+            let note = crate::scenarios::wait_events(&cluster, "PodEjected", 2).await;
+            assert!(
+                note.iter()
+                    .any(|(_, n)| n.contains("bad code") && n.contains("> tolerance 50%")),
+                "{note:?}"
+            );
+            // Measured by the simulated load: the Service serves no more errors once they are out.
+            let before = cluster
+                .service_stats("web")
+                .expect("load on web");
+            assert!(
+                before.errors > 0,
+                "errors were served before the ejection: {before:?}"
+            );
+            eventually(
+                "a window of error-free traffic",
+                Duration::from_secs(10),
+                || async {
+                    let now = cluster.service_stats("web").unwrap();
+                    let (requests, errors) =
+                        (now.requests - before.requests, now.errors - before.errors);
+                    if requests >= 100 && errors == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("{errors} errors in {requests} requests"))
+                    }
+                },
+            )
             .await;
-        cluster.wait_ready_pods("web", 5).await;
-        let traffic = wait_traffic(&cluster, "no", 1).await;
-        assert_eq!(traffic[&pods[3]], "no", "{traffic:?}");
-        assert_eq!(count(&traffic, "yes"), 4);
+        }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn prometheus_outage_ejects_nothing_and_reaches_the_status() {
-        let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(4).await;
-        for pod in &pods {
+    on_both_backends! {
+        async fn continuous_detector_ejects_the_pod_whose_price_deviates(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 5).await;
+            for (i, pod) in pods.iter().enumerate() {
+                let price = if i == 3 { "40" } else { "10" };
+                cluster
+                    .annotate(pod, "sim.kubervisor.io/price", price)
+                    .await;
+            }
+            let breakers = json!([{
+                "name": "price",
+                "evaluationPeriod": 1,
+                "minPodsAvailableCount": 2,
+                "continuousValueDeviation": {
+                    "prometheusService": format!("http://{}", prometheus.address()),
+                    "promQL": "(rate(price_sum{service=\"web\"}[5s]) / rate(price_count{service=\"web\"}[5s])) / scalar(sum(rate(price_sum{service=\"web\"}[5s])) / sum(rate(price_count{service=\"web\"}[5s])))",
+                    "podNamekey": "pod",
+                    "maxDeviationPercent": 75
+                }
+            }]);
             cluster
-                .annotate(pod, "sim.kubervisor.io/error-rate", "1")
+                .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
                 .await;
+            cluster.wait_ready_pods("web", 5).await;
+            let traffic = wait_traffic(&cluster, "no", 1).await;
+            assert_eq!(traffic[&pods[3]], "no", "{traffic:?}");
+            assert_eq!(count(&traffic, "yes"), 4);
         }
-        let address = prometheus.address().to_string();
-        prometheus.stop().await;
-        cluster
-            .guard(
-                discrete(&address),
-                json!({"mode": "periodic", "period": 3600}),
-                false,
-            )
-            .await;
-        cluster.wait_ready_pods("web", 4).await;
-        let ready = wait_ready_reason(&cluster, "SourceError").await;
-        let message = ready["message"].as_str().unwrap();
-        assert!(
-            message.contains("breaker errors") && message.contains(&address),
-            "{message}"
-        );
-        let warnings = cluster.events("SourceError").await;
-        assert!(
-            warnings
-                .iter()
-                .any(|(_, n)| n.contains("no pod is ejected")),
-            "{warnings:?}"
-        );
-        // Every pod fails, yet no source answered: all keep traffic.
-        assert_eq!(count(&cluster.traffic("web").await, "yes"), 4);
+    }
 
-        // Replacing the failing breaker clears its error from the status.
-        let detector = crate::harness::CustomDetector::start().await;
-        let patch =
-            json!({"spec": {"breakers": [{"name": "custom", "customService": detector.url}]}});
-        cluster
-            .kvs_api()
-            .patch(
-                "web",
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .unwrap();
-        wait_ready_reason(&cluster, "Running").await;
+    on_both_backends! {
+        async fn prometheus_outage_ejects_nothing_and_reaches_the_status(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 4).await;
+            for pod in &pods {
+                cluster
+                    .annotate(pod, "sim.kubervisor.io/error-rate", "1")
+                    .await;
+            }
+            let address = prometheus.address().to_string();
+            prometheus.stop().await;
+            cluster
+                .guard(
+                    discrete(&address),
+                    json!({"mode": "periodic", "period": 3600}),
+                    false,
+                )
+                .await;
+            cluster.wait_ready_pods("web", 4).await;
+            let ready = wait_ready_reason(&cluster, "SourceError").await;
+            let message = ready["message"].as_str().unwrap();
+            assert!(
+                message.contains("breaker errors") && message.contains(&address),
+                "{message}"
+            );
+            let warnings = cluster.events("SourceError").await;
+            assert!(
+                warnings
+                    .iter()
+                    .any(|(_, n)| n.contains("no pod is ejected")),
+                "{warnings:?}"
+            );
+            // Every pod fails, yet no source answered: all keep traffic.
+            assert_eq!(count(&cluster.traffic("web").await, "yes"), 4);
+
+            // Replacing the failing breaker clears its error from the status.
+            let detector = crate::harness::CustomDetector::start().await;
+            let patch =
+                json!({"spec": {"breakers": [{"name": "custom", "customService": detector.url}]}});
+            cluster
+                .kvs_api()
+                .patch(
+                    "web",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+            wait_ready_reason(&cluster, "Running").await;
+        }
     }
 }
 
