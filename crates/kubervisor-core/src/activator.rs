@@ -225,21 +225,31 @@ impl fmt::Display for Forgotten {
     }
 }
 
+/// When a serving pod's past ejections are forgotten, with its count and `forgetAfter`:
+/// `forgetAfter` after its time out of traffic ended. `None` without `forgetAfter`, or for
+/// a pod out of traffic, with no ejection, or with unreadable marks.
+fn forget_at(spec: &ResolvedSpec, pod: &PodView) -> Option<(Timestamp, u32, Duration)> {
+    if pod.marks.traffic() != Some(Traffic::Yes) || pod.terminating {
+        return None;
+    }
+    let retries = pod.marks.retries().filter(|r| *r > 0)?;
+    let Some(Ok(break_at)) = &pod.marks.break_at else {
+        return None;
+    };
+    let activator = spec.activator_for(pod.marks.strategy.as_deref());
+    let forget_after = activator.forget_after?;
+    let back_at = add(*break_at, wait_before_activation(activator, retries));
+    Some((add(back_at, forget_after), retries, forget_after))
+}
+
 /// The pods with traffic whose activator has `forgetAfter` and that have served that long
-/// since their time out of traffic ended, without a new ejection.
+/// since their time out of traffic ended, without a new ejection; in name order.
 pub fn forget_retries(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Vec<Forgotten> {
     let mut forgotten: Vec<Forgotten> = pods
         .iter()
-        .filter(|p| p.marks.traffic() == Some(Traffic::Yes) && !p.terminating)
         .filter_map(|pod| {
-            let retries = pod.marks.retries().filter(|r| *r > 0)?;
-            let Some(Ok(break_at)) = &pod.marks.break_at else {
-                return None;
-            };
-            let activator = spec.activator_for(pod.marks.strategy.as_deref());
-            let forget_after = activator.forget_after?;
-            let back_at = add(*break_at, wait_before_activation(activator, retries));
-            (now >= add(back_at, forget_after)).then(|| Forgotten {
+            let (at, retries, forget_after) = forget_at(spec, pod)?;
+            (now >= at).then(|| Forgotten {
                 pod: pod.name.clone(),
                 retries,
                 forget_after,
@@ -253,16 +263,7 @@ pub fn forget_retries(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> 
 /// When the next retry count is due to be forgotten.
 pub fn next_forget(spec: &ResolvedSpec, pods: &[PodView]) -> Option<Timestamp> {
     pods.iter()
-        .filter(|p| p.marks.traffic() == Some(Traffic::Yes) && !p.terminating)
-        .filter_map(|pod| {
-            let retries = pod.marks.retries().filter(|r| *r > 0)?;
-            let Some(Ok(break_at)) = &pod.marks.break_at else {
-                return None;
-            };
-            let activator = spec.activator_for(pod.marks.strategy.as_deref());
-            let back_at = add(*break_at, wait_before_activation(activator, retries));
-            Some(add(back_at, activator.forget_after?))
-        })
+        .filter_map(|pod| forget_at(spec, pod).map(|(at, _, _)| at))
         .min()
 }
 

@@ -28,7 +28,7 @@ use kubervisor_api::pod::{
 use kubervisor_api::{KubervisorService, KubervisorServiceStatus};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::index::SlimPod;
 use crate::plan::{FINALIZER, PodChange, PodWrite, Report};
@@ -294,7 +294,13 @@ impl Effects {
             Err(
                 finalizer::Error::AddFinalizer(kube::Error::Api(s))
                 | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)),
-            ) if matches!(s.code, 404 | 409 | 422) => Ok(()),
+            ) if matches!(s.code, 404 | 409 | 422) => {
+                debug!(
+                    "finalizer of KubervisorService {namespace}/{name} not changed, deciding again: {}",
+                    s.message
+                );
+                Ok(())
+            }
             Err(e) => Err(format!("KubervisorService {namespace}/{name}: {e}")),
         }
     }

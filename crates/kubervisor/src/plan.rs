@@ -361,8 +361,9 @@ pub struct State {
     floor_notes: BTreeMap<String, Vec<String>>,
     /// The last reason the resource stopped for, reported once while it holds.
     stop_note: Option<(StopReason, String)>,
-    /// The status last written, without probe times, and the resourceVersion it was written over.
-    status_written: Option<(KubervisorServiceStatus, Option<String>)>,
+    /// The status last written and the status the index showed then, both without probe
+    /// times: while the index still shows the latter, the write is on its way.
+    status_written: Option<(KubervisorServiceStatus, KubervisorServiceStatus)>,
     /// When the activator has something to do next (possibly already past).
     activator_due: Option<Timestamp>,
     /// The status may have changed: computed once the writes under way came back.
@@ -994,12 +995,13 @@ impl State {
             self.status_written = None;
             return;
         }
-        // Written already, and the watch has not shown anything newer: nothing to do.
-        let version = kvs.resource_version();
-        if self.status_written.as_ref() == Some(&(comparable.clone(), version.clone())) {
+        // Written already, and the index still shows the status from before that write
+        // (other changes, such as the finalizer, may have moved the resource meanwhile).
+        let in_flight = (comparable, old);
+        if self.status_written.as_ref() == Some(&in_flight) {
             return;
         }
-        self.status_written = Some((comparable, version));
+        self.status_written = Some(in_flight);
         out.push(Effect::Status(Box::new(status)));
     }
 }

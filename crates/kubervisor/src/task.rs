@@ -136,9 +136,10 @@ impl Task {
                 }
                 Some((breaker, result, took)) = self.queries.next(), if !self.queries.is_empty() => {
                     self.querying.remove(&breaker);
-                    self.answered(breaker, result, took).await;
+                    // Boxed: an idle task then holds a few bytes, not a whole step's state.
+                    Box::pin(self.answered(breaker, result, took)).await;
                 }
-                _ = tokio::time::sleep_until(wake) => self.due(Instant::now()).await,
+                _ = tokio::time::sleep_until(wake) => Box::pin(self.due(Instant::now())).await,
             }
         }
         self.ctx.metrics.forget(&self.namespace, &self.name);

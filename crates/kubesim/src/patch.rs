@@ -48,11 +48,24 @@ pub fn apply(kind: PatchKind, doc: &mut Value, patch: &Value) -> Result<(), ApiE
         PatchKind::Json => {
             let p: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            json_patch::patch(doc, &p).map_err(|e| {
-                ApiError::unprocessable(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })
+            // As the API server's JSON Patch library does, a `test` of `null` succeeds on a
+            // path that does not exist (kube-runtime's finalizer relies on it).
+            let mut patched = doc.clone();
+            for op in p.0 {
+                if let json_patch::PatchOperation::Test(t) = &op
+                    && t.value.is_null()
+                    && patched.pointer(t.path.as_str()).is_none()
+                {
+                    continue;
+                }
+                json_patch::patch(&mut patched, &[op]).map_err(|e| {
+                    ApiError::unprocessable(format!(
+                        "the server rejected our request due to an error in our request: {e}"
+                    ))
+                })?;
+            }
+            *doc = patched;
+            Ok(())
         }
         PatchKind::Merge => {
             if !patch.is_object() {
@@ -245,6 +258,21 @@ mod tests {
             &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
         );
         assert_eq!(doc["metadata"]["finalizers"], json!(["b"]));
+    }
+
+    #[test]
+    fn json_patch_test_of_null_passes_on_a_missing_path_and_fails_on_a_present_one() {
+        let mut doc = json!({"metadata": {"name": "a"}});
+        let p = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}
+        ]);
+        apply(PatchKind::Json, &mut doc, &p).unwrap();
+        assert_eq!(doc["metadata"]["finalizers"], json!(["f"]));
+        // Now present: the same patch fails, and nothing of it applies.
+        let before = doc.clone();
+        assert!(apply(PatchKind::Json, &mut doc, &p).is_err());
+        assert_eq!(doc, before);
     }
 
     #[test]

@@ -938,3 +938,17 @@ fn retries_are_forgotten_once_a_pod_served_forget_after() {
     h.observe();
     assert_eq!(h.state().activator_due(), None, "nothing left to forget");
 }
+
+#[test]
+fn a_status_on_its_way_is_not_written_again_when_the_resource_moves_meanwhile() {
+    let mut h = Harness::new(custom(1, 0, json!(null)), 2);
+    let first = h.observe();
+    assert!(last_status(&first).is_some());
+    // Another change (the finalizer, a label) lands before the watch shows the status.
+    let mut kvs = (*h.fleet.kvs.as_ref().unwrap().object).clone();
+    kvs.metadata.resource_version = Some("11".into());
+    kvs.metadata.labels = Some(BTreeMap::from([("team".to_string(), "shop".to_string())]));
+    h.fleet.kvs.as_mut().unwrap().object = Arc::new(kvs);
+    let again = h.observe();
+    assert!(last_status(&again).is_none(), "{again:?}");
+}

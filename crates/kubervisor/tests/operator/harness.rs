@@ -23,33 +23,6 @@ pub use kubesim::testing::eventually;
 /// `scripts/cluster.sh up` started (its kubeconfig in `KUBERVISOR_TEST_KUBECONFIG`).
 pub use kubesim::testing::Backend;
 
-/// Runs a scenario `async fn name(backend: Backend)` against kubesim and against the real
-/// control plane, as two tests: `name::kubesim` and `name::real_cluster`.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
-        $(#[$meta])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            async fn scenario($backend: $crate::harness::Backend) $body
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn kubesim() {
-                scenario($crate::harness::Backend::Kubesim).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn real_cluster() {
-                if let Some(backend) = $crate::harness::Backend::real() {
-                    scenario(backend).await
-                }
-            }
-        }
-    };
-}
-
 pub struct Cluster {
     /// The emulator, on the kubesim backend.
     pub sim: Option<Sim>,

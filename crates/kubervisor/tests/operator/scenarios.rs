@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::{Backend, Cluster, CustomDetector, eventually};
-use crate::on_both_backends;
+use kubesim::on_both_backends;
 
 fn count(traffic: &BTreeMap<String, String>, value: &str) -> usize {
     traffic.values().filter(|t| *t == value).count()
@@ -209,6 +209,12 @@ on_both_backends! {
         .await;
         assert_eq!(count(&cluster.traffic("web").await, "yes"), 3);
 
+        let finalizers = cluster.kvs_api().get("web").await.unwrap().metadata.finalizers;
+        assert_eq!(
+            finalizers,
+            Some(vec!["kubervisor.k8s.io/cleanup".to_string()]),
+            "the finalizer guards the hand-back"
+        );
         cluster.delete_kvs("web").await;
         eventually("every pod handed back", Duration::from_secs(10), || async {
             let pods = cluster.pods("web").await;
@@ -538,7 +544,7 @@ mod prometheus {
 
     use super::{count, wait_ready_reason, wait_traffic};
     use crate::harness::{Backend, Cluster, eventually};
-    use crate::on_both_backends;
+    use kubesim::on_both_backends;
 
     /// A cluster whose pods a real Prometheus scrapes every second: kubesim's own
     /// workload, or on the real control plane the same workload as a client of its API.
