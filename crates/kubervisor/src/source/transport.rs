@@ -99,7 +99,8 @@ impl HttpClient {
         HttpClient::new(Roots::Empty)
     }
 
-    /// Sends one request and reads the whole answer, all within `timeout`.
+    /// Sends one request and reads the whole answer within `timeout`, counted once one of
+    /// the server's connection slots is free.
     pub async fn send(
         &self,
         method: Method,
@@ -134,8 +135,10 @@ impl HttpClient {
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(REQUESTS_PER_SERVER)))
                 .clone()
         };
+        // The timeout measures the source, not the queue for a connection: a burst of
+        // evaluations (every breaker at start-up) waits its turn without failing.
+        let _slot = slots.acquire().await.map_err(|_| TransportError::Timeout)?;
         let exchange = async {
-            let _slot = slots.acquire().await.map_err(|_| TransportError::Timeout)?;
             let response = self.inner.request(request).await.map_err(|e| {
                 // hyper-util's own layer ("client error (Connect)") says less than its causes.
                 let reason = e.source().map_or_else(|| e.to_string(), error_chain);
