@@ -30,7 +30,9 @@ fn periodic(period: f64) -> serde_json::Value {
 async fn wait_traffic(cluster: &Cluster, value: &str, n: usize) -> BTreeMap<String, String> {
     eventually(
         &format!("{n} pods with traffic={value}"),
-        Duration::from_secs(15),
+        // Generous: on the real control plane a Prometheus verdict waits for the workload's
+        // discovery file, a scrape and a rate window, while the other scenarios run too.
+        Duration::from_secs(30),
         || async {
             let traffic = cluster.traffic("web").await;
             if count(&traffic, value) == n {
@@ -57,6 +59,28 @@ async fn wait_events(cluster: &Cluster, reason: &str, n: usize) -> Vec<(String, 
                 .filter(|(on, _)| on == "web")
                 .collect();
             if events.len() == n {
+                Ok(events)
+            } else {
+                Err(format!("{events:?}"))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until an event of `reason` has a note that `matches` (events are published from a
+/// queue, shortly after the write they report), and returns every such event.
+pub(crate) async fn wait_event_note(
+    cluster: &Cluster,
+    reason: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    eventually(
+        &format!("a matching {reason} event"),
+        Duration::from_secs(10),
+        || async {
+            let events = cluster.events(reason).await;
+            if events.iter().any(|(_, note)| matches(note)) {
                 Ok(events)
             } else {
                 Err(format!("{events:?}"))
@@ -289,7 +313,7 @@ on_both_backends! {
             back_after >= jiff::SignedDuration::from_secs(2),
             "re-activated after {back_after:?}, before the period"
         );
-        assert!(!cluster.events("PodActivated").await.is_empty());
+        wait_event_note(&cluster, "PodActivated", |note| note.contains(&pods[0])).await;
     }
 }
 
@@ -317,13 +341,10 @@ on_both_backends! {
             },
         )
         .await;
-        let killed = cluster.events("PodKilled").await;
-        assert!(
-            killed
-                .iter()
-                .any(|(_, note)| note.contains(&doomed) && note.contains("maxRetryCount 1")),
-            "{killed:?}"
-        );
+        wait_event_note(&cluster, "PodKilled", |note| {
+            note.contains(&doomed) && note.contains("maxRetryCount 1")
+        })
+        .await;
         // The replacement was adopted.
         let pods = cluster.pods("web").await;
         for pod in pods.values() {
@@ -652,7 +673,7 @@ mod prometheus {
             );
             eventually(
                 "a window of error-free traffic",
-                Duration::from_secs(10),
+                Duration::from_secs(20),
                 || async {
                     let now = cluster.service_stats("web").unwrap();
                     let (requests, errors) =
@@ -722,13 +743,10 @@ mod prometheus {
                 message.contains("breaker errors") && message.contains(&address),
                 "{message}"
             );
-            let warnings = cluster.events("SourceError").await;
-            assert!(
-                warnings
-                    .iter()
-                    .any(|(_, n)| n.contains("no pod is ejected")),
-                "{warnings:?}"
-            );
+            crate::scenarios::wait_event_note(&cluster, "SourceError", |n| {
+                n.contains("no pod is ejected")
+            })
+            .await;
             // Every pod fails, yet no source answered: all keep traffic.
             assert_eq!(count(&cluster.traffic("web").await, "yes"), 4);
 
