@@ -90,6 +90,24 @@ pub(crate) async fn wait_event_note(
     .await
 }
 
+/// Waits until some PodEjected event regards `pod`, and returns them as (reporting
+/// instance, note).
+async fn ejection_events_of(cluster: &Cluster, pod: &str) -> Vec<(String, String)> {
+    eventually(
+        &format!("an ejection event on {pod}"),
+        Duration::from_secs(10),
+        || async {
+            let events = cluster.events_by("PodEjected", pod).await;
+            if events.is_empty() {
+                Err("none".to_string())
+            } else {
+                Ok(events)
+            }
+        },
+    )
+    .await
+}
+
 /// Waits until the Service `web` has exactly `n` endpoint addresses.
 async fn wait_endpoints(cluster: &Cluster, n: usize) {
     eventually(
@@ -783,15 +801,7 @@ on_both_backends! {
 
         detector.report(&pods[..1]);
         wait_traffic(&cluster, "no", 1).await;
-        let first = eventually("the ejection event", Duration::from_secs(10), || async {
-            let events = cluster.events_by("PodEjected", &pods[0]).await;
-            if events.is_empty() {
-                Err("none".to_string())
-            } else {
-                Ok(events)
-            }
-        })
-        .await;
+        let first = ejection_events_of(&cluster, &pods[0]).await;
         assert_eq!(first.len(), 1, "one replica acted once: {first:?}");
         assert_eq!(first[0].0, "replica-a", "the first replica holds the lease");
 
@@ -799,19 +809,7 @@ on_both_backends! {
         cluster.stop_replica("replica-a").await;
         detector.report(&pods[1..2]);
         wait_traffic(&cluster, "no", 2).await;
-        let second = eventually(
-            "the second ejection event",
-            Duration::from_secs(10),
-            || async {
-                let events = cluster.events_by("PodEjected", &pods[1]).await;
-                if events.is_empty() {
-                    Err("none".to_string())
-                } else {
-                    Ok(events)
-                }
-            },
-        )
-        .await;
+        let second = ejection_events_of(&cluster, &pods[1]).await;
         assert_eq!(second.len(), 1, "{second:?}");
         assert_eq!(second[0].0, "replica-b");
         assert_eq!(
