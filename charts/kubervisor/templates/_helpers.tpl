@@ -50,10 +50,15 @@ The rules for the resources the operator watches and acts on. The same list serv
 the cluster-wide ClusterRole and the single-namespace Role, so both grant the same.
 */}}
 {{- define "kubervisor.workloadRules" -}}
-# Pods are relabelled (traffic yes/no/pause) and, by retryAndKill, deleted.
+# Pods are relabelled (traffic yes/no/pause) and, by retryAndKill with killMethod
+# delete, deleted.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch, delete]
+# Kills go through the Eviction API by default, so PodDisruptionBudgets are honoured.
+- apiGroups: [""]
+  resources: [pods/eviction]
+  verbs: [create]
 # Services are only read: their selectors tell which pods are guarded.
 - apiGroups: [""]
   resources: [services]

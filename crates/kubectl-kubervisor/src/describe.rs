@@ -97,6 +97,7 @@ impl Description<'_> {
                 "MAX PAUSED",
                 "MAX OUT",
                 "FORGET AFTER",
+                "KILL BY",
             ],
             &rows,
         ));
@@ -229,6 +230,9 @@ fn activator_row(for_: &str, activator: &ActivatorStrategy) -> Vec<String> {
             .max_ejection_time
             .map_or(NONE.into(), format::seconds),
         activator.forget_after.map_or(NONE.into(), format::seconds),
+        activator
+            .kill_method
+            .map_or(NONE.into(), |m| m.as_str().to_string()),
     ]
 }
 
@@ -270,7 +274,7 @@ mod tests {
                     "discreteValueOutOfList": {"prometheusService": "p:9090", "promQL": "q", "key": "code", "podNamekey": "pod", "goodValues": ["200"]},
                     "panicThresholdPercent": 40,
                     "maxEjectionsPerEvaluation": 2,
-                    "activator": {"mode": "retryAndKill", "period": 60, "maxEjectionTime": 300, "forgetAfter": 3600}
+                    "activator": {"mode": "retryAndKill", "period": 60, "maxEjectionTime": 300, "forgetAfter": 3600, "killMethod": "delete"}
                 }],
                 "defaultActivator": {"mode": "retryAndPause", "period": 30}
             },
@@ -310,8 +314,8 @@ mod tests {
             "Service:      web (selector app=web,kubervisor/traffic=yes; active)\n",
             "Dry Run:      false\n",
             "  errors   discreteValueOutOfList   5s       3 pods, 50%     panic below 40% healthy, at most 2 per evaluation\n",
-            "  (default)        retryAndPause   30s      3             1            <none>    <none>\n",
-            "  breaker errors   retryAndKill    1m       3             1            5m        1h\n",
+            "  (default)        retryAndPause   30s      3             1            <none>    <none>         evict\n",
+            "  breaker errors   retryAndKill    1m       3             1            5m        1h             delete\n",
             "  Ready   True     Running   2026-11-25T09:01:00Z (59m ago)   breakers errors running\n",
             "Pod Counts:   2 managed, 1 broken, 0 paused, 0 unknown\n",
             "  web-a   yes       True      <none>     <none>                          0\n",

@@ -95,6 +95,7 @@ fn default_activator(activator: &mut ActivatorStrategy) {
     activator
         .max_pause_count
         .get_or_insert(DEFAULT_MAX_PAUSE_COUNT);
+    activator.kill_method.get_or_insert(KillMethod::Evict);
 }
 
 /// A validated spec with every default applied.
@@ -236,6 +237,7 @@ pub struct ResolvedActivator {
     pub forget_after: Option<Duration>,
     /// The longest a pod stays out, whatever its retry count.
     pub max_ejection_time: Option<Duration>,
+    pub kill_method: KillMethod,
 }
 
 impl ResolvedActivator {
@@ -247,6 +249,7 @@ impl ResolvedActivator {
             max_pause_count: a.max_pause_count.unwrap_or(DEFAULT_MAX_PAUSE_COUNT),
             forget_after: a.forget_after.map(Duration::from_secs_f64),
             max_ejection_time: a.max_ejection_time.map(Duration::from_secs_f64),
+            kill_method: a.kill_method.unwrap_or_default(),
         }
     }
 }

@@ -176,6 +176,33 @@ pub struct ActivatorStrategy {
     /// Seconds a pod stays out at most, whatever its retry count (default: no cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_time: Option<f64>,
+    /// How retryAndKill and retryAndPause kill: `evict` (the Eviction API, which honours
+    /// PodDisruptionBudgets) or `delete` (default evict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_method: Option<KillMethod>,
+}
+
+/// How retryAndKill and retryAndPause kill a pod: `evict` (the Eviction API, which honours
+/// PodDisruptionBudgets; the default) or `delete`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KillMethod {
+    /// Through the Eviction API (`pods/eviction`): a PodDisruptionBudget may refuse it,
+    /// and the kill is tried again on the next activator pass.
+    #[default]
+    Evict,
+    /// A plain DELETE, which ignores PodDisruptionBudgets.
+    Delete,
+}
+
+impl KillMethod {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillMethod::Evict => "evict",
+            KillMethod::Delete => "delete",
+        }
+    }
 }
 
 /// What the activator does with an ejected pod.

@@ -304,6 +304,7 @@ mod tests {
                 max_pause_count,
                 forget_after: None,
                 max_ejection_time: None,
+                kill_method: Default::default(),
             },
             dry_run: false,
         }
@@ -402,6 +403,7 @@ mod tests {
                 max_pause_count: 0,
                 forget_after: None,
                 max_ejection_time: None,
+                kill_method: Default::default(),
             }),
         });
         let pods = [

@@ -204,6 +204,7 @@ proptest! {
                 max_pause_count,
                 forget_after: None,
                 max_ejection_time: cap.map(Duration::from_secs),
+                kill_method: Default::default(),
             },
             dry_run: false,
         };
@@ -270,6 +271,7 @@ proptest! {
                 max_pause_count: 1,
                 forget_after: None,
                 max_ejection_time: None,
+                kill_method: Default::default(),
             },
             dry_run: false,
         };

@@ -25,7 +25,7 @@ use kubervisor_api::pod::{
     BREAK_AT_ANNOTATION, NAME_LABEL, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL, TRAFFIC_LABEL,
     Traffic, format_break_at,
 };
-use kubervisor_api::{KubervisorService, KubervisorServiceStatus};
+use kubervisor_api::{KillMethod, KubervisorService, KubervisorServiceStatus};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -41,6 +41,8 @@ pub enum Written {
     Done(Option<SlimPod>),
     /// The pod changed since it was read (or is gone): decide again.
     Stale(String),
+    /// A PodDisruptionBudget refused the eviction (429): try again later.
+    Blocked(String),
     /// The API refused or could not be reached.
     Failed(String),
 }
@@ -49,6 +51,9 @@ pub enum Written {
 #[derive(Clone)]
 pub struct Effects {
     client: Client,
+    /// The same API without the client's retries of 429: a PodDisruptionBudget's refusal
+    /// is an answer to report and to try again on the next activator pass, not to wait on.
+    evictions: Client,
     metrics: Arc<Metrics>,
     /// Writes in flight at once: a start-up burst (every pod of a large fleet adopted at
     /// once) then reuses a few connections to the API server instead of opening hundreds.
@@ -178,12 +183,14 @@ impl Effects {
     /// The executor, and the task that publishes its events (ended with the returned handle).
     pub fn new(
         client: Client,
+        evictions: Client,
         reporter: Reporter,
         metrics: Arc<Metrics>,
     ) -> (Effects, tokio::task::JoinHandle<()>) {
         let (events, queue) = mpsc::channel(EVENTS_QUEUED);
         let effects = Effects {
             client,
+            evictions,
             metrics,
             writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             events,
@@ -213,7 +220,8 @@ impl Effects {
             } => eject_ops(pod, breaker, *retry_count, *at),
             PodChange::Reinstate { to } => from_ejected_ops(pod, *to),
             PodChange::ForgetRetries => forget_ops(pod),
-            PodChange::Kill => return self.delete_pod(pod).await,
+            PodChange::Kill(KillMethod::Delete) => return self.delete_pod(pod).await,
+            PodChange::Kill(KillMethod::Evict) => return self.evict_pod(pod).await,
         };
         self.patch_pod(pod, ops).await
     }
@@ -253,6 +261,37 @@ impl Effects {
             Err(e) => classify(&pod.namespace, &pod.name, e),
         };
         self.metrics.count_pod_write("delete", outcome(&written));
+        written
+    }
+
+    /// Evicts a pod through the Eviction API (policy/v1), only if it has not changed since
+    /// it was read. A PodDisruptionBudget may refuse it with 429.
+    async fn evict_pod(&self, pod: &SlimPod) -> Written {
+        let _slot = self.write_slot().await;
+        // Built here rather than with `Api::evict`, which sends its options under a field
+        // the API server ignores, so the preconditions would be lost.
+        let body = eviction_body(pod);
+        let request = http::Request::post(format!(
+            "/api/v1/namespaces/{}/pods/{}/eviction",
+            pod.namespace, pod.name
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).expect("an eviction serialises"));
+        let written = match request {
+            Err(e) => Written::Failed(format!(
+                "pod {}/{}: cannot build the eviction request: {e}",
+                pod.namespace, pod.name
+            )),
+            Ok(request) => match self.evictions.request_text(request).await {
+                Ok(_) => Written::Done(None),
+                Err(kube::Error::Api(status)) if status.code == 429 => Written::Blocked(format!(
+                    "eviction of pod {}/{} refused: {}",
+                    pod.namespace, pod.name, status.message
+                )),
+                Err(e) => classify(&pod.namespace, &pod.name, e),
+            },
+        };
+        self.metrics.count_pod_write("evict", outcome(&written));
         written
     }
 
@@ -425,8 +464,23 @@ fn outcome(written: &Written) -> &'static str {
     match written {
         Written::Done(_) => "ok",
         Written::Stale(_) => "conflict",
+        Written::Blocked(_) => "blocked",
         Written::Failed(_) => "error",
     }
+}
+
+/// A policy/v1 Eviction of `pod`, with the pod as read as its precondition.
+pub fn eviction_body(pod: &SlimPod) -> Value {
+    let mut preconditions = json!({"resourceVersion": pod.resource_version});
+    if !pod.uid.is_empty() {
+        preconditions["uid"] = json!(pod.uid);
+    }
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+        "deleteOptions": {"preconditions": preconditions},
+    })
 }
 
 fn classify(namespace: &str, name: &str, error: kube::Error) -> Written {

@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kubervisor_api::pod::{NAME_LABEL, TRAFFIC_LABEL, Traffic, managed_selector};
 use kubervisor_api::{
-    KubervisorService, KubervisorServiceCondition, KubervisorServiceStatus, PodCountStatus,
-    ResolvedBreaker, ResolvedSpec,
+    KillMethod, KubervisorService, KubervisorServiceCondition, KubervisorServiceStatus,
+    PodCountStatus, ResolvedBreaker, ResolvedSpec,
 };
 use kubervisor_core::PodView;
 use kubervisor_core::activator::{
@@ -88,8 +88,8 @@ pub enum PodChange {
     Reinstate { to: Traffic },
     /// Reset `breaker/retryCount` to 0, only if the pod still serves since the same ejection.
     ForgetRetries,
-    /// Delete the pod so its controller replaces it.
-    Kill,
+    /// Evict or delete the pod so its controller replaces it.
+    Kill(KillMethod),
 }
 
 /// What the executor does.
@@ -179,6 +179,11 @@ pub enum Note {
     DryRunRestore(Restoration),
     /// A re-activated pod served long enough: its past ejections are forgotten.
     RetriesForgotten(Forgotten),
+    /// A PodDisruptionBudget refused a kill: the pod stays out and the kill is tried again.
+    KillBlocked {
+        activation: Activation,
+        message: String,
+    },
     /// A breaker entered panic, or left it.
     Panic {
         breaker: String,
@@ -233,6 +238,7 @@ impl Note {
             Note::FloorRestored(_) => "FloorRestored",
             Note::DryRunRestore(_) => "DryRunFloorRestore",
             Note::RetriesForgotten(_) => "RetriesForgotten",
+            Note::KillBlocked { .. } => "KillBlocked",
             Note::Panic { .. } => "Panic",
             Note::PanicEnded { .. } => "PanicEnded",
             Note::NotRunning { reason, .. } => reason.as_str(),
@@ -251,6 +257,7 @@ impl Note {
             Note::SourceError { .. } | Note::Panic { .. } | Note::PanicEnded { .. } => "Evaluate",
             Note::FloorRestored(_) | Note::DryRunRestore(_) => "Activate",
             Note::RetriesForgotten(_) => "Forget",
+            Note::KillBlocked { .. } => "Kill",
             Note::NotRunning { .. } => "Reconcile",
         }
     }
@@ -263,6 +270,7 @@ impl Note {
                 | Note::SourceError { .. }
                 | Note::NotRunning { .. }
                 | Note::FloorRestored(_)
+                | Note::KillBlocked { .. }
                 | Note::Panic { .. }
         ) || matches!(self, Note::Reinstated(a) if a.action == Action::Kill)
     }
@@ -292,6 +300,14 @@ impl fmt::Display for Note {
             Note::FloorRestored(r) => write!(f, "{r}"),
             Note::DryRunRestore(r) => write!(f, "dry run: {r}"),
             Note::RetriesForgotten(forgotten) => write!(f, "{forgotten}"),
+            Note::KillBlocked {
+                activation,
+                message,
+            } => write!(
+                f,
+                "{activation}, but a PodDisruptionBudget does not allow it now ({message}): the pod stays out of traffic and the kill is tried again every {}s",
+                KILL_RETRY.as_secs()
+            ),
             Note::Panic { breaker, panic } => write!(f, "breaker {breaker} in panic: {panic}"),
             Note::PanicEnded { breaker } => {
                 write!(f, "breaker {breaker} left panic: it ejects again")
@@ -340,6 +356,9 @@ enum Cause {
     Forget(Forgotten),
 }
 
+/// How long a kill refused by a PodDisruptionBudget waits before it is tried again.
+pub const KILL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything one KubervisorService's task knows between two inputs.
 #[derive(Clone, Debug, Default)]
 pub struct State {
@@ -370,6 +389,8 @@ pub struct State {
     status_dirty: bool,
     /// The finalizer change asked for, and the resourceVersion it was asked on.
     finalizer_asked: Option<String>,
+    /// Pods whose kill a PodDisruptionBudget refused (reported once), and when to try again.
+    kill_blocked: BTreeMap<String, Timestamp>,
 }
 
 /// One step: the state after `input` at `now`, and what to do.
@@ -419,7 +440,7 @@ impl State {
             }
             Input::Findings { breaker, result } => self.evaluate(&breaker, result, now, out),
             Input::ActivatorDue => self.activate(now, out),
-            Input::Written { pod, outcome } => self.written(&pod, outcome, out),
+            Input::Written { pod, outcome } => self.written(&pod, outcome, now, out),
         }
         // The rest looks at the whole fleet: once per batch of writes, not once per write.
         if self.awaiting.is_empty() {
@@ -715,6 +736,11 @@ impl State {
             if self.awaiting.contains_key(&pod.name) {
                 continue;
             }
+            if activation.action == Action::Kill
+                && self.kill_blocked.get(&pod.name).is_some_and(|at| *at > now)
+            {
+                continue;
+            }
             let kind = DecisionKind::of(activation.action);
             let breaker = pod.view().marks.strategy.unwrap_or_default();
             if spec.dry_run {
@@ -725,10 +751,19 @@ impl State {
             let change = match activation.action {
                 Action::Activate => PodChange::Reinstate { to: Traffic::Yes },
                 Action::Pause => PodChange::Reinstate { to: Traffic::Pause },
-                Action::Kill => PodChange::Kill,
+                Action::Kill => PodChange::Kill(spec.activator_for(Some(&breaker)).kill_method),
             };
             self.write(pod, change, Cause::Reinstate(activation, breaker), out);
         }
+        // A refused kill is remembered while it is tried again and its pod stays out of
+        // traffic, so that it is reported once.
+        let awaiting = &self.awaiting;
+        self.kill_blocked.retain(|name, retry_at| {
+            (*retry_at > now || awaiting.contains_key(name))
+                && views
+                    .iter()
+                    .any(|v| v.name == *name && v.marks.traffic() == Some(Traffic::No))
+        });
         if spec.dry_run {
             self.forget_dry_run(
                 &[
@@ -741,14 +776,35 @@ impl State {
         }
     }
 
-    fn written(&mut self, pod: &str, outcome: Written, out: &mut Vec<Effect>) {
+    fn written(&mut self, pod: &str, outcome: Written, now: Timestamp, out: &mut Vec<Effect>) {
         let Some((before, cause)) = self.awaiting.remove(pod) else {
             return;
         };
-        let Written::Done(after) = outcome else {
+        let after = match outcome {
+            Written::Done(after) => after,
+            Written::Blocked(message) => {
+                if let Cause::Reinstate(activation, _) = cause {
+                    let retry_at = now + KILL_RETRY;
+                    if self
+                        .kill_blocked
+                        .insert(pod.to_string(), retry_at)
+                        .is_none()
+                    {
+                        out.push(Effect::Publish(Report {
+                            pod: Some(before),
+                            note: Note::KillBlocked {
+                                activation,
+                                message,
+                            },
+                        }));
+                    }
+                }
+                return;
+            }
             // Stale or failed: the pod is decided again on the next input.
-            return;
+            Written::Stale(_) | Written::Failed(_) => return,
         };
+        self.kill_blocked.remove(pod);
         // A write on top of a write the index has not shown yet: the index still holds the
         // version from before the first one.
         let index_version = match self.pending.get(&before.name) {
@@ -913,17 +969,20 @@ impl State {
         if !restore_floor(&spec, &views).is_empty() {
             return Some(Timestamp::MIN);
         }
+        // A pod whose kill was refused is due again when the kill may be retried.
         let ejected: Vec<PodView> = views
             .iter()
             .filter(|v| v.marks.traffic() == Some(Traffic::No))
+            .filter(|v| !self.kill_blocked.contains_key(&v.name))
             .cloned()
             .collect();
+        let retry = self.kill_blocked.values().min().copied();
         let forget = if spec.dry_run {
             None
         } else {
             next_forget(&spec, &views)
         };
-        [earliest_due(&spec, &ejected), forget]
+        [earliest_due(&spec, &ejected), forget, retry]
             .into_iter()
             .flatten()
             .min()

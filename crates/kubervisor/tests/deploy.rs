@@ -635,6 +635,7 @@ fn expected(rules: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTree
 /// What the operator does in the namespaces it watches, and nothing else.
 const WORKLOAD_RULES: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["get", "list", "watch", "patch", "delete"]),
+    ("", "pods/eviction", &["create"]),
     ("", "services", &["get", "list", "watch"]),
     (
         "kubervisor.k8s.io",

@@ -376,7 +376,8 @@ async fn describe_shows_the_spec_conditions_and_every_managed_pod(backend: Backe
             "3",
             "1",
             "<none>",
-            "<none>"
+            "<none>",
+            "evict"
         ])
     );
     assert_eq!(

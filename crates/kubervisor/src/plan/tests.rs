@@ -42,6 +42,10 @@ struct Fleet {
     version: u64,
     /// The next writes on these pods fail their precondition, as after a concurrent change.
     conflicts: BTreeMap<String, usize>,
+    /// A PodDisruptionBudget that refuses every eviction while set.
+    budget_exhausted: bool,
+    /// Evictions asked for, refused or not.
+    evictions: usize,
 }
 
 /// The step, a fleet, a clock, and everything the step asked for so far.
@@ -96,6 +100,8 @@ impl Harness {
                 .collect(),
             version: 100,
             conflicts: BTreeMap::new(),
+            budget_exhausted: false,
+            evictions: 0,
         };
         Harness {
             state: Some(State::new(NS, "web")),
@@ -282,7 +288,15 @@ impl Fleet {
                 pod.annotations
                     .insert(RETRY_COUNT_ANNOTATION.into(), "0".into());
             }
-            PodChange::Kill => {
+            PodChange::Kill(method) => {
+                if *method == KillMethod::Evict {
+                    self.evictions += 1;
+                    if self.budget_exhausted {
+                        return Written::Blocked(format!(
+                            "eviction of pod {name} refused: Cannot evict pod as it would violate the pod's disruption budget."
+                        ));
+                    }
+                }
                 self.pods.remove(name);
                 return Written::Done(None);
             }
@@ -700,9 +714,80 @@ fn retry_and_kill_waits_longer_each_time_then_kills() {
     h.observe();
     // Ejected twice > maxRetryCount 1: killed at once.
     let effects = h.at(10);
-    assert_eq!(pod_writes(&effects), [("p0", &PodChange::Kill)]);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Kill(KillMethod::Evict))]
+    );
     assert_eq!(reasons(&effects), ["PodKilled"]);
     assert!(!h.fleet.pods.contains_key("p0"));
+}
+
+#[test]
+fn a_kill_refused_by_a_disruption_budget_is_reported_once_and_tried_each_second() {
+    let spec = custom(
+        1,
+        0,
+        json!({"mode": "retryAndKill", "period": 10, "maxRetryCount": 0}),
+    );
+    let mut h = Harness::running(spec, 3);
+    h.fleet.budget_exhausted = true;
+    h.report(&["p0"]);
+    h.observe();
+    // Ejected once > maxRetryCount 0: killed when due, but the budget refuses.
+    let effects = h.at(10);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Kill(KillMethod::Evict))]
+    );
+    assert_eq!(reasons(&effects), ["KillBlocked"]);
+    assert!(
+        events(&effects)
+            .iter()
+            .any(|(_, _, n)| n.contains("PodDisruptionBudget") && n.contains("stays out")),
+        "{:?}",
+        events(&effects)
+    );
+    assert_eq!(h.with_traffic("no"), ["p0"], "the pod stays out of traffic");
+    let retry = t0() + SignedDuration::from_secs(11);
+    assert_eq!(
+        h.state().activator_due(),
+        Some(retry),
+        "tried again a second later"
+    );
+    // Not before: nothing is asked in between.
+    assert!(pod_writes(&h.at(10)).is_empty());
+    // Refused again: not reported again.
+    let effects = h.at(11);
+    assert_eq!(pod_writes(&effects).len(), 1);
+    assert!(reasons(&effects).is_empty(), "{:?}", reasons(&effects));
+    assert_eq!(h.fleet.evictions, 2);
+    // Once the budget allows it, the pod is evicted and the kill reported.
+    h.fleet.budget_exhausted = false;
+    let effects = h.at(12);
+    assert_eq!(reasons(&effects), ["PodKilled"]);
+    assert!(!h.fleet.pods.contains_key("p0"));
+    h.observe();
+    assert_eq!(h.state().activator_due(), None, "nothing left to retry");
+}
+
+#[test]
+fn kill_method_delete_is_never_refused_by_a_budget() {
+    let spec = custom(
+        1,
+        0,
+        json!({"mode": "retryAndKill", "period": 10, "maxRetryCount": 0, "killMethod": "delete"}),
+    );
+    let mut h = Harness::running(spec, 3);
+    h.fleet.budget_exhausted = true;
+    h.report(&["p0"]);
+    h.observe();
+    let effects = h.at(10);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Kill(KillMethod::Delete))]
+    );
+    assert_eq!(reasons(&effects), ["PodKilled"]);
+    assert_eq!(h.fleet.evictions, 0);
 }
 
 #[test]
@@ -720,7 +805,7 @@ fn retry_and_pause_parks_up_to_max_pause_count_then_kills() {
         pod_writes(&effects),
         [
             ("p0", &PodChange::Reinstate { to: Traffic::Pause }),
-            ("p1", &PodChange::Kill)
+            ("p1", &PodChange::Kill(KillMethod::Evict))
         ]
     );
     assert_eq!(h.with_traffic("pause"), ["p0"]);

@@ -375,6 +375,29 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Makes a running pod unready, as a failing readiness probe would: kubesim's kubelet
+    /// follows `sim.kubervisor.io/ready: "false"`; on the real control plane the node
+    /// simulator sets conditions once, so the pod's `Ready` condition is set directly.
+    pub async fn make_unready(&self, pod: &str) {
+        if self.sim.is_some() {
+            self.annotate(pod, kubesim::controllers::READY_ANNOTATION, "false")
+                .await;
+            return;
+        }
+        let patch = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "ReadinessProbeFailed"},
+            {"type": "ContainersReady", "status": "False", "reason": "ReadinessProbeFailed"},
+        ]}});
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .patch_status(
+                pod,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(&patch),
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn label(&self, pod: &str, key: &str) -> Option<String> {
         self.pods_any(pod)
             .await

@@ -2,4 +2,5 @@
 //! real Prometheus scraping the simulated fleet.
 
 mod harness;
+mod safety;
 mod scenarios;
