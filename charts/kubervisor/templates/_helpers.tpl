@@ -59,6 +59,10 @@ the cluster-wide ClusterRole and the single-namespace Role, so both grant the sa
 - apiGroups: [""]
   resources: [pods/eviction]
   verbs: [create]
+# In readiness-gate mode, ejection sets the pod condition kubervisor.k8s.io/traffic.
+- apiGroups: [""]
+  resources: [pods/status]
+  verbs: [patch]
 # Services are only read: their selectors tell which pods are guarded.
 - apiGroups: [""]
   resources: [services]

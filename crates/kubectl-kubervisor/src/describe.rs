@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kubervisor_api::pod::TRAFFIC_LABEL;
+use kubervisor_api::TrafficControl;
+use kubervisor_api::pod::{MarksIn, TRAFFIC_LABEL};
 use kubervisor_api::{ActivatorStrategy, KubervisorService};
 
 use crate::format::{self, NONE, table_indented};
@@ -44,6 +45,16 @@ impl Description<'_> {
             &mut out,
             "Dry Run",
             &spec.dry_run.unwrap_or(false).to_string(),
+        );
+        field(
+            &mut out,
+            "Traffic",
+            match spec.traffic_control.unwrap_or_default() {
+                TrafficControl::Label => "label kubervisor/traffic (the Service selects yes)",
+                TrafficControl::ReadinessGate => {
+                    "readiness gate kubervisor.k8s.io/traffic (state in annotations)"
+                }
+            },
         );
         if let Some(created) = &kvs.metadata.creation_timestamp {
             field(
@@ -151,10 +162,14 @@ impl Description<'_> {
         );
 
         let _ = writeln!(out, "Pods:");
+        let marks_in = match spec.traffic_control.unwrap_or_default() {
+            TrafficControl::Label => MarksIn::Labels,
+            TrafficControl::ReadinessGate => MarksIn::Annotations,
+        };
         let mut rows: Vec<PodRow> = self
             .pods
             .iter()
-            .map(|p| PodRow::from_pod(p, self.now))
+            .map(|p| PodRow::from_pod(p, marks_in, self.now))
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         if rows.is_empty() {

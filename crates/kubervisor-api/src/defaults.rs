@@ -27,6 +27,7 @@ impl KubervisorServiceSpec {
     pub fn defaulted(&self) -> KubervisorServiceSpec {
         let mut spec = self.clone();
         spec.dry_run.get_or_insert(false);
+        spec.traffic_control.get_or_insert(TrafficControl::Label);
         default_activator(spec.default_activator.get_or_insert_with(Default::default));
         for breaker in &mut spec.breakers {
             breaker
@@ -82,6 +83,7 @@ impl KubervisorServiceSpec {
             breakers,
             default_activator,
             dry_run: spec.dry_run.unwrap_or(false),
+            traffic_control: spec.traffic_control.unwrap_or_default(),
         })
     }
 }
@@ -105,6 +107,7 @@ pub struct ResolvedSpec {
     pub breakers: Vec<ResolvedBreaker>,
     pub default_activator: ResolvedActivator,
     pub dry_run: bool,
+    pub traffic_control: TrafficControl,
 }
 
 impl ResolvedSpec {

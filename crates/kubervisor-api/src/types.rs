@@ -63,6 +63,33 @@ pub struct KubervisorServiceSpec {
     /// Compute and report every decision, but never patch or delete a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
+    /// How a pod is taken out of traffic: `label` (the Service selects
+    /// `kubervisor/traffic: yes`) or `readinessGate` (the pod condition
+    /// `kubervisor.k8s.io/traffic`, for pods that declare it as a readiness gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_control: Option<TrafficControl>,
+}
+
+/// How Kubervisor takes a pod out of traffic.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TrafficControl {
+    /// Relabel `kubervisor/traffic` from `yes` to `no`; the Service selects `yes`.
+    #[default]
+    Label,
+    /// Set the pod condition `kubervisor.k8s.io/traffic` to `False`: the pod turns unready
+    /// and leaves every Service, Ingress and load balancer that follows readiness.
+    ReadinessGate,
+}
+
+impl TrafficControl {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficControl::Label => "label",
+            TrafficControl::ReadinessGate => "readinessGate",
+        }
+    }
 }
 
 /// One anomaly detection and the protection that bounds what it may eject.

@@ -307,6 +307,7 @@ mod tests {
                 kill_method: Default::default(),
             },
             dry_run: false,
+            traffic_control: Default::default(),
         }
     }
 

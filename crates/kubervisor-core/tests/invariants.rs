@@ -207,6 +207,7 @@ proptest! {
                 kill_method: Default::default(),
             },
             dry_run: false,
+            traffic_control: Default::default(),
         };
         let now = base();
         let plan = plan_activations(&spec, &pods, now);
@@ -274,6 +275,7 @@ proptest! {
                 kill_method: Default::default(),
             },
             dry_run: false,
+            traffic_control: Default::default(),
         };
         let now = base().checked_add(jiff::SignedDuration::from_secs(offset)).unwrap();
         for decision in plan_activations(&spec, &pods, now) {
@@ -352,6 +354,7 @@ proptest! {
             }],
             default_activator: ResolvedActivator::default(),
             dry_run: false,
+            traffic_control: Default::default(),
         };
         let floor = limits.floor(pods.iter().filter(|p| p.is_serving_capable()).count());
         let before = serving(&pods);

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::effects::{self, Effects, Written};
+use crate::effects::{Effects, Written};
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
 use crate::source::{SourceSettings, Sources};
@@ -331,11 +331,7 @@ async fn release_orphans(ctx: &Context) {
             continue;
         }
         info!(pod = %format!("{}/{}", pod.namespace, pod.name), owner, "KubervisorService gone: restoring the pod's traffic label");
-        match ctx
-            .effects
-            .patch_pod(&pod, effects::release_ops(&pod))
-            .await
-        {
+        match ctx.effects.release(&pod).await {
             Written::Done(_) | Written::Stale(_) => {}
             Written::Failed(why) | Written::Blocked(why) => warn!("{why}"),
         }

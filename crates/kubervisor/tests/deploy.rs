@@ -636,6 +636,7 @@ fn expected(rules: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTree
 const WORKLOAD_RULES: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["get", "list", "watch", "patch", "delete"]),
     ("", "pods/eviction", &["create"]),
+    ("", "pods/status", &["patch"]),
     ("", "services", &["get", "list", "watch"]),
     (
         "kubervisor.k8s.io",
@@ -874,7 +875,7 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
     files.sort();
     let mut detectors = BTreeSet::new();
     let mut modes = BTreeSet::new();
-    let (mut dry_run, mut breaker_activator) = (false, false);
+    let (mut dry_run, mut breaker_activator, mut readiness_gate) = (false, false, false);
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let out = kubervisor(&["check", "-f", file.to_str().unwrap()]);
@@ -895,8 +896,23 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
             .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == guarded)
             .unwrap_or_else(|| panic!("{name} holds the Service {guarded}"));
         let selector = service["spec"]["selector"].as_object().unwrap();
-        assert_eq!(selector["kubervisor/traffic"], "yes", "{name}");
-        assert!(selector.len() > 1, "{name}: an app label besides traffic");
+        if kvs["spec"]["trafficControl"] == "readinessGate" {
+            // The Service selects the app only; the pods declare Kubervisor's gate.
+            assert!(!selector.contains_key("kubervisor/traffic"), "{name}");
+            let deployment = docs
+                .iter()
+                .find(|d| d["kind"] == "Deployment")
+                .unwrap_or_else(|| panic!("{name} holds the Deployment of the gated pods"));
+            assert_eq!(
+                deployment["spec"]["template"]["spec"]["readinessGates"],
+                serde_json::json!([{"conditionType": "kubervisor.k8s.io/traffic"}]),
+                "{name}"
+            );
+            readiness_gate = true;
+        } else {
+            assert_eq!(selector["kubervisor/traffic"], "yes", "{name}");
+        }
+        assert!(!selector.is_empty(), "{name}: an app label");
 
         dry_run |= kvs["spec"]["dryRun"] == true;
         modes.extend(
@@ -942,4 +958,5 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
         breaker_activator,
         "an example with a breaker-specific activator"
     );
+    assert!(readiness_gate, "an example in readiness-gate mode");
 }

@@ -9,7 +9,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::harness::{Cluster, CustomDetector, eventually};
-use crate::scenarios::{count, periodic, setup, wait_event_note, wait_ready_reason, wait_traffic};
+use crate::scenarios::{
+    count, periodic, setup, wait_endpoints, wait_event_note, wait_ready_reason, wait_traffic,
+};
 use kubesim::on_both_backends;
 
 /// One custom breaker over `detector`, evaluated every `period` seconds, with extra fields.
@@ -196,5 +198,82 @@ on_both_backends! {
         })
         .await;
         wait_event_note(&cluster, "PodKilled", |note| note.contains(&doomed)).await;
+    }
+}
+
+/// The pod condition `kubervisor.k8s.io/traffic` of a pod, if set.
+async fn gate(cluster: &Cluster, pod: &str) -> Option<String> {
+    let pods = cluster.pods("web").await;
+    let conditions = pods.get(pod)?.status.as_ref()?.conditions.clone()?;
+    conditions
+        .into_iter()
+        .find(|c| c.type_ == "kubervisor.k8s.io/traffic")
+        .map(|c| c.status)
+}
+
+on_both_backends! {
+    /// trafficControl readinessGate: the ejected pod leaves the endpoints through its gate
+    /// condition, its labels never change, and it comes back after the period. A pod
+    /// without the gate is reported and left alone.
+    async fn readiness_gate_mode_takes_pods_out_of_endpoints_without_relabelling(backend: Backend) {
+        let mut cluster = Cluster::start(backend).await;
+        cluster.start_operator().await;
+        let detector = CustomDetector::start().await;
+        cluster.deploy_gated(3, 1).await;
+        cluster
+            .create_kvs(json!({
+                "apiVersion": "kubervisor.k8s.io/v1alpha1",
+                "kind": "KubervisorService",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "service": "web",
+                    "trafficControl": "readinessGate",
+                    "breakers": breaker(&detector, 0.3, json!({})),
+                    "defaultActivator": periodic(2.0),
+                },
+            }))
+            .await;
+        // Three gated pods and the one without the gate serve.
+        wait_endpoints(&cluster, 4).await;
+        let pods = cluster.pods("web").await;
+        let bare = pods
+            .iter()
+            .find(|(_, p)| p.metadata.labels.as_ref().is_some_and(|l| l["deployment"] == "web-bare"))
+            .map(|(name, _)| name.clone())
+            .expect("the pod without the gate");
+        let victim = pods.keys().find(|name| **name != bare).unwrap().clone();
+        // (On the real control plane the node simulator sets gates True at start: wait for
+        // the adoption too.)
+        eventually("every gated pod adopted, its gate True", Duration::from_secs(10), || async {
+            let mut states = Vec::new();
+            for name in pods.keys().filter(|n| **n != bare) {
+                let traffic = cluster.annotation(name, "kubervisor/traffic").await;
+                states.push((gate(&cluster, name).await, traffic));
+            }
+            let adopted = |(gate, traffic): &(Option<String>, Option<String>)| {
+                gate.as_deref() == Some("True") && traffic.as_deref() == Some("yes")
+            };
+            if states.iter().all(adopted) { Ok(()) } else { Err(format!("{states:?}")) }
+        })
+        .await;
+        let labels_before = cluster.pods("web").await[&victim].metadata.labels.clone();
+
+        detector.report(std::slice::from_ref(&victim));
+        wait_endpoints(&cluster, 3).await;
+        let after = cluster.pods("web").await;
+        assert_eq!(after[&victim].metadata.labels, labels_before, "no label changed");
+        assert_eq!(gate(&cluster, &victim).await.as_deref(), Some("False"));
+        assert_eq!(
+            cluster.annotation(&victim, "kubervisor/traffic").await.as_deref(),
+            Some("no")
+        );
+        wait_event_note(&cluster, "NoReadinessGate", |note| note.contains(&bare)).await;
+        assert_eq!(cluster.label(&bare, "kubervisor/name").await, None, "left alone");
+
+        detector.report(&[]);
+        wait_endpoints(&cluster, 4).await;
+        assert_eq!(gate(&cluster, &victim).await.as_deref(), Some("True"));
+        assert_eq!(cluster.pods("web").await[&victim].metadata.labels, labels_before);
+        wait_event_note(&cluster, "PodActivated", |note| note.contains(&victim)).await;
     }
 }

@@ -113,7 +113,7 @@ async fn ejection_events_of(cluster: &Cluster, pod: &str) -> Vec<(String, String
 }
 
 /// Waits until the Service `web` has exactly `n` endpoint addresses.
-async fn wait_endpoints(cluster: &Cluster, n: usize) {
+pub(crate) async fn wait_endpoints(cluster: &Cluster, n: usize) {
     eventually(
         &format!("{n} endpoint addresses"),
         Duration::from_secs(10),
