@@ -54,7 +54,7 @@ the cluster-wide ClusterRole and the single-namespace Role, so both grant the sa
 # delete, deleted.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [list, watch, patch, delete]
 # Kills go through the Eviction API by default, so PodDisruptionBudgets are honoured.
 - apiGroups: [""]
   resources: [pods/eviction]
@@ -66,20 +66,16 @@ the cluster-wide ClusterRole and the single-namespace Role, so both grant the sa
 # Services are only read: their selectors tell which pods are guarded.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # KubervisorServices are watched and patched to add and remove the finalizer.
 - apiGroups: [kubervisor.k8s.io]
   resources: [kubervisorservices]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [kubervisor.k8s.io]
   resources: [kubervisorservices/status]
   verbs: [patch]
-# Needed where OwnerReferencesPermissionEnforcement guards the finalizer.
-- apiGroups: [kubervisor.k8s.io]
-  resources: [kubervisorservices/finalizers]
-  verbs: [update]
 # Every decision is reported as an event on the KubervisorService or the pod.
 - apiGroups: [events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}

@@ -453,22 +453,17 @@ fn expected(rules: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTree
 
 /// What the operator does in the namespaces it watches, and nothing else.
 const WORKLOAD_RULES: &[(&str, &str, &[&str])] = &[
-    ("", "pods", &["get", "list", "watch", "patch", "delete"]),
+    ("", "pods", &["list", "watch", "patch", "delete"]),
     ("", "pods/eviction", &["create"]),
     ("", "pods/status", &["patch"]),
-    ("", "services", &["get", "list", "watch"]),
+    ("", "services", &["list", "watch"]),
     (
         "kubervisor.k8s.io",
         "kubervisorservices",
-        &["get", "list", "watch", "patch"],
+        &["list", "watch", "patch"],
     ),
     ("kubervisor.k8s.io", "kubervisorservices/status", &["patch"]),
-    (
-        "kubervisor.k8s.io",
-        "kubervisorservices/finalizers",
-        &["update"],
-    ),
-    ("events.k8s.io", "events", &["create", "patch"]),
+    ("events.k8s.io", "events", &["create"]),
 ];
 
 #[test]

@@ -3,4 +3,5 @@
 
 mod chart;
 mod deploy;
+mod rbac;
 mod tools;
