@@ -10,6 +10,7 @@ bash scripts/deps.sh
 # Missing lint tools are reported loudly, and the tests still run.
 if cargo fmt --version >/dev/null 2>&1; then
     cargo fmt --all -- --check
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 else
     echo "WARNING: rustfmt is not installed: the format check is SKIPPED (rustup component add rustfmt)" >&2
 fi
@@ -38,4 +39,15 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else
     cargo test --workspace --locked --no-fail-fast
+fi
+
+# The parsers of untrusted input, fuzzed for a short bounded time each (longer runs by
+# hand: scripts/fuzz.sh 600). Needs a nightly toolchain, which cannot be installed here
+# when missing: then it is skipped, loudly.
+fuzz_status=0
+bash scripts/fuzz.sh "${KUBERVISOR_FUZZ_SECONDS:-15}" || fuzz_status=$?
+if [ "$fuzz_status" -eq 2 ]; then
+    echo "WARNING: no nightly toolchain: the fuzz targets were not run" >&2
+elif [ "$fuzz_status" -ne 0 ]; then
+    exit "$fuzz_status"
 fi

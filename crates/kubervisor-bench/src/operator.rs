@@ -190,8 +190,18 @@ impl Operator {
         Ok(Scrape::parse(&self.get("/metrics").await?))
     }
 
+    /// Stops the operator as Kubernetes does: SIGTERM, then SIGKILL if it has not exited
+    /// within 30 s (a heap-profiling build writes its profile on the way out).
     pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
     }
 }
 

@@ -59,6 +59,22 @@ impl Default for SourceSettings {
     }
 }
 
+/// Reads a Prometheus HTTP API answer (`/api/v1/query` or `query_range`) as the operator
+/// does, without the transfer: for benchmarks and fuzzing. `request` names it in errors.
+pub fn parse_prometheus_answer(
+    request: &Request,
+    status: u16,
+    body: &[u8],
+) -> Result<QueryResult, SourceError> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    prometheus::parse_answer(request, status, body)
+}
+
+/// Reads a custom detector's `PodList` answer as the operator does: the anomalous pods.
+pub fn parse_custom_answer(request: &Request, body: &[u8]) -> Result<Vec<String>, SourceError> {
+    custom::parse_pod_list(request, body)
+}
+
 /// What was asked of which source, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
