@@ -454,7 +454,9 @@ pub const MIN_TREND_POINTS: usize = 3;
 /// judged.
 pub fn trend(rule: &TrendRule, series: &[TrendSeries]) -> Findings {
     let mut findings = Findings::default();
-    let mut by_pod: BTreeMap<&str, Result<Vec<(f64, f64)>, String>> = BTreeMap::new();
+    /// A pod's finite points, or why it cannot be judged.
+    type Points = Result<Vec<(f64, f64)>, String>;
+    let mut by_pod: BTreeMap<&str, Points> = BTreeMap::new();
     for s in series {
         let points: Vec<(f64, f64)> = s
             .points
