@@ -311,6 +311,9 @@ proptest! {
             return Err(TestCaseError::fail("no statistic"));
         };
         prop_assert_eq!((mad, mean_ad), (0.0, 0.0));
+        // Scores are 0, not the NaN of 0 / 0 that would only be harmless by accident.
+        let spread = RobustSpread::of(&vec![value; n]).unwrap();
+        prop_assert_eq!(spread.z_score(value), 0.0);
     }
 
     // Non-finite values are set aside: the other pods get the verdicts they would get alone.
