@@ -1155,3 +1155,30 @@ fn after_a_restart_the_stored_results_need_no_rewrite() {
     h.findings("p99", Ok(p99(6, None)));
     assert_eq!(status_writes(&h.effects), 0, "{:?}", h.effects);
 }
+
+#[test]
+fn two_quiet_custom_breakers_cost_no_status_write_per_tick() {
+    let spec = json!({
+        "service": "web",
+        "breakers": [
+            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
+            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
+        ],
+    });
+    let mut h = Harness::running(spec, 10);
+    h.store_status();
+    for breaker in ["breaker-1", "breaker-2"] {
+        h.findings(breaker, Ok(detect::custom(&[])));
+        h.store_status();
+    }
+    let before = h.effects.len();
+    for tick in 1..=10 {
+        h.now = t0() + SignedDuration::from_secs(5 * tick);
+        for breaker in ["breaker-1", "breaker-2"] {
+            h.findings(breaker, Ok(detect::custom(&[])));
+            h.store_status();
+        }
+    }
+    let quiet = &h.effects[before..];
+    assert_eq!(status_writes(quiet), 0, "{quiet:#?}");
+}
