@@ -820,6 +820,74 @@ mod prometheus {
     }
 
     on_both_backends! {
+        async fn success_rate_outlier_ejects_the_pod_at_forty_percent_errors(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 8).await;
+            let rates = ["0", "0.01", "0.02", "0", "0.01", "0.02", "0.4", "0"];
+            for (pod, rate) in pods.iter().zip(rates) {
+                cluster
+                    .annotate(pod, "sim.kubervisor.io/error-rate", rate)
+                    .await;
+            }
+            let breakers = json!([{
+                "name": "success-rate",
+                "evaluationPeriod": 1,
+                "minPodsAvailableCount": 2,
+                "successRateOutlier": {
+                    "prometheusService": prometheus.address(),
+                    "promQL": "sum by (code, pod) (increase(http_requests_total{service=\"web\"}[10s]))",
+                    "podNamekey": "pod",
+                    "key": "code",
+                    "goodValues": ["200"],
+                    "requestVolume": 50
+                }
+            }]);
+            cluster
+                .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+                .await;
+            cluster.wait_ready_pods("web", 8).await;
+            let traffic = wait_traffic(&cluster, "no", 1).await;
+            assert_eq!(traffic[&pods[6]], "no", "{traffic:?}");
+            crate::scenarios::wait_event_note(&cluster, "PodEjected", |n| {
+                n.contains("success rate") && n.contains("mean")
+            })
+            .await;
+        }
+    }
+
+    on_both_backends! {
+        async fn value_trend_ejects_the_pod_whose_latency_climbs(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 6).await;
+            let climbing = pods[2].clone();
+            // 20 ms more every second.
+            cluster
+                .annotate(&climbing, "sim.kubervisor.io/latency-ms-per-minute", "1200")
+                .await;
+            let breakers = json!([{
+                "name": "latency-climb",
+                "evaluationPeriod": 1,
+                "minPodsAvailableCount": 2,
+                "valueTrend": {
+                    "prometheusService": prometheus.address(),
+                    "promQL": "sum by (pod) (rate(http_request_duration_seconds_sum{service=\"web\"}[5s])) / sum by (pod) (rate(http_request_duration_seconds_count{service=\"web\"}[5s]))",
+                    "podNamekey": "pod",
+                    "window": 30,
+                    "maxSlope": 0.003
+                }
+            }]);
+            cluster
+                .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+                .await;
+            cluster.wait_ready_pods("web", 6).await;
+            let traffic = wait_traffic(&cluster, "no", 1).await;
+            assert_eq!(traffic[&climbing], "no", "{traffic:?}");
+            crate::scenarios::wait_event_note(&cluster, "PodEjected", |n| {
+                n.contains("> maxSlope 0.003")
+            })
+            .await;
+        }
+    }
+
+    on_both_backends! {
         async fn prometheus_outage_ejects_nothing_and_reaches_the_status(backend: Backend) {
             let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 4).await;
             for pod in &pods {
