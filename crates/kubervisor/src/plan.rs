@@ -1132,20 +1132,30 @@ fn breaker_result(
     views: &[PodView],
     dry_run: bool,
 ) -> BreakerStatus {
-    let (result, message) = if let Some(panic) = plan.panic {
-        ("Panic", Some(panic.to_string()))
-    } else if let Some(why) = &findings.not_enough_data {
-        ("NotEnoughData", Some(why.clone()))
-    } else if dry_run {
-        ("DryRun", None)
-    } else {
-        ("Ok", None)
-    };
     let judged = if findings.unlisted_are_healthy {
         // A custom detector judges every pod it could see.
         views.iter().filter(|p| p.is_serving_capable()).count()
     } else {
         findings.healthy.len() + findings.anomalies.len()
+    };
+    let (result, message) = if let Some(panic) = plan.panic {
+        ("Panic", Some(panic.to_string()))
+    } else if let Some(why) = &findings.not_enough_data {
+        ("NotEnoughData", Some(why.clone()))
+    } else if judged == 0 && !findings.unlisted_are_healthy {
+        // No data ejects nothing; say so rather than report a clean bill of health.
+        let why = match findings.not_judged.first() {
+            None => "the query returned no series: no pod is judged".to_string(),
+            Some((pod, why)) => format!(
+                "none of the {} pods in the data could be judged (pod {pod}: {why})",
+                findings.not_judged.len()
+            ),
+        };
+        ("NotEnoughData", Some(why))
+    } else if dry_run {
+        ("DryRun", None)
+    } else {
+        ("Ok", None)
     };
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     BreakerStatus {

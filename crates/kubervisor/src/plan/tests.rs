@@ -1110,6 +1110,19 @@ fn too_few_hosts_and_source_errors_are_results_too() {
         result.message.as_deref(),
         Some("4 pods with enough requests, fewer than minimumHosts 5: nothing is judged")
     );
+    // No series at all: nothing judged, and the status says why.
+    let effects = h.findings("rate", Ok(detect::success_rate_outlier(&rule, &[])));
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!(result.result, "NotEnoughData");
+    let effects = h.findings("rate", Ok(Findings::default()));
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!(
+        (result.result.as_str(), result.message.as_deref()),
+        (
+            "NotEnoughData",
+            Some("the query returned no series: no pod is judged")
+        )
+    );
     let effects = h.findings("rate", Err(source_error()));
     let result = &last_status(&effects).unwrap().breakers[0];
     assert_eq!(result.result, "SourceError");
