@@ -50,27 +50,32 @@ The rules for the resources the operator watches and acts on. The same list serv
 the cluster-wide ClusterRole and the single-namespace Role, so both grant the same.
 */}}
 {{- define "kubervisor.workloadRules" -}}
-# Pods are relabelled (traffic yes/no/pause) and, by retryAndKill, deleted.
+# Pods are relabelled (traffic yes/no/pause) and, by retryAndKill with killMethod
+# delete, deleted.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [list, watch, patch, delete]
+# Kills go through the Eviction API by default, so PodDisruptionBudgets are honoured.
+- apiGroups: [""]
+  resources: [pods/eviction]
+  verbs: [create]
+# In readiness-gate mode, ejection sets the pod condition kubervisor.k8s.io/traffic.
+- apiGroups: [""]
+  resources: [pods/status]
+  verbs: [patch]
 # Services are only read: their selectors tell which pods are guarded.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # KubervisorServices are watched and patched to add and remove the finalizer.
 - apiGroups: [kubervisor.k8s.io]
   resources: [kubervisorservices]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [kubervisor.k8s.io]
   resources: [kubervisorservices/status]
   verbs: [patch]
-# Needed where OwnerReferencesPermissionEnforcement guards the finalizer.
-- apiGroups: [kubervisor.k8s.io]
-  resources: [kubervisorservices/finalizers]
-  verbs: [update]
 # Every decision is reported as an event on the KubervisorService or the pod.
 - apiGroups: [events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}

@@ -85,4 +85,22 @@ pub enum Command {
         /// Name of the KubervisorService.
         name: String,
     },
+    /// Take a pod out of traffic now (`yes` → `no`); its activator brings it back.
+    Eject(PodArgs),
+    /// Give an ejected pod its traffic back now (`no` → `yes`), its retry count kept.
+    Restore(PodArgs),
+    /// Park a pod for investigation (`yes` or `no` → `pause`); nothing brings it back.
+    Pause(PodArgs),
+    /// Give a parked pod its traffic back (`pause` → `yes`).
+    Unpause(PodArgs),
+}
+
+/// One managed pod, for the manual actions.
+#[derive(Args, Debug, Clone)]
+pub struct PodArgs {
+    /// Name of the pod.
+    pub pod: String,
+    /// Act even when fewer pods than the KubervisorService's floor would keep serving.
+    #[arg(long)]
+    pub force: bool,
 }

@@ -3,12 +3,15 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kubervisor_api::KubervisorService;
 use kubervisor_api::pod::{NAME_LABEL, TRAFFIC_LABEL};
 
-use crate::cli::{Cli, Command, ListArgs, OutputFormat};
+use crate::actions::{self, Action};
+use crate::cli::{Cli, Command, ListArgs, OutputFormat, PodArgs};
 use crate::connect::Cluster;
 use crate::describe::Description;
 use crate::error::PluginError;
@@ -33,7 +36,135 @@ pub async fn run(cli: Cli) -> Result<Output, PluginError> {
         Some(Command::Describe { name }) => describe(&cluster, &name, now).await,
         Some(Command::Activate { name, force }) => activate(&cluster, &name, force).await,
         Some(Command::Deactivate { name }) => deactivate(&cluster, &name).await,
+        Some(Command::Eject(args)) => act(&cluster, Action::Eject, &args, now).await,
+        Some(Command::Restore(args)) => act(&cluster, Action::Restore, &args, now).await,
+        Some(Command::Pause(args)) => act(&cluster, Action::Pause, &args, now).await,
+        Some(Command::Unpause(args)) => act(&cluster, Action::Unpause, &args, now).await,
     }
+}
+
+/// A manual action on one managed pod: checked against the floor, written with the
+/// preconditions of what was read, and recorded as an Event.
+async fn act(
+    cluster: &Cluster,
+    action: Action,
+    args: &PodArgs,
+    now: Timestamp,
+) -> Result<Output, PluginError> {
+    let name = args.pod.as_str();
+    let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let pod = api
+        .get_opt(name)
+        .await
+        .map_err(|e| cluster.error(e, &format!("cannot get pod {name:?}")))?
+        .ok_or_else(|| {
+            PluginError::Refused(format!(
+                "pod {name:?} not found in namespace {:?}",
+                cluster.namespace
+            ))
+        })?;
+    let Some(kvs_name) = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(NAME_LABEL))
+        .cloned()
+    else {
+        return Err(PluginError::Refused(format!(
+            "pod {name:?} is not managed by a KubervisorService (it has no {NAME_LABEL} label)"
+        )));
+    };
+    let kvs = get_kvs(cluster, &kvs_name).await?;
+    let spec = kvs.spec.resolve().map_err(|e| {
+        PluginError::Refused(format!(
+            "kubervisorservice {kvs_name:?} has an invalid spec, so its floor is unknown: {e}"
+        ))
+    })?;
+    let service = get_service(cluster, &kvs.spec.service).await?;
+    let pods = managed_pods(cluster, service.as_ref(), &kvs_name).await?;
+    let fleet = actions::fleet(&spec, &pods);
+    let ops = actions::plan(action, &pod, &spec, fleet, args.force, now)?;
+    match api
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(json_patch::Patch(ops)),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 409 => {
+            return Err(PluginError::Refused(format!(
+                "pod {name:?} changed while it was being {}; nothing was changed, run the command again",
+                action.done()
+            )));
+        }
+        Err(e) => return Err(cluster.error(e, &format!("cannot patch pod {name:?}"))),
+    }
+    let forced = if args.force { " (forced)" } else { "" };
+    let summary = format!(
+        "pod {name:?} {} by hand{forced}: {} of the pods of kubervisorservice {kvs_name:?} served before, floor {}",
+        action.done(),
+        fleet.serving,
+        fleet.floor
+    );
+    let mut out = Output {
+        stdout: format!("{summary}\n"),
+        stderr: String::new(),
+    };
+    if let Err(e) = record(cluster, action, &pod, &kvs, &summary, now).await {
+        out.stderr =
+            format!("warning: the action was done but could not be recorded as an event: {e}\n");
+    }
+    Ok(out)
+}
+
+/// An `events.k8s.io` Event on the pod, related to its KubervisorService.
+async fn record(
+    cluster: &Cluster,
+    action: Action,
+    pod: &Pod,
+    kvs: &KubervisorService,
+    note: &str,
+    now: Timestamp,
+) -> Result<(), PluginError> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let event = Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{pod_name}.{:x}", now.as_nanosecond())),
+            namespace: Some(cluster.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(now)),
+        action: Some(action.command().to_string()),
+        reason: Some(action.reason().to_string()),
+        note: Some(note.to_string()),
+        type_: Some("Normal".into()),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod_name),
+            namespace: Some(cluster.namespace.clone()),
+            uid: pod.metadata.uid.clone(),
+            ..ObjectReference::default()
+        }),
+        related: Some(ObjectReference {
+            api_version: Some("kubervisor.k8s.io/v1alpha1".into()),
+            kind: Some("KubervisorService".into()),
+            name: kvs.metadata.name.clone(),
+            namespace: Some(cluster.namespace.clone()),
+            uid: kvs.metadata.uid.clone(),
+            ..ObjectReference::default()
+        }),
+        reporting_controller: Some("kubervisor.k8s.io/kubectl-kubervisor".into()),
+        reporting_instance: Some("kubectl-kubervisor".into()),
+        ..Event::default()
+    };
+    Api::<Event>::namespaced(cluster.client.clone(), &cluster.namespace)
+        .create(&PostParams::default(), &event)
+        .await
+        .map(|_| ())
+        .map_err(|e| cluster.error(e, "cannot create the event"))
 }
 
 async fn list(cluster: &Cluster, args: &ListArgs, now: Timestamp) -> Result<Output, PluginError> {

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kubervisor_api::pod::TRAFFIC_LABEL;
+use kubervisor_api::TrafficControl;
+use kubervisor_api::pod::{MarksIn, TRAFFIC_LABEL};
 use kubervisor_api::{ActivatorStrategy, KubervisorService};
 
 use crate::format::{self, NONE, table_indented};
@@ -44,6 +45,16 @@ impl Description<'_> {
             &mut out,
             "Dry Run",
             &spec.dry_run.unwrap_or(false).to_string(),
+        );
+        field(
+            &mut out,
+            "Traffic",
+            match spec.traffic_control.unwrap_or_default() {
+                TrafficControl::Label => "label kubervisor/traffic (the Service selects yes)",
+                TrafficControl::ReadinessGate => {
+                    "readiness gate kubervisor.k8s.io/traffic (state in annotations)"
+                }
+            },
         );
         if let Some(created) = &kvs.metadata.creation_timestamp {
             field(
@@ -97,6 +108,7 @@ impl Description<'_> {
                 "MAX PAUSED",
                 "MAX OUT",
                 "FORGET AFTER",
+                "KILL BY",
             ],
             &rows,
         ));
@@ -152,10 +164,14 @@ impl Description<'_> {
         self.render_evaluations(&mut out);
 
         let _ = writeln!(out, "Pods:");
+        let marks_in = match spec.traffic_control.unwrap_or_default() {
+            TrafficControl::Label => MarksIn::Labels,
+            TrafficControl::ReadinessGate => MarksIn::Annotations,
+        };
         let mut rows: Vec<PodRow> = self
             .pods
             .iter()
-            .map(|p| PodRow::from_pod(p, self.now))
+            .map(|p| PodRow::from_pod(p, marks_in, self.now))
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         if rows.is_empty() {
@@ -320,6 +336,9 @@ fn activator_row(for_: &str, activator: &ActivatorStrategy) -> Vec<String> {
             .max_ejection_time
             .map_or(NONE.into(), format::seconds),
         activator.forget_after.map_or(NONE.into(), format::seconds),
+        activator
+            .kill_method
+            .map_or(NONE.into(), |m| m.as_str().to_string()),
     ]
 }
 
@@ -361,7 +380,7 @@ mod tests {
                     "discreteValueOutOfList": {"prometheusService": "p:9090", "promQL": "q", "key": "code", "podNamekey": "pod", "goodValues": ["200"]},
                     "panicThresholdPercent": 40,
                     "maxEjectionsPerEvaluation": 2,
-                    "activator": {"mode": "retryAndKill", "period": 60, "maxEjectionTime": 300, "forgetAfter": 3600}
+                    "activator": {"mode": "retryAndKill", "period": 60, "maxEjectionTime": 300, "forgetAfter": 3600, "killMethod": "delete"}
                 }],
                 "defaultActivator": {"mode": "retryAndPause", "period": 30}
             },
@@ -405,8 +424,8 @@ mod tests {
             "Service:      web (selector app=web,kubervisor/traffic=yes; active)\n",
             "Dry Run:      false\n",
             "  errors   discreteValueOutOfList   5s       3 pods, 50%     panic below 40% healthy, at most 2 per evaluation\n",
-            "  (default)        retryAndPause   30s      3             1            <none>    <none>\n",
-            "  breaker errors   retryAndKill    1m       3             1            5m        1h\n",
+            "  (default)        retryAndPause   30s      3             1            <none>    <none>         evict\n",
+            "  breaker errors   retryAndKill    1m       3             1            5m        1h             delete\n",
             "  Ready   True     Running   2026-11-25T09:01:00Z (59m ago)   breakers errors running\n",
             "Pod Counts:   2 managed, 1 broken, 0 paused, 0 unknown\n",
             "  errors    Ok       8        1           1         0        median 0.0275, MAD 0.002 (8 pods)   2m ago\n",

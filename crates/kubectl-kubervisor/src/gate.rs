@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kubervisor_api::patch;
-use kubervisor_api::pod::{PodMarks, TRAFFIC_LABEL, Traffic};
+use kubervisor_api::pod::{MarksIn, PodMarks, TRAFFIC_LABEL, Traffic};
 
 use crate::format;
 
@@ -123,8 +123,11 @@ pub struct PodRow {
 }
 
 impl PodRow {
-    pub fn from_pod(pod: &Pod, now: jiff::Timestamp) -> PodRow {
-        let marks = PodMarks::read(
+    /// A row for `pod`, its traffic state read where `marks_in` says (annotations in
+    /// readiness-gate mode).
+    pub fn from_pod(pod: &Pod, marks_in: MarksIn, now: jiff::Timestamp) -> PodRow {
+        let marks = PodMarks::read_in(
+            marks_in,
             pod.metadata.labels.as_ref(),
             pod.metadata.annotations.as_ref(),
         );
@@ -132,9 +135,11 @@ impl PodRow {
             None => format::NONE.to_string(),
             Some(Ok(t)) => t.to_string(),
             Some(Err(_)) => {
-                let raw = pod
-                    .metadata
-                    .labels
+                let state = match marks_in {
+                    MarksIn::Labels => &pod.metadata.labels,
+                    MarksIn::Annotations => &pod.metadata.annotations,
+                };
+                let raw = state
                     .as_ref()
                     .and_then(|l| l.get(TRAFFIC_LABEL))
                     .cloned()
@@ -309,7 +314,7 @@ mod tests {
             json!({"kubervisor/traffic": "no", "kubervisor/strategy": "errors"}),
             json!({"breaker/breakAt": "2026-11-25T10:00:00Z", "breaker/retryCount": "2"}),
         );
-        let row = PodRow::from_pod(&ejected, now);
+        let row = PodRow::from_pod(&ejected, MarksIn::Labels, now);
         assert_eq!(
             row.cells(),
             [
@@ -328,7 +333,7 @@ mod tests {
             json!({"kubervisor/traffic": "maybe"}),
             json!({"breaker/retryCount": "x"}),
         );
-        let row = PodRow::from_pod(&broken, now);
+        let row = PodRow::from_pod(&broken, MarksIn::Labels, now);
         assert_eq!(row.traffic, "maybe(invalid)");
         assert_eq!(row.retries, "<invalid>");
         assert!(

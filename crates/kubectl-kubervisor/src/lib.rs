@@ -1,10 +1,13 @@
-//! `kubectl kubervisor`: list and describe KubervisorServices, and switch the traffic
-//! gating of their Service on (`activate`) and off (`deactivate`).
+//! `kubectl kubervisor`: list and describe KubervisorServices, switch the traffic gating
+//! of their Service on (`activate`) and off (`deactivate`), and act on one pod by hand
+//! (`eject`, `restore`, `pause`, `unpause`).
 //!
-//! The views (`list`, `describe`, `gate`, `format`) are pure functions of the objects
-//! read, so they are tested without a cluster; `commands` does the reading and the one
-//! write (a JSON Patch of the Service selector, guarded by a `test`).
+//! The views and decisions (`list`, `describe`, `gate`, `actions`, `format`) are pure
+//! functions of the objects read, so they are tested without a cluster; `commands` does
+//! the reading and the writes (JSON Patches guarded by `test` operations, and an Event
+//! recording each manual action).
 
+pub mod actions;
 pub mod cli;
 pub mod commands;
 pub mod connect;

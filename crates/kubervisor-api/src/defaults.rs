@@ -35,6 +35,7 @@ impl KubervisorServiceSpec {
     pub fn defaulted(&self) -> KubervisorServiceSpec {
         let mut spec = self.clone();
         spec.dry_run.get_or_insert(false);
+        spec.traffic_control.get_or_insert(TrafficControl::Label);
         default_activator(spec.default_activator.get_or_insert_with(Default::default));
         for breaker in &mut spec.breakers {
             breaker
@@ -100,6 +101,7 @@ impl KubervisorServiceSpec {
             breakers,
             default_activator,
             dry_run: spec.dry_run.unwrap_or(false),
+            traffic_control: spec.traffic_control.unwrap_or_default(),
         })
     }
 }
@@ -113,6 +115,7 @@ fn default_activator(activator: &mut ActivatorStrategy) {
     activator
         .max_pause_count
         .get_or_insert(DEFAULT_MAX_PAUSE_COUNT);
+    activator.kill_method.get_or_insert(KillMethod::Evict);
 }
 
 /// A validated spec with every default applied.
@@ -122,6 +125,7 @@ pub struct ResolvedSpec {
     pub breakers: Vec<ResolvedBreaker>,
     pub default_activator: ResolvedActivator,
     pub dry_run: bool,
+    pub traffic_control: TrafficControl,
 }
 
 impl ResolvedSpec {
@@ -348,6 +352,7 @@ pub struct ResolvedActivator {
     pub forget_after: Option<Duration>,
     /// The longest a pod stays out, whatever its retry count.
     pub max_ejection_time: Option<Duration>,
+    pub kill_method: KillMethod,
 }
 
 impl ResolvedActivator {
@@ -359,6 +364,7 @@ impl ResolvedActivator {
             max_pause_count: a.max_pause_count.unwrap_or(DEFAULT_MAX_PAUSE_COUNT),
             forget_after: a.forget_after.map(Duration::from_secs_f64),
             max_ejection_time: a.max_ejection_time.map(Duration::from_secs_f64),
+            kill_method: a.kill_method.unwrap_or_default(),
         }
     }
 }

@@ -16,6 +16,11 @@ pub const STRATEGY_LABEL: &str = "kubervisor/strategy";
 pub const BREAK_AT_ANNOTATION: &str = "breaker/breakAt";
 /// How many times the pod has been ejected.
 pub const RETRY_COUNT_ANNOTATION: &str = "breaker/retryCount";
+/// The pod condition, and readiness gate, through which Kubervisor takes a pod out of
+/// traffic in readiness-gate mode (`spec.trafficControl: readinessGate`). In that mode the
+/// traffic state and the breaker are annotations (`kubervisor/traffic`,
+/// `kubervisor/strategy`), so that no label changes when a pod is ejected.
+pub const TRAFFIC_CONDITION: &str = "kubervisor.k8s.io/traffic";
 
 /// The values of the traffic label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,6 +74,27 @@ pub struct PodMarks {
     pub break_at: Option<Result<Timestamp, String>>,
     /// `None` when the annotation is absent.
     pub retry_count: Option<Result<u32, String>>,
+    /// Where the traffic state and the breaker were read.
+    pub marks_in: MarksIn,
+}
+
+/// Where a pod's traffic state and breaker are kept: labels (the Service selects
+/// `kubervisor/traffic: yes`), or annotations mirrored in the pod condition
+/// `kubervisor.k8s.io/traffic` (readiness-gate mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MarksIn {
+    #[default]
+    Labels,
+    Annotations,
+}
+
+impl MarksIn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarksIn::Labels => "label",
+            MarksIn::Annotations => "annotation",
+        }
+    }
 }
 
 impl PodMarks {
@@ -77,16 +103,32 @@ impl PodMarks {
         labels: Option<&BTreeMap<String, String>>,
         annotations: Option<&BTreeMap<String, String>>,
     ) -> PodMarks {
+        PodMarks::read_in(MarksIn::Labels, labels, annotations)
+    }
+
+    /// Reads the marks with the traffic state and the breaker where `marks_in` says.
+    pub fn read_in(
+        marks_in: MarksIn,
+        labels: Option<&BTreeMap<String, String>>,
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> PodMarks {
         let label = |key: &str| labels.and_then(|l| l.get(key));
         let annotation = |key: &str| annotations.and_then(|a| a.get(key));
+        let kind = marks_in.as_str();
+        let state_map = match marks_in {
+            MarksIn::Labels => labels,
+            MarksIn::Annotations => annotations,
+        };
+        let state = |key: &str| state_map.and_then(|m| m.get(key));
         PodMarks {
-            traffic: label(TRAFFIC_LABEL).map(|v| {
+            traffic: state(TRAFFIC_LABEL).map(|v| {
                 Traffic::parse(v).ok_or_else(|| {
-                    format!("label {TRAFFIC_LABEL}={v:?} is not one of yes, no, pause")
+                    format!("{kind} {TRAFFIC_LABEL}={v:?} is not one of yes, no, pause")
                 })
             }),
             owner: label(NAME_LABEL).cloned(),
-            strategy: label(STRATEGY_LABEL).cloned(),
+            strategy: state(STRATEGY_LABEL).cloned(),
+            marks_in,
             break_at: annotation(BREAK_AT_ANNOTATION).map(|v| {
                 v.parse::<Timestamp>().map_err(|e| {
                     format!("annotation {BREAK_AT_ANNOTATION}={v:?} is not an RFC 3339 time: {e}")
@@ -120,7 +162,10 @@ impl PodMarks {
     /// label, or an ejected pod whose ejection time or retry count is unreadable.
     pub fn unknown_reason(&self) -> Option<String> {
         match &self.traffic {
-            None => Some(format!("label {TRAFFIC_LABEL} is missing")),
+            None => Some(format!(
+                "{} {TRAFFIC_LABEL} is missing",
+                self.marks_in.as_str()
+            )),
             Some(Err(why)) => Some(why.clone()),
             Some(Ok(Traffic::Yes)) => None,
             Some(Ok(Traffic::No | Traffic::Pause)) => {

@@ -63,6 +63,33 @@ pub struct KubervisorServiceSpec {
     /// Compute and report every decision, but never patch or delete a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
+    /// How a pod is taken out of traffic: `label` (the Service selects
+    /// `kubervisor/traffic: yes`) or `readinessGate` (the pod condition
+    /// `kubervisor.k8s.io/traffic`, for pods that declare it as a readiness gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_control: Option<TrafficControl>,
+}
+
+/// How Kubervisor takes a pod out of traffic.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TrafficControl {
+    /// Relabel `kubervisor/traffic` from `yes` to `no`; the Service selects `yes`.
+    #[default]
+    Label,
+    /// Set the pod condition `kubervisor.k8s.io/traffic` to `False`: the pod turns unready
+    /// and leaves every Service, Ingress and load balancer that follows readiness.
+    ReadinessGate,
+}
+
+impl TrafficControl {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficControl::Label => "label",
+            TrafficControl::ReadinessGate => "readinessGate",
+        }
+    }
 }
 
 /// One anomaly detection and the protection that bounds what it may eject.
@@ -317,6 +344,33 @@ pub struct ActivatorStrategy {
     /// Seconds a pod stays out at most, whatever its retry count (default: no cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_time: Option<f64>,
+    /// How retryAndKill and retryAndPause kill: `evict` (the Eviction API, which honours
+    /// PodDisruptionBudgets) or `delete` (default evict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_method: Option<KillMethod>,
+}
+
+/// How retryAndKill and retryAndPause kill a pod: `evict` (the Eviction API, which honours
+/// PodDisruptionBudgets; the default) or `delete`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KillMethod {
+    /// Through the Eviction API (`pods/eviction`): a PodDisruptionBudget may refuse it,
+    /// and the kill is tried again on the next activator pass.
+    #[default]
+    Evict,
+    /// A plain DELETE, which ignores PodDisruptionBudgets.
+    Delete,
+}
+
+impl KillMethod {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillMethod::Evict => "evict",
+            KillMethod::Delete => "delete",
+        }
+    }
 }
 
 /// What the activator does with an ejected pod.

@@ -304,8 +304,10 @@ mod tests {
                 max_pause_count,
                 forget_after: None,
                 max_ejection_time: None,
+                kill_method: Default::default(),
             },
             dry_run: false,
+            traffic_control: Default::default(),
         }
     }
 
@@ -402,6 +404,7 @@ mod tests {
                 max_pause_count: 0,
                 forget_after: None,
                 max_ejection_time: None,
+                kill_method: Default::default(),
             }),
         });
         let pods = [

@@ -110,6 +110,7 @@ mod tests {
             }],
             default_activator: ResolvedActivator::default(),
             dry_run: false,
+            traffic_control: Default::default(),
         }
     }
 

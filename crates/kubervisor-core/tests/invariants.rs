@@ -204,8 +204,10 @@ proptest! {
                 max_pause_count,
                 forget_after: None,
                 max_ejection_time: cap.map(Duration::from_secs),
+                kill_method: Default::default(),
             },
             dry_run: false,
+            traffic_control: Default::default(),
         };
         let now = base();
         let plan = plan_activations(&spec, &pods, now);
@@ -270,8 +272,10 @@ proptest! {
                 max_pause_count: 1,
                 forget_after: None,
                 max_ejection_time: None,
+                kill_method: Default::default(),
             },
             dry_run: false,
+            traffic_control: Default::default(),
         };
         let now = base().checked_add(jiff::SignedDuration::from_secs(offset)).unwrap();
         for decision in plan_activations(&spec, &pods, now) {
@@ -350,6 +354,7 @@ proptest! {
             }],
             default_activator: ResolvedActivator::default(),
             dry_run: false,
+            traffic_control: Default::default(),
         };
         let floor = limits.floor(pods.iter().filter(|p| p.is_serving_capable()).count());
         let before = serving(&pods);

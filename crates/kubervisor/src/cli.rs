@@ -83,6 +83,10 @@ struct RunArgs {
     /// PEM bundle of the certificate authorities that HTTPS sources are checked against.
     #[arg(long)]
     source_ca_bundle: Option<PathBuf>,
+    /// Largest answer read from a Prometheus or a custom detector, in MiB; a larger one is
+    /// a source error and judges nobody.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    source_max_body_mib: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -122,6 +126,7 @@ fn run(args: RunArgs) -> ExitCode {
         sources: crate::source::SourceSettings {
             bearer_token_file: args.prometheus_bearer_token_file,
             ca_bundle: args.source_ca_bundle,
+            max_body: (args.source_max_body_mib as usize) << 20,
             ..Default::default()
         },
         timing: Default::default(),

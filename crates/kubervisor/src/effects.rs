@@ -22,10 +22,10 @@ use kubervisor_api::patch::{
     add, annotation, label, path, remove, replace, test, test_resource_version,
 };
 use kubervisor_api::pod::{
-    BREAK_AT_ANNOTATION, NAME_LABEL, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL, TRAFFIC_LABEL,
-    Traffic, format_break_at,
+    BREAK_AT_ANNOTATION, MarksIn, NAME_LABEL, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL,
+    TRAFFIC_CONDITION, TRAFFIC_LABEL, Traffic, format_break_at,
 };
-use kubervisor_api::{KubervisorService, KubervisorServiceStatus};
+use kubervisor_api::{KillMethod, KubervisorService, KubervisorServiceStatus};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -41,6 +41,8 @@ pub enum Written {
     Done(Option<SlimPod>),
     /// The pod changed since it was read (or is gone): decide again.
     Stale(String),
+    /// A PodDisruptionBudget refused the eviction (429): try again later.
+    Blocked(String),
     /// The API refused or could not be reached.
     Failed(String),
 }
@@ -49,6 +51,9 @@ pub enum Written {
 #[derive(Clone)]
 pub struct Effects {
     client: Client,
+    /// The same API without the client's retries of 429: a PodDisruptionBudget's refusal
+    /// is an answer to report and to try again on the next activator pass, not to wait on.
+    evictions: Client,
     metrics: Arc<Metrics>,
     /// Writes in flight at once: a start-up burst (every pod of a large fleet adopted at
     /// once) then reuses a few connections to the API server instead of opening hundreds.
@@ -84,17 +89,26 @@ fn set_annotations(pod: &SlimPod, pairs: &[(&str, String)], ops: &mut Vec<PatchO
     }
 }
 
+/// Where a traffic-state mark (`kubervisor/traffic`, `kubervisor/strategy`) is kept.
+fn mark(marks_in: MarksIn, key: &str) -> json_patch::jsonptr::PointerBuf {
+    match marks_in {
+        MarksIn::Labels => label(key),
+        MarksIn::Annotations => annotation(key),
+    }
+}
+
 /// The operations of an ejection: `traffic` from `yes` to `no`, with breaker, time and count.
 pub fn eject_ops(
     pod: &SlimPod,
+    marks_in: MarksIn,
     breaker: &str,
     retry_count: u32,
     now: Timestamp,
 ) -> Vec<PatchOperation> {
     let mut ops = vec![
-        test(label(TRAFFIC_LABEL), Traffic::Yes.as_str()),
-        replace(label(TRAFFIC_LABEL), Traffic::No.as_str()),
-        add(label(STRATEGY_LABEL), breaker),
+        test(mark(marks_in, TRAFFIC_LABEL), Traffic::Yes.as_str()),
+        replace(mark(marks_in, TRAFFIC_LABEL), Traffic::No.as_str()),
+        add(mark(marks_in, STRATEGY_LABEL), breaker),
     ];
     set_annotations(
         pod,
@@ -108,19 +122,19 @@ pub fn eject_ops(
 }
 
 /// The operations that move an ejected pod to `to`, only if it is still the same ejection.
-pub fn from_ejected_ops(pod: &SlimPod, to: Traffic) -> Vec<PatchOperation> {
-    let mut ops = vec![test(label(TRAFFIC_LABEL), Traffic::No.as_str())];
+pub fn from_ejected_ops(pod: &SlimPod, marks_in: MarksIn, to: Traffic) -> Vec<PatchOperation> {
+    let mut ops = vec![test(mark(marks_in, TRAFFIC_LABEL), Traffic::No.as_str())];
     if let Some(at) = pod.annotations.get(BREAK_AT_ANNOTATION) {
         ops.push(test(annotation(BREAK_AT_ANNOTATION), at.as_str()));
     }
-    ops.push(replace(label(TRAFFIC_LABEL), to.as_str()));
+    ops.push(replace(mark(marks_in, TRAFFIC_LABEL), to.as_str()));
     ops
 }
 
 /// The operations that reset a serving pod's retry count, only if it still serves since
 /// the same ejection.
-pub fn forget_ops(pod: &SlimPod) -> Vec<PatchOperation> {
-    let mut ops = vec![test(label(TRAFFIC_LABEL), Traffic::Yes.as_str())];
+pub fn forget_ops(pod: &SlimPod, marks_in: MarksIn) -> Vec<PatchOperation> {
+    let mut ops = vec![test(mark(marks_in, TRAFFIC_LABEL), Traffic::Yes.as_str())];
     if let Some(at) = pod.annotations.get(BREAK_AT_ANNOTATION) {
         ops.push(test(annotation(BREAK_AT_ANNOTATION), at.as_str()));
     }
@@ -129,37 +143,80 @@ pub fn forget_ops(pod: &SlimPod) -> Vec<PatchOperation> {
 }
 
 /// The operations that put a newly managed pod under `kvs`: traffic `yes` if absent, and the name label.
-pub fn adopt_ops(pod: &SlimPod, kvs: &str) -> Vec<PatchOperation> {
+pub fn adopt_ops(pod: &SlimPod, marks_in: MarksIn, kvs: &str) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
-    match pod.labels.get(TRAFFIC_LABEL) {
+    let state = match marks_in {
+        MarksIn::Labels => &pod.labels,
+        MarksIn::Annotations => &pod.annotations,
+    };
+    match state.get(TRAFFIC_LABEL) {
         None => {
             ops.push(test_resource_version(&pod.resource_version));
-            ops.push(add(label(TRAFFIC_LABEL), Traffic::Yes.as_str()));
+            match marks_in {
+                MarksIn::Labels => ops.push(add(label(TRAFFIC_LABEL), Traffic::Yes.as_str())),
+                MarksIn::Annotations => set_annotations(
+                    pod,
+                    &[(TRAFFIC_LABEL, Traffic::Yes.as_str().to_string())],
+                    &mut ops,
+                ),
+            }
         }
-        Some(value) => ops.push(test(label(TRAFFIC_LABEL), value.as_str())),
+        Some(value) => ops.push(test(mark(marks_in, TRAFFIC_LABEL), value.as_str())),
     }
     ops.push(add(label(NAME_LABEL), kvs));
     ops
 }
 
 /// The operations that hand a pod back: traffic restored (never removed, since the
-/// Service selector may still require it) and every other Kubervisor mark removed.
+/// Service selector may still require it) and every other Kubervisor mark removed. A pod
+/// of readiness-gate mode (its state in annotations) gets no traffic label.
 pub fn release_ops(pod: &SlimPod) -> Vec<PatchOperation> {
-    let mut ops = vec![
-        test_resource_version(&pod.resource_version),
-        add(label(TRAFFIC_LABEL), Traffic::Yes.as_str()),
-    ];
+    let mut ops = vec![test_resource_version(&pod.resource_version)];
+    let gated =
+        pod.annotations.contains_key(TRAFFIC_LABEL) && !pod.labels.contains_key(TRAFFIC_LABEL);
+    if !gated {
+        ops.push(add(label(TRAFFIC_LABEL), Traffic::Yes.as_str()));
+    }
     for key in [NAME_LABEL, STRATEGY_LABEL] {
         if pod.labels.contains_key(key) {
             ops.push(remove(label(key)));
         }
     }
-    for key in [BREAK_AT_ANNOTATION, RETRY_COUNT_ANNOTATION] {
+    for key in [
+        BREAK_AT_ANNOTATION,
+        RETRY_COUNT_ANNOTATION,
+        TRAFFIC_LABEL,
+        STRATEGY_LABEL,
+    ] {
         if pod.annotations.contains_key(key) {
             ops.push(remove(annotation(key)));
         }
     }
     ops
+}
+
+/// A strategic merge patch of the pods/status subresource that sets the condition
+/// `kubervisor.k8s.io/traffic`, only on the version of the pod that was read.
+pub fn gate_patch(pod: &SlimPod, serve: bool, now: Timestamp) -> Value {
+    let (status, reason, message) = if serve {
+        ("True", "Serving", "Kubervisor lets the pod receive traffic")
+    } else {
+        (
+            "False",
+            "Ejected",
+            "Kubervisor took the pod out of traffic; see the events of its KubervisorService",
+        )
+    };
+    json!({
+        "metadata": {"resourceVersion": pod.resource_version},
+        "status": {"conditions": [{
+            "type": TRAFFIC_CONDITION,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now.to_string(),
+        }]},
+    })
 }
 
 /// A reference to a pod, for events.
@@ -178,12 +235,14 @@ impl Effects {
     /// The executor, and the task that publishes its events (ended with the returned handle).
     pub fn new(
         client: Client,
+        evictions: Client,
         reporter: Reporter,
         metrics: Arc<Metrics>,
     ) -> (Effects, tokio::task::JoinHandle<()>) {
         let (events, queue) = mpsc::channel(EVENTS_QUEUED);
         let effects = Effects {
             client,
+            evictions,
             metrics,
             writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             events,
@@ -203,19 +262,57 @@ impl Effects {
     /// Carries out one pod change, with its precondition.
     pub async fn pod(&self, write: &PodWrite, kvs: &str) -> Written {
         let pod = &write.pod;
+        let marks_in = write.marks_in;
         let ops = match &write.change {
-            PodChange::Adopt => adopt_ops(pod, kvs),
-            PodChange::Release => release_ops(pod),
+            PodChange::Adopt => adopt_ops(pod, marks_in, kvs),
+            PodChange::Release => return self.release(pod).await,
             PodChange::Eject {
                 breaker,
                 retry_count,
                 at,
-            } => eject_ops(pod, breaker, *retry_count, *at),
-            PodChange::Reinstate { to } => from_ejected_ops(pod, *to),
-            PodChange::ForgetRetries => forget_ops(pod),
-            PodChange::Kill => return self.delete_pod(pod).await,
+            } => eject_ops(pod, marks_in, breaker, *retry_count, *at),
+            PodChange::Reinstate { to } => from_ejected_ops(pod, marks_in, *to),
+            PodChange::ForgetRetries => forget_ops(pod, marks_in),
+            PodChange::SetGate(serve) => return self.set_gate(pod, *serve).await,
+            PodChange::Kill(KillMethod::Delete) => return self.delete_pod(pod).await,
+            PodChange::Kill(KillMethod::Evict) => return self.evict_pod(pod).await,
         };
         self.patch_pod(pod, ops).await
+    }
+
+    /// Hands a pod back. A pod with Kubervisor's readiness gate gets the gate `True` first,
+    /// so that it never stays unready once nothing manages it.
+    pub async fn release(&self, pod: &SlimPod) -> Written {
+        if pod.traffic_gate && pod.traffic_condition != Some(true) {
+            match self.set_gate(pod, true).await {
+                Written::Done(Some(after)) => {
+                    return self.patch_pod(&after, release_ops(&after)).await;
+                }
+                other => return other,
+            }
+        }
+        self.patch_pod(pod, release_ops(pod)).await
+    }
+
+    /// Sets the pod condition `kubervisor.k8s.io/traffic` through pods/status, only on the
+    /// version of the pod that was read.
+    async fn set_gate(&self, pod: &SlimPod, serve: bool) -> Written {
+        let _slot = self.write_slot().await;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let patch = gate_patch(pod, serve, Timestamp::now());
+        let written = match api
+            .patch_status(
+                &pod.name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await
+        {
+            Ok(pod) => Written::Done(Some(SlimPod::from_pod(&pod))),
+            Err(e) => classify(&pod.namespace, &pod.name, e),
+        };
+        self.metrics.count_pod_write("status", outcome(&written));
+        written
     }
 
     /// Applies a JSON Patch to a pod.
@@ -253,6 +350,37 @@ impl Effects {
             Err(e) => classify(&pod.namespace, &pod.name, e),
         };
         self.metrics.count_pod_write("delete", outcome(&written));
+        written
+    }
+
+    /// Evicts a pod through the Eviction API (policy/v1), only if it has not changed since
+    /// it was read. A PodDisruptionBudget may refuse it with 429.
+    async fn evict_pod(&self, pod: &SlimPod) -> Written {
+        let _slot = self.write_slot().await;
+        // Built here rather than with `Api::evict`, which sends its options under a field
+        // the API server ignores, so the preconditions would be lost.
+        let body = eviction_body(pod);
+        let request = http::Request::post(format!(
+            "/api/v1/namespaces/{}/pods/{}/eviction",
+            pod.namespace, pod.name
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).expect("an eviction serialises"));
+        let written = match request {
+            Err(e) => Written::Failed(format!(
+                "pod {}/{}: cannot build the eviction request: {e}",
+                pod.namespace, pod.name
+            )),
+            Ok(request) => match self.evictions.request_text(request).await {
+                Ok(_) => Written::Done(None),
+                Err(kube::Error::Api(status)) if status.code == 429 => Written::Blocked(format!(
+                    "eviction of pod {}/{} refused: {}",
+                    pod.namespace, pod.name, status.message
+                )),
+                Err(e) => classify(&pod.namespace, &pod.name, e),
+            },
+        };
+        self.metrics.count_pod_write("evict", outcome(&written));
         written
     }
 
@@ -425,8 +553,23 @@ fn outcome(written: &Written) -> &'static str {
     match written {
         Written::Done(_) => "ok",
         Written::Stale(_) => "conflict",
+        Written::Blocked(_) => "blocked",
         Written::Failed(_) => "error",
     }
+}
+
+/// A policy/v1 Eviction of `pod`, with the pod as read as its precondition.
+pub fn eviction_body(pod: &SlimPod) -> Value {
+    let mut preconditions = json!({"resourceVersion": pod.resource_version});
+    if !pod.uid.is_empty() {
+        preconditions["uid"] = json!(pod.uid);
+    }
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+        "deleteOptions": {"preconditions": preconditions},
+    })
 }
 
 fn classify(namespace: &str, name: &str, error: kube::Error) -> Written {
@@ -470,6 +613,9 @@ mod tests {
             running: true,
             ready: true,
             terminating: false,
+            containers_ready: true,
+            traffic_gate: false,
+            traffic_condition: None,
         }
     }
 
@@ -494,7 +640,7 @@ mod tests {
             json!({"kubervisor/traffic": "yes", "app": "web"}),
             Some(json!({"other": "x"})),
         );
-        apply(&mut doc, eject_ops(&pod, "errors", 1, now)).unwrap();
+        apply(&mut doc, eject_ops(&pod, MarksIn::Labels, "errors", 1, now)).unwrap();
         assert_eq!(doc["metadata"]["labels"]["kubervisor/traffic"], "no");
         assert_eq!(doc["metadata"]["labels"]["kubervisor/strategy"], "errors");
         assert_eq!(
@@ -510,7 +656,7 @@ mod tests {
         let now = Timestamp::UNIX_EPOCH;
         let pod = slim(&[(TRAFFIC_LABEL, "yes")], &[], true);
         let mut doc = pod_doc(json!({"kubervisor/traffic": "pause"}), Some(json!({})));
-        assert!(apply(&mut doc, eject_ops(&pod, "b", 1, now)).is_err());
+        assert!(apply(&mut doc, eject_ops(&pod, MarksIn::Labels, "b", 1, now)).is_err());
         assert_eq!(doc["metadata"]["labels"]["kubervisor/traffic"], "pause");
     }
 
@@ -519,7 +665,7 @@ mod tests {
         let now = Timestamp::UNIX_EPOCH;
         let pod = slim(&[(TRAFFIC_LABEL, "yes")], &[], false);
         let mut doc = pod_doc(json!({"kubervisor/traffic": "yes"}), None);
-        apply(&mut doc, eject_ops(&pod, "b", 1, now)).unwrap();
+        apply(&mut doc, eject_ops(&pod, MarksIn::Labels, "b", 1, now)).unwrap();
         assert_eq!(doc["metadata"]["annotations"]["breaker/retryCount"], "1");
         // Someone added annotations meanwhile: the resourceVersion moved, the patch fails.
         let mut doc = pod_doc(
@@ -527,7 +673,7 @@ mod tests {
             Some(json!({"new": "1"})),
         );
         doc["metadata"]["resourceVersion"] = json!("43");
-        assert!(apply(&mut doc, eject_ops(&pod, "b", 1, now)).is_err());
+        assert!(apply(&mut doc, eject_ops(&pod, MarksIn::Labels, "b", 1, now)).is_err());
     }
 
     #[test]
@@ -541,14 +687,24 @@ mod tests {
             json!({"kubervisor/traffic": "no"}),
             Some(json!({"breaker/breakAt": "2026-11-25T10:00:00Z"})),
         );
-        apply(&mut doc, from_ejected_ops(&pod, Traffic::Yes)).unwrap();
+        apply(
+            &mut doc,
+            from_ejected_ops(&pod, MarksIn::Labels, Traffic::Yes),
+        )
+        .unwrap();
         assert_eq!(doc["metadata"]["labels"]["kubervisor/traffic"], "yes");
         // Re-ejected since it was read: a newer breakAt, so the activation does not apply.
         let mut doc = pod_doc(
             json!({"kubervisor/traffic": "no"}),
             Some(json!({"breaker/breakAt": "2026-11-25T11:00:00Z"})),
         );
-        assert!(apply(&mut doc, from_ejected_ops(&pod, Traffic::Pause)).is_err());
+        assert!(
+            apply(
+                &mut doc,
+                from_ejected_ops(&pod, MarksIn::Labels, Traffic::Pause)
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -562,27 +718,27 @@ mod tests {
             json!({"kubervisor/traffic": "yes"}),
             Some(json!({"breaker/breakAt": "t1", "breaker/retryCount": "3"})),
         );
-        apply(&mut doc, forget_ops(&pod)).unwrap();
+        apply(&mut doc, forget_ops(&pod, MarksIn::Labels)).unwrap();
         assert_eq!(doc["metadata"]["annotations"]["breaker/retryCount"], "0");
         let mut ejected_again = pod_doc(
             json!({"kubervisor/traffic": "yes"}),
             Some(json!({"breaker/breakAt": "t2", "breaker/retryCount": "4"})),
         );
-        assert!(apply(&mut ejected_again, forget_ops(&pod)).is_err());
+        assert!(apply(&mut ejected_again, forget_ops(&pod, MarksIn::Labels)).is_err());
     }
 
     #[test]
     fn adoption_adds_traffic_only_when_absent_and_names_the_owner() {
         let pod = slim(&[("app", "web")], &[], false);
         let mut doc = pod_doc(json!({"app": "web"}), None);
-        apply(&mut doc, adopt_ops(&pod, "web")).unwrap();
+        apply(&mut doc, adopt_ops(&pod, MarksIn::Labels, "web")).unwrap();
         assert_eq!(
             doc["metadata"]["labels"],
             json!({"app": "web", "kubervisor/traffic": "yes", "kubervisor/name": "web"})
         );
         let pod = slim(&[("app", "web"), (TRAFFIC_LABEL, "no")], &[], false);
         let mut doc = pod_doc(json!({"app": "web", "kubervisor/traffic": "no"}), None);
-        apply(&mut doc, adopt_ops(&pod, "web")).unwrap();
+        apply(&mut doc, adopt_ops(&pod, MarksIn::Labels, "web")).unwrap();
         assert_eq!(doc["metadata"]["labels"]["kubervisor/traffic"], "no");
     }
 

@@ -10,8 +10,11 @@ use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
-use kubervisor_api::KubervisorService;
-use kubervisor_api::pod::{BREAK_AT_ANNOTATION, PodMarks, RETRY_COUNT_ANNOTATION};
+use kubervisor_api::pod::{
+    BREAK_AT_ANNOTATION, MarksIn, PodMarks, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL,
+    TRAFFIC_CONDITION, TRAFFIC_LABEL,
+};
+use kubervisor_api::{KubervisorService, TrafficControl};
 use kubervisor_core::PodView;
 use tokio::sync::watch;
 
@@ -30,25 +33,43 @@ pub struct SlimPod {
     pub running: bool,
     pub ready: bool,
     pub terminating: bool,
+    /// The `ContainersReady` condition is `True` (what readiness-gate mode counts as ready).
+    pub containers_ready: bool,
+    /// The pod declares the readiness gate `kubervisor.k8s.io/traffic`.
+    pub traffic_gate: bool,
+    /// The pod condition `kubervisor.k8s.io/traffic`: `Some(true)` for `True`, `None` if absent.
+    pub traffic_condition: Option<bool>,
 }
 
 impl SlimPod {
     /// Keeps what decisions need of a full pod.
     pub fn from_pod(pod: &Pod) -> SlimPod {
         let status = pod.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|conditions| {
-                conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
+        let condition = |type_: &str| {
+            status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|conditions| conditions.iter().find(|c| c.type_ == type_))
+                .map(|c| c.status == "True")
+        };
         let annotations = pod
             .annotations()
             .iter()
-            .filter(|(k, _)| *k == BREAK_AT_ANNOTATION || *k == RETRY_COUNT_ANNOTATION)
+            .filter(|(k, _)| {
+                [
+                    BREAK_AT_ANNOTATION,
+                    RETRY_COUNT_ANNOTATION,
+                    TRAFFIC_LABEL,
+                    STRATEGY_LABEL,
+                ]
+                .contains(&k.as_str())
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let traffic_gate = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .is_some_and(|gates| gates.iter().any(|g| g.condition_type == TRAFFIC_CONDITION));
         SlimPod {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
@@ -58,19 +79,33 @@ impl SlimPod {
             annotations,
             has_annotations: !pod.annotations().is_empty(),
             running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
-            ready,
+            ready: condition("Ready") == Some(true),
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            containers_ready: condition("ContainersReady") == Some(true),
+            traffic_gate,
+            traffic_condition: condition(TRAFFIC_CONDITION),
         }
     }
 
-    /// The decision engine's view of this pod.
+    /// The decision engine's view of this pod, in label mode.
     pub fn view(&self) -> PodView {
+        self.view_in(TrafficControl::Label)
+    }
+
+    /// The decision engine's view of this pod. In readiness-gate mode the traffic state is
+    /// read from annotations, and a pod counts as ready when its containers are: its
+    /// `Ready` condition also reflects Kubervisor's own gate.
+    pub fn view_in(&self, control: TrafficControl) -> PodView {
+        let (ready, marks_in) = match control {
+            TrafficControl::Label => (self.ready, MarksIn::Labels),
+            TrafficControl::ReadinessGate => (self.containers_ready, MarksIn::Annotations),
+        };
         PodView {
             name: self.name.clone(),
             running: self.running,
-            ready: self.ready,
+            ready,
             terminating: self.terminating,
-            marks: PodMarks::read(Some(&self.labels), Some(&self.annotations)),
+            marks: PodMarks::read_in(marks_in, Some(&self.labels), Some(&self.annotations)),
         }
     }
 }

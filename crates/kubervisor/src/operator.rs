@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::effects::{self, Effects, Written};
+use crate::effects::{Effects, Written};
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
 use crate::source::{SourceSettings, Sources};
@@ -45,6 +45,11 @@ pub struct RunOptions {
 
 /// Builds a client from a kubeconfig file, the environment or the pod's service account.
 pub async fn client(kubeconfig: Option<&PathBuf>, master: Option<&str>) -> anyhow::Result<Client> {
+    Client::try_from(config(kubeconfig, master).await?).context("cannot build a Kubernetes client")
+}
+
+/// The client configuration from a kubeconfig file, the environment or the pod's service account.
+pub async fn config(kubeconfig: Option<&PathBuf>, master: Option<&str>) -> anyhow::Result<Config> {
     let mut config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
@@ -62,7 +67,7 @@ pub async fn client(kubeconfig: Option<&PathBuf>, master: Option<&str>) -> anyho
             .parse()
             .with_context(|| format!("--master {master:?} is not a URL"))?;
     }
-    Client::try_from(config).context("cannot build a Kubernetes client")
+    Ok(config)
 }
 
 /// Creates or updates the CRD, then waits until the API server serves it.
@@ -121,7 +126,11 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let client = client(options.kubeconfig.as_ref(), options.master.as_deref()).await?;
+    let config = config(options.kubeconfig.as_ref(), options.master.as_deref()).await?;
+    let client = Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
+    let mut config = config;
+    config.default_retry = false;
+    let evictions = Client::try_from(config).context("cannot build a Kubernetes client")?;
     if options.install_crd {
         install_crd(&client, Duration::from_secs(60)).await?;
     }
@@ -164,7 +173,7 @@ pub async fn run(
         controller: "kubervisor".into(),
         instance: Some(options.identity.clone()),
     };
-    let (effects, publisher) = Effects::new(client.clone(), reporter, metrics.clone());
+    let (effects, publisher) = Effects::new(client.clone(), evictions, reporter, metrics.clone());
     let ctx = Arc::new(Context {
         index: index.clone(),
         effects,
@@ -322,13 +331,9 @@ async fn release_orphans(ctx: &Context) {
             continue;
         }
         info!(pod = %format!("{}/{}", pod.namespace, pod.name), owner, "KubervisorService gone: restoring the pod's traffic label");
-        match ctx
-            .effects
-            .patch_pod(&pod, effects::release_ops(&pod))
-            .await
-        {
+        match ctx.effects.release(&pod).await {
             Written::Done(_) | Written::Stale(_) => {}
-            Written::Failed(why) => warn!("{why}"),
+            Written::Failed(why) | Written::Blocked(why) => warn!("{why}"),
         }
     }
 }

@@ -12,10 +12,13 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kubervisor_api::pod::{NAME_LABEL, TRAFFIC_LABEL, Traffic, managed_selector};
+use kubervisor_api::pod::{
+    MarksIn, NAME_LABEL, TRAFFIC_CONDITION, TRAFFIC_LABEL, Traffic, managed_selector,
+};
 use kubervisor_api::{
-    BreakerStatus, FleetStatisticStatus, KubervisorService, KubervisorServiceCondition,
+    BreakerStatus, FleetStatisticStatus, KillMethod, KubervisorService, KubervisorServiceCondition,
     KubervisorServiceStatus, PodCountStatus, PodScoreStatus, ResolvedBreaker, ResolvedSpec,
+    TrafficControl,
 };
 use kubervisor_core::PodView;
 use kubervisor_core::activator::{
@@ -72,6 +75,8 @@ pub enum Input {
 pub struct PodWrite {
     pub pod: Arc<SlimPod>,
     pub change: PodChange,
+    /// Where the pod's traffic state and breaker are written.
+    pub marks_in: MarksIn,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,8 +95,11 @@ pub enum PodChange {
     Reinstate { to: Traffic },
     /// Reset `breaker/retryCount` to 0, only if the pod still serves since the same ejection.
     ForgetRetries,
-    /// Delete the pod so its controller replaces it.
-    Kill,
+    /// Evict or delete the pod so its controller replaces it.
+    Kill(KillMethod),
+    /// Readiness-gate mode: set the pod condition `kubervisor.k8s.io/traffic` to `True`
+    /// or `False`, mirroring the traffic state.
+    SetGate(bool),
 }
 
 /// What the executor does.
@@ -181,6 +189,15 @@ pub enum Note {
     DryRunRestore(Restoration),
     /// A re-activated pod served long enough: its past ejections are forgotten.
     RetriesForgotten(Forgotten),
+    /// Readiness-gate mode: a managed pod does not declare the gate, so it is left alone.
+    NoReadinessGate {
+        pod: String,
+    },
+    /// A PodDisruptionBudget refused a kill: the pod stays out and the kill is tried again.
+    KillBlocked {
+        activation: Activation,
+        message: String,
+    },
     /// A breaker entered panic, or left it.
     Panic {
         breaker: String,
@@ -235,6 +252,8 @@ impl Note {
             Note::FloorRestored(_) => "FloorRestored",
             Note::DryRunRestore(_) => "DryRunFloorRestore",
             Note::RetriesForgotten(_) => "RetriesForgotten",
+            Note::KillBlocked { .. } => "KillBlocked",
+            Note::NoReadinessGate { .. } => "NoReadinessGate",
             Note::Panic { .. } => "Panic",
             Note::PanicEnded { .. } => "PanicEnded",
             Note::NotRunning { reason, .. } => reason.as_str(),
@@ -253,7 +272,8 @@ impl Note {
             Note::SourceError { .. } | Note::Panic { .. } | Note::PanicEnded { .. } => "Evaluate",
             Note::FloorRestored(_) | Note::DryRunRestore(_) => "Activate",
             Note::RetriesForgotten(_) => "Forget",
-            Note::NotRunning { .. } => "Reconcile",
+            Note::KillBlocked { .. } => "Kill",
+            Note::NotRunning { .. } | Note::NoReadinessGate { .. } => "Reconcile",
         }
     }
 
@@ -265,6 +285,8 @@ impl Note {
                 | Note::SourceError { .. }
                 | Note::NotRunning { .. }
                 | Note::FloorRestored(_)
+                | Note::KillBlocked { .. }
+                | Note::NoReadinessGate { .. }
                 | Note::Panic { .. }
         ) || matches!(self, Note::Reinstated(a) if a.action == Action::Kill)
     }
@@ -294,11 +316,23 @@ impl fmt::Display for Note {
             Note::FloorRestored(r) => write!(f, "{r}"),
             Note::DryRunRestore(r) => write!(f, "dry run: {r}"),
             Note::RetriesForgotten(forgotten) => write!(f, "{forgotten}"),
+            Note::KillBlocked {
+                activation,
+                message,
+            } => write!(
+                f,
+                "{activation}, but a PodDisruptionBudget does not allow it now ({message}): the pod stays out of traffic and the kill is tried again every {}s",
+                KILL_RETRY.as_secs()
+            ),
             Note::Panic { breaker, panic } => write!(f, "breaker {breaker} in panic: {panic}"),
             Note::PanicEnded { breaker } => {
                 write!(f, "breaker {breaker} left panic: it ejects again")
             }
             Note::NotRunning { message, .. } => f.write_str(message),
+            Note::NoReadinessGate { pod } => write!(
+                f,
+                "pod {pod} does not declare the readiness gate {TRAFFIC_CONDITION} that trafficControl readinessGate needs: it is left alone, never ejected"
+            ),
         }
     }
 }
@@ -340,7 +374,12 @@ enum Cause {
     Reinstate(Activation, String),
     Restore(Restoration),
     Forget(Forgotten),
+    /// The gate condition follows the traffic state.
+    Gate,
 }
+
+/// How long a kill refused by a PodDisruptionBudget waits before it is tried again.
+pub const KILL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything one KubervisorService's task knows between two inputs.
 #[derive(Clone, Debug, Default)]
@@ -376,6 +415,12 @@ pub struct State {
     breaker_results: BTreeMap<String, BreakerStatus>,
     /// Whether `breaker_results` was taken over from the stored status once.
     breaker_results_read: bool,
+    /// Pods whose kill a PodDisruptionBudget refused (reported once), and when to try again.
+    kill_blocked: BTreeMap<String, Timestamp>,
+    /// How pods are taken out of traffic, from the last spec that resolved.
+    control: TrafficControl,
+    /// Readiness-gate mode: managed pods without the gate, reported once each.
+    gateless: BTreeSet<String>,
 }
 
 /// One step: the state after `input` at `now`, and what to do.
@@ -425,8 +470,9 @@ impl State {
             }
             Input::Findings { breaker, result } => self.evaluate(&breaker, result, now, out),
             Input::ActivatorDue => self.activate(now, out),
-            Input::Written { pod, outcome } => self.written(&pod, outcome, out),
+            Input::Written { pod, outcome } => self.written(&pod, outcome, now, out),
         }
+        self.sync_gates(out);
         // The rest looks at the whole fleet: once per batch of writes, not once per write.
         if self.awaiting.is_empty() {
             if std::mem::take(&mut self.status_dirty) {
@@ -458,6 +504,7 @@ impl State {
             Ok(spec) => Arc::new(spec),
             Err(message) => return self.stop(StopReason::InvalidSpec, message, now, out),
         };
+        self.control = spec.traffic_control;
         let Some(service) = self.observed.service.clone() else {
             let message = format!("Service {}/{} not found", self.namespace, spec.service);
             return self.stop(StopReason::ServiceNotFound, message, now, out);
@@ -491,7 +538,61 @@ impl State {
         if !dry_run {
             self.adopt_and_release(out);
         }
+        self.report_gateless(out);
         self.status_dirty = true;
+    }
+
+    /// Readiness-gate mode: managed pods that do not declare the gate are left alone, and
+    /// reported once each.
+    fn report_gateless(&mut self, out: &mut Vec<Effect>) {
+        let gateless: BTreeSet<String> = match self.control {
+            TrafficControl::Label => BTreeSet::new(),
+            TrafficControl::ReadinessGate => self
+                .observed
+                .managed
+                .iter()
+                .filter(|p| !p.traffic_gate && !p.terminating)
+                .map(|p| p.name.clone())
+                .collect(),
+        };
+        for pod in self.observed.managed.iter() {
+            if gateless.contains(&pod.name) && !self.gateless.contains(&pod.name) {
+                out.push(Effect::Publish(Report {
+                    pod: Some(pod.clone()),
+                    note: Note::NoReadinessGate {
+                        pod: pod.name.clone(),
+                    },
+                }));
+            }
+        }
+        self.gateless = gateless;
+    }
+
+    /// Readiness-gate mode: the pod condition follows each managed pod's traffic state
+    /// (`True` for `yes`), whether the state was just written or the condition was changed
+    /// or lost since.
+    fn sync_gates(&mut self, out: &mut Vec<Effect>) {
+        if self.control != TrafficControl::ReadinessGate {
+            return;
+        }
+        let Some(spec) = self.running_spec().cloned() else {
+            return;
+        };
+        if spec.dry_run {
+            return;
+        }
+        for pod in self.pods(false) {
+            if pod.terminating || self.awaiting.contains_key(&pod.name) {
+                continue;
+            }
+            let Some(traffic) = pod.view_in(self.control).marks.traffic() else {
+                continue;
+            };
+            let serve = traffic == Traffic::Yes;
+            if pod.traffic_condition != Some(serve) {
+                self.write(&pod, PodChange::SetGate(serve), Cause::Gate, out);
+            }
+        }
     }
 
     /// Whether to ask for a finalizer change on this version of the resource: once per version.
@@ -523,8 +624,12 @@ impl State {
     fn adopt_and_release(&mut self, out: &mut Vec<Effect>) {
         let managed = self.pods(false);
         for pod in &managed {
-            let adopted = pod.labels.get(NAME_LABEL) == Some(&self.name)
-                && pod.labels.contains_key(TRAFFIC_LABEL);
+            let state = match self.control {
+                TrafficControl::Label => &pod.labels,
+                TrafficControl::ReadinessGate => &pod.annotations,
+            };
+            let adopted =
+                pod.labels.get(NAME_LABEL) == Some(&self.name) && state.contains_key(TRAFFIC_LABEL);
             if !adopted && !pod.terminating {
                 self.write(pod, PodChange::Adopt, Cause::Adopt, out);
             }
@@ -621,7 +726,7 @@ impl State {
         };
         let dry_run = spec.dry_run || breaker.dry_run;
         let pods = self.pods(spec.dry_run);
-        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
+        let views = self.views(&pods);
         let plan = plan_ejections(&breaker.name, limits(breaker), &views, &findings);
         self.follow_panic(&breaker.name, plan.panic, out);
         self.record_result(
@@ -730,7 +835,7 @@ impl State {
             return;
         };
         let pods = self.pods(spec.dry_run);
-        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
+        let views = self.views(&pods);
         let by_name = |name: &str| pods.iter().find(|p| p.name == name).cloned();
         // The floor first: pods given back here are not judged again below.
         for restoration in restore_floor(&spec, &views) {
@@ -766,8 +871,13 @@ impl State {
             if self.awaiting.contains_key(&pod.name) {
                 continue;
             }
+            if activation.action == Action::Kill
+                && self.kill_blocked.get(&pod.name).is_some_and(|at| *at > now)
+            {
+                continue;
+            }
             let kind = DecisionKind::of(activation.action);
-            let breaker = pod.view().marks.strategy.unwrap_or_default();
+            let breaker = pod.view_in(self.control).marks.strategy.unwrap_or_default();
             if spec.dry_run {
                 holding.insert((pod.name.clone(), kind));
                 self.report_dry_run(pod, &breaker, kind, Note::DryRunReinstate(activation), out);
@@ -776,10 +886,19 @@ impl State {
             let change = match activation.action {
                 Action::Activate => PodChange::Reinstate { to: Traffic::Yes },
                 Action::Pause => PodChange::Reinstate { to: Traffic::Pause },
-                Action::Kill => PodChange::Kill,
+                Action::Kill => PodChange::Kill(spec.activator_for(Some(&breaker)).kill_method),
             };
             self.write(pod, change, Cause::Reinstate(activation, breaker), out);
         }
+        // A refused kill is remembered while it is tried again and its pod stays out of
+        // traffic, so that it is reported once.
+        let awaiting = &self.awaiting;
+        self.kill_blocked.retain(|name, retry_at| {
+            (*retry_at > now || awaiting.contains_key(name))
+                && views
+                    .iter()
+                    .any(|v| v.name == *name && v.marks.traffic() == Some(Traffic::No))
+        });
         if spec.dry_run {
             self.forget_dry_run(
                 &[
@@ -792,14 +911,35 @@ impl State {
         }
     }
 
-    fn written(&mut self, pod: &str, outcome: Written, out: &mut Vec<Effect>) {
+    fn written(&mut self, pod: &str, outcome: Written, now: Timestamp, out: &mut Vec<Effect>) {
         let Some((before, cause)) = self.awaiting.remove(pod) else {
             return;
         };
-        let Written::Done(after) = outcome else {
+        let after = match outcome {
+            Written::Done(after) => after,
+            Written::Blocked(message) => {
+                if let Cause::Reinstate(activation, _) = cause {
+                    let retry_at = now + KILL_RETRY;
+                    if self
+                        .kill_blocked
+                        .insert(pod.to_string(), retry_at)
+                        .is_none()
+                    {
+                        out.push(Effect::Publish(Report {
+                            pod: Some(before),
+                            note: Note::KillBlocked {
+                                activation,
+                                message,
+                            },
+                        }));
+                    }
+                }
+                return;
+            }
             // Stale or failed: the pod is decided again on the next input.
-            return;
+            Written::Stale(_) | Written::Failed(_) => return,
         };
+        self.kill_blocked.remove(pod);
         // A write on top of a write the index has not shown yet: the index still holds the
         // version from before the first one.
         let index_version = match self.pending.get(&before.name) {
@@ -820,7 +960,7 @@ impl State {
         );
         self.status_dirty = true;
         let (breaker, kind, note) = match cause {
-            Cause::Adopt | Cause::Release => return,
+            Cause::Adopt | Cause::Release | Cause::Gate => return,
             Cause::Eject(ejection) => (
                 ejection.breaker.clone(),
                 DecisionKind::Break,
@@ -870,6 +1010,7 @@ impl State {
         out.push(Effect::Pod(PodWrite {
             pod: pod.clone(),
             change,
+            marks_in: marks_in(self.control),
         }));
     }
 
@@ -936,45 +1077,59 @@ impl State {
 
     /// The managed pods as decisions must see them, in name order.
     fn pods(&self, dry_run: bool) -> Vec<Arc<SlimPod>> {
+        let gated = self.control == TrafficControl::ReadinessGate;
         let mut pods: Vec<Arc<SlimPod>> = self
             .observed
             .managed
             .iter()
+            // In readiness-gate mode a pod without the gate is never touched.
+            .filter(|pod| !gated || pod.traffic_gate)
             .map(|pod| self.overlay(pod))
             .collect();
         if dry_run {
             // Nothing was labelled in a dry run: judge unlabelled pods as if adopted.
             for pod in &mut pods {
-                if !pod.labels.contains_key(TRAFFIC_LABEL) {
-                    Arc::make_mut(pod)
-                        .labels
-                        .insert(TRAFFIC_LABEL.to_string(), Traffic::Yes.as_str().to_string());
-                }
+                let state = if gated {
+                    &mut Arc::make_mut(pod).annotations
+                } else {
+                    &mut Arc::make_mut(pod).labels
+                };
+                state
+                    .entry(TRAFFIC_LABEL.to_string())
+                    .or_insert_with(|| Traffic::Yes.as_str().to_string());
             }
         }
         pods.sort_by(|a, b| a.name.cmp(&b.name));
         pods
     }
 
+    /// The decision engine's view of these pods, in this resource's traffic control mode.
+    fn views(&self, pods: &[Arc<SlimPod>]) -> Vec<PodView> {
+        pods.iter().map(|p| p.view_in(self.control)).collect()
+    }
+
     /// When the activator must act next: at once when the floor needs restoring, else the
     /// earliest due time of the ejected pods or of a retry count to forget.
     fn next_activation(&self) -> Option<Timestamp> {
         let spec = self.running_spec().cloned()?;
-        let views: Vec<PodView> = self.pods(spec.dry_run).iter().map(|p| p.view()).collect();
+        let views = self.views(&self.pods(spec.dry_run));
         if !restore_floor(&spec, &views).is_empty() {
             return Some(Timestamp::MIN);
         }
+        // A pod whose kill was refused is due again when the kill may be retried.
         let ejected: Vec<PodView> = views
             .iter()
             .filter(|v| v.marks.traffic() == Some(Traffic::No))
+            .filter(|v| !self.kill_blocked.contains_key(&v.name))
             .cloned()
             .collect();
+        let retry = self.kill_blocked.values().min().copied();
         let forget = if spec.dry_run {
             None
         } else {
             next_forget(&spec, &views)
         };
-        [earliest_due(&spec, &ejected), forget]
+        [earliest_due(&spec, &ejected), forget, retry]
             .into_iter()
             .flatten()
             .min()
@@ -986,7 +1141,7 @@ impl State {
             return;
         };
         let pods = self.pods(spec.dry_run);
-        let views: Vec<PodView> = pods.iter().map(|p| p.view()).collect();
+        let views = self.views(&pods);
         let counts = count(&views);
         out.push(Effect::PodCounts(counts));
         let condition = if !self.source_errors.is_empty() {
@@ -1014,7 +1169,16 @@ impl State {
                     ),
                 )
             } else {
-                ready("Running", format!("breakers {} running", names.join(", ")))
+                let mut message = format!("breakers {} running", names.join(", "));
+                if !self.gateless.is_empty() {
+                    let pods: Vec<&str> = self.gateless.iter().map(String::as_str).collect();
+                    message.push_str(&format!(
+                        "; {} pod(s) without the readiness gate {TRAFFIC_CONDITION} left alone: {}",
+                        pods.len(),
+                        pods.join(", ")
+                    ));
+                }
+                ready("Running", message)
             }
         };
         let pod_count = PodCountStatus {
@@ -1055,6 +1219,14 @@ impl State {
         }
         self.status_written = Some(in_flight);
         out.push(Effect::Status(Box::new(status)));
+    }
+}
+
+/// Where pods' traffic state is kept in this traffic control mode.
+pub fn marks_in(control: TrafficControl) -> MarksIn {
+    match control {
+        TrafficControl::Label => MarksIn::Labels,
+        TrafficControl::ReadinessGate => MarksIn::Annotations,
     }
 }
 

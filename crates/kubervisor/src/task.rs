@@ -412,6 +412,7 @@ async fn execute(
             match &outcome {
                 Written::Done(_) => {}
                 Written::Stale(why) => debug!("{why}; deciding again"),
+                Written::Blocked(why) => info!("{why}; trying again on the next activator pass"),
                 Written::Failed(why) => warn!("{why}"),
             }
             Input::Written {

@@ -286,3 +286,65 @@ async fn custom_detector_down_is_unreachable() {
         "{err}"
     );
 }
+
+/// A source whose answer exceeds `--source-max-body-mib` is refused by name, whether the
+/// answer is large (a 50 MB PodList) or never ends; nothing is judged from it.
+#[tokio::test]
+async fn oversized_and_endless_answers_are_refused_at_the_bound() {
+    use axum::body::Body;
+    let huge = || {
+        // A valid PodList of about 50 MB.
+        let item = r#"{"metadata":{"name":"web-0000000000000000000000000000000000000000000000000000000000"}},"#;
+        let mut body = String::from(r#"{"kind":"PodList","items":["#);
+        while body.len() < 50_000_000 {
+            body.push_str(item);
+        }
+        body.push_str(r#"{"metadata":{"name":"last"}}]}"#);
+        body
+    };
+    let endless = || {
+        let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
+        let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+        Body::from_stream(stream)
+    };
+    let url = serve(
+        Router::new()
+            .route("/huge", get(move || async move { huge() }))
+            .route("/endless", get(move || async move { endless() }))
+            .route("/api/v1/query", post(move || async move { endless() })),
+    )
+    .await;
+    let sources = Sources::new(SourceSettings {
+        custom_timeout: Duration::from_secs(20),
+        max_body: 16 << 20,
+        ..SourceSettings::default()
+    })
+    .unwrap();
+    for path in ["huge", "endless"] {
+        let started = Instant::now();
+        let err = sources
+            .findings(&custom(format!("{url}/{path}")), EVALUATION_PERIOD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "decode", "{path}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("/{path}"))
+                && message.contains("larger than 16 MiB (--source-max-body-mib)"),
+            "{message}"
+        );
+        // Refused at the bound, not at the timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+    }
+    // The same bound for Prometheus: an answer that never ends.
+    let err = sources
+        .findings(&requests_by_code(&url, "up"), Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "decode", "{err}");
+    assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+}

@@ -146,18 +146,20 @@ fn sync_readiness(store: &Store, pods: &ResourceInfo, pod: &Value) {
     {
         return;
     }
-    let want = str_at(
+    let containers_ready = str_at(
         pod,
         &format!(
             "/metadata/annotations/{}",
             READY_ANNOTATION.replace('/', "~1")
         ),
     ) != Some("false");
-    if is_pod_ready(pod) == want {
+    // As the kubelet does: Ready needs the containers and every readiness gate `True`.
+    let want = containers_ready && readiness_gates_pass(pod);
+    if is_pod_ready(pod) == want && condition_is(pod, "ContainersReady") == containers_ready {
         return;
     }
     let ip = str_at(pod, "/status/podIP").unwrap_or_default();
-    let mut status = running_status(pod, ip, want);
+    let mut status = running_status(pod, ip, containers_ready);
     if let Some(start) = pod.pointer("/status/startTime") {
         status["startTime"] = start.clone();
     }
@@ -171,9 +173,37 @@ fn sync_readiness(store: &Store, pods: &ResourceInfo, pod: &Value) {
     );
 }
 
-fn running_status(pod: &Value, ip: &str, ready: bool) -> Value {
+/// Whether the pod has a condition of this type that is `True`.
+fn condition_is(pod: &Value, type_: &str) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        })
+}
+
+/// Whether every readiness gate of the pod has its condition `True` (an absent condition
+/// fails its gate, as on a real node).
+fn readiness_gates_pass(pod: &Value) -> bool {
+    pod.pointer("/spec/readinessGates")
+        .and_then(Value::as_array)
+        .is_none_or(|gates| {
+            gates.iter().all(|g| {
+                g["conditionType"]
+                    .as_str()
+                    .is_some_and(|t| condition_is(pod, t))
+            })
+        })
+}
+
+/// The status of a running pod whose containers are (or are not) ready. The conditions of
+/// its readiness gates, written by others through pods/status, are kept.
+fn running_status(pod: &Value, ip: &str, containers_ready: bool) -> Value {
     let now = util::now_rfc3339();
+    let ready = containers_ready && readiness_gates_pass(pod);
     let flag = if ready { "True" } else { "False" };
+    let containers_flag = if containers_ready { "True" } else { "False" };
     let containers: Vec<Value> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -185,7 +215,7 @@ fn running_status(pod: &Value, ip: &str, ready: bool) -> Value {
                         "image": c.get("image").cloned().unwrap_or(json!("")),
                         "imageID": "",
                         "containerID": format!("kubesim://{}", str_at(pod, "/metadata/uid").unwrap_or_default()),
-                        "ready": ready,
+                        "ready": containers_ready,
                         "started": true,
                         "restartCount": 0,
                         "state": {"running": {"startedAt": now}},
@@ -194,6 +224,31 @@ fn running_status(pod: &Value, ip: &str, ready: bool) -> Value {
                 .collect()
         })
         .unwrap_or_default();
+    let gates: Vec<&str> = pod
+        .pointer("/spec/readinessGates")
+        .and_then(Value::as_array)
+        .map(|gates| {
+            gates
+                .iter()
+                .filter_map(|g| g["conditionType"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut conditions = vec![
+        json!({"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}),
+        json!({"type": "Initialized", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}),
+        json!({"type": "Ready", "status": flag, "lastProbeTime": null, "lastTransitionTime": now}),
+        json!({"type": "ContainersReady", "status": containers_flag, "lastProbeTime": null, "lastTransitionTime": now}),
+        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}),
+    ];
+    if let Some(existing) = pod.pointer("/status/conditions").and_then(Value::as_array) {
+        conditions.extend(
+            existing
+                .iter()
+                .filter(|c| c["type"].as_str().is_some_and(|t| gates.contains(&t)))
+                .cloned(),
+        );
+    }
     json!({
         "phase": "Running",
         "podIP": ip,
@@ -202,13 +257,7 @@ fn running_status(pod: &Value, ip: &str, ready: bool) -> Value {
         "hostIPs": [{"ip": "127.0.0.1"}],
         "startTime": now,
         "qosClass": "BestEffort",
-        "conditions": [
-            {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastProbeTime": null, "lastTransitionTime": now},
-            {"type": "Ready", "status": flag, "lastProbeTime": null, "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": flag, "lastProbeTime": null, "lastTransitionTime": now},
-            {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now},
-        ],
+        "conditions": conditions,
         "containerStatuses": containers,
     })
 }

@@ -10,6 +10,8 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -19,6 +21,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
     }
 

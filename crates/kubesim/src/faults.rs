@@ -10,6 +10,7 @@ struct FailRule {
     resource: String,
     remaining: u32,
     status: u16,
+    retry_after: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,9 @@ struct LatencyRule {
 pub struct FaultDecision {
     pub delay: Duration,
     pub fail_with: Option<u16>,
+    /// Seconds the failure asks the client to wait (`Retry-After`), as priority and
+    /// fairness does with 429.
+    pub retry_after: Option<u32>,
 }
 
 /// Handle for injecting faults into the API server. `"*"` matches any verb or resource.
@@ -57,6 +61,30 @@ fn matches(rule_verb: &str, rule_res: &str, verb: &str, resource: &str) -> bool 
 impl Faults {
     /// The next `count` requests matching `verb` and `resource` fail with `status`.
     pub fn fail_next(&self, verb: &str, resource: &str, count: u32, status: u16) {
+        self.push_fail(verb, resource, count, status, None);
+    }
+
+    /// Like [`Faults::fail_next`], with a `Retry-After: seconds` header (and
+    /// `details.retryAfterSeconds`), as the API server answers 429 when overloaded.
+    pub fn fail_next_retry_after(
+        &self,
+        verb: &str,
+        resource: &str,
+        count: u32,
+        status: u16,
+        seconds: u32,
+    ) {
+        self.push_fail(verb, resource, count, status, Some(seconds));
+    }
+
+    fn push_fail(
+        &self,
+        verb: &str,
+        resource: &str,
+        count: u32,
+        status: u16,
+        retry_after: Option<u32>,
+    ) {
         self.fail
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -65,6 +93,7 @@ impl Faults {
                 resource: resource.to_string(),
                 remaining: count,
                 status,
+                retry_after,
             });
     }
 
@@ -106,15 +135,21 @@ impl Faults {
             .sum();
         let mut fail = self.fail.lock().unwrap_or_else(|e| e.into_inner());
         let mut fail_with = None;
+        let mut retry_after = None;
         if let Some(rule) = fail
             .iter_mut()
             .find(|r| r.remaining > 0 && matches(&r.verb, &r.resource, verb, resource))
         {
             rule.remaining -= 1;
             fail_with = Some(rule.status);
+            retry_after = rule.retry_after;
         }
         fail.retain(|r| r.remaining > 0);
-        FaultDecision { delay, fail_with }
+        FaultDecision {
+            delay,
+            fail_with,
+            retry_after,
+        }
     }
 
     /// A receiver that changes whenever watches must close.

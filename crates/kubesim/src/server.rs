@@ -58,7 +58,13 @@ pub(crate) fn value_response(code: StatusCode, v: &Value) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        value_response(code, &self.status())
+        let mut response = value_response(code, &self.status());
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -193,10 +199,12 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
         tokio::time::sleep(fault.delay).await;
     }
     if let Some(code) = fault.fail_with {
-        return Err(ApiError::from_code(
-            code,
-            format!("injected fault for {verb} {resource}"),
-        ));
+        let mut error = ApiError::from_code(code, format!("injected fault for {verb} {resource}"));
+        if let Some(seconds) = fault.retry_after {
+            error.retry_after = Some(seconds);
+            error.details = Some(serde_json::json!({"retryAfterSeconds": seconds}));
+        }
+        return Err(error);
     }
     if query.get("dryRun").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::bad_request("kubesim does not support dryRun"));

@@ -376,7 +376,8 @@ async fn describe_shows_the_spec_conditions_and_every_managed_pod(backend: Backe
             "3",
             "1",
             "<none>",
-            "<none>"
+            "<none>",
+            "evict"
         ])
     );
     assert_eq!(
@@ -817,5 +818,100 @@ async fn kubectl_finds_the_plugin_on_path_and_passes_its_arguments(backend: Back
         run.stderr.contains("kubervisorservice \"nope\" not found"),
         "{run:#?}"
     );
+}
+}
+
+/// A pod's `kubervisor/traffic` label.
+async fn traffic_of(cluster: &Cluster, pod: &str) -> Option<String> {
+    let pod: k8s_openapi::api::core::v1::Pod =
+        kube::Api::namespaced(cluster.client.clone(), &cluster.ns)
+            .get(pod)
+            .await
+            .unwrap();
+    pod.metadata
+        .labels
+        .unwrap_or_default()
+        .get("kubervisor/traffic")
+        .cloned()
+}
+
+on_both_backends! {
+async fn manual_actions_move_one_pod_and_never_break_the_floor_unless_forced(backend: Backend) {
+    let cluster = guarded_web(backend, true).await;
+    let ns = cluster.ns.as_str();
+    for name in ["web-a", "web-b", "web-c"] {
+        cluster
+            .pod(ns, name, json!({"app": "web", "kubervisor/traffic": "yes", "kubervisor/name": "web"}), json!({}))
+            .await;
+    }
+    cluster.pod(ns, "stray", json!({"app": "web"}), json!({})).await;
+    cluster.wait_ready(ns, &["web-a", "web-b", "web-c"]).await;
+
+    // 3 serve, floor 2 (minPodsAvailableCount): one may go.
+    let run = cluster.plugin(&["eject", "web-a"]).await;
+    assert_eq!(
+        run.ok(),
+        "pod \"web-a\" ejected by hand: 3 of the pods of kubervisorservice \"web\" served before, floor 2\n"
+    );
+    assert_eq!(traffic_of(&cluster, "web-a").await.as_deref(), Some("no"));
+    let pod: k8s_openapi::api::core::v1::Pod =
+        kube::Api::namespaced(cluster.client.clone(), ns).get("web-a").await.unwrap();
+    assert_eq!(pod.metadata.labels.as_ref().unwrap()["kubervisor/strategy"], "manual");
+    assert!(pod.metadata.annotations.as_ref().unwrap().contains_key("breaker/breakAt"));
+
+    // A second one would leave 1 < 2: refused, nothing written; --force does it.
+    let refused = cluster.plugin(&["eject", "web-b"]).await;
+    assert!(
+        refused.failed().contains("2 of the pods serve and the floor is 2") && refused.stderr.contains("--force"),
+        "{refused:#?}"
+    );
+    assert_eq!(traffic_of(&cluster, "web-b").await.as_deref(), Some("yes"));
+    let refused = cluster.plugin(&["pause", "web-b"]).await;
+    assert!(refused.failed().contains("floor is 2"), "{refused:#?}");
+
+    // Back, parked, back again.
+    assert!(cluster.plugin(&["restore", "web-a"]).await.ok().contains("restored by hand"));
+    assert_eq!(traffic_of(&cluster, "web-a").await.as_deref(), Some("yes"));
+    let refused = cluster.plugin(&["restore", "web-a"]).await;
+    assert!(refused.failed().contains("has label kubervisor/traffic=yes; restore needs no"), "{refused:#?}");
+    assert!(cluster.plugin(&["pause", "web-a"]).await.ok().contains("paused by hand"));
+    assert_eq!(traffic_of(&cluster, "web-a").await.as_deref(), Some("pause"));
+    assert!(cluster.plugin(&["unpause", "web-a"]).await.ok().contains("unpaused by hand"));
+    assert_eq!(traffic_of(&cluster, "web-a").await.as_deref(), Some("yes"));
+
+    cluster.plugin(&["eject", "web-a"]).await.ok();
+    assert!(cluster.plugin(&["eject", "web-b", "--force"]).await.ok().contains("(forced)"));
+    assert_eq!(traffic_of(&cluster, "web-b").await.as_deref(), Some("no"));
+
+    // Pods Kubervisor does not manage are refused by name.
+    let refused = cluster.plugin(&["eject", "stray"]).await;
+    assert!(refused.failed().contains("pod \"stray\" is not managed by a KubervisorService"), "{refused:#?}");
+    let refused = cluster.plugin(&["eject", "ghost"]).await;
+    assert!(refused.failed().contains("pod \"ghost\" not found"), "{refused:#?}");
+
+    // Every action is recorded as an Event on its pod.
+    let events: Vec<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(cluster.client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items;
+    let reasons: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("kubervisor.k8s.io/kubectl-kubervisor"))
+        .map(|e| (e.regarding.as_ref().and_then(|r| r.name.clone()).unwrap_or_default(), e.reason.clone().unwrap_or_default()))
+        .collect();
+    for expected in [
+        ("web-a", "ManualEject"),
+        ("web-a", "ManualRestore"),
+        ("web-a", "ManualPause"),
+        ("web-a", "ManualUnpause"),
+        ("web-b", "ManualEject"),
+    ] {
+        assert!(
+            reasons.iter().any(|(p, r)| p == expected.0 && r == expected.1),
+            "{expected:?} missing from {reasons:?}"
+        );
+    }
 }
 }

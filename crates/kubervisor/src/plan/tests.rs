@@ -31,6 +31,9 @@ fn pod(name: &str) -> SlimPod {
         running: true,
         ready: true,
         terminating: false,
+        containers_ready: true,
+        traffic_gate: false,
+        traffic_condition: None,
     }
 }
 
@@ -42,6 +45,10 @@ struct Fleet {
     version: u64,
     /// The next writes on these pods fail their precondition, as after a concurrent change.
     conflicts: BTreeMap<String, usize>,
+    /// A PodDisruptionBudget that refuses every eviction while set.
+    budget_exhausted: bool,
+    /// Evictions asked for, refused or not.
+    evictions: usize,
 }
 
 /// The step, a fleet, a clock, and everything the step asked for so far.
@@ -96,6 +103,8 @@ impl Harness {
                 .collect(),
             version: 100,
             conflicts: BTreeMap::new(),
+            budget_exhausted: false,
+            evictions: 0,
         };
         Harness {
             state: Some(State::new(NS, "web")),
@@ -234,18 +243,27 @@ impl Fleet {
             return Written::Stale(format!("pod {name} changed since it was read"));
         }
         let mut pod = current.clone();
-        let set = |pod: &mut SlimPod, key: &str, value: &str| {
-            pod.labels.insert(key.into(), value.into());
-        };
+        // The traffic state and the breaker, where this mode keeps them.
+        fn state(pod: &mut SlimPod, marks_in: MarksIn) -> &mut BTreeMap<String, String> {
+            match marks_in {
+                MarksIn::Labels => &mut pod.labels,
+                MarksIn::Annotations => &mut pod.annotations,
+            }
+        }
+        let marks_in = write.marks_in;
         match &write.change {
             PodChange::Adopt => {
-                if !pod.labels.contains_key(TRAFFIC_LABEL) {
-                    set(&mut pod, TRAFFIC_LABEL, "yes");
-                }
-                set(&mut pod, NAME_LABEL, "web");
+                state(&mut pod, marks_in)
+                    .entry(TRAFFIC_LABEL.into())
+                    .or_insert_with(|| "yes".into());
+                pod.labels.insert(NAME_LABEL.into(), "web".into());
             }
             PodChange::Release => {
-                set(&mut pod, TRAFFIC_LABEL, "yes");
+                if pod.traffic_gate {
+                    pod.traffic_condition = Some(true);
+                } else {
+                    pod.labels.insert(TRAFFIC_LABEL.into(), "yes".into());
+                }
                 pod.labels.remove(NAME_LABEL);
                 pod.labels.remove(STRATEGY_LABEL);
                 pod.annotations.clear();
@@ -256,11 +274,13 @@ impl Fleet {
                 at,
             } => {
                 assert_eq!(
-                    pod.labels.get(TRAFFIC_LABEL).map(String::as_str),
+                    state(&mut pod, marks_in)
+                        .get(TRAFFIC_LABEL)
+                        .map(String::as_str),
                     Some("yes")
                 );
-                set(&mut pod, TRAFFIC_LABEL, "no");
-                set(&mut pod, STRATEGY_LABEL, breaker);
+                state(&mut pod, marks_in).insert(TRAFFIC_LABEL.into(), "no".into());
+                state(&mut pod, marks_in).insert(STRATEGY_LABEL.into(), breaker.clone());
                 pod.annotations
                     .insert(BREAK_AT_ANNOTATION.into(), at.to_string());
                 pod.annotations
@@ -269,24 +289,46 @@ impl Fleet {
             }
             PodChange::Reinstate { to } => {
                 assert_eq!(
-                    pod.labels.get(TRAFFIC_LABEL).map(String::as_str),
+                    state(&mut pod, marks_in)
+                        .get(TRAFFIC_LABEL)
+                        .map(String::as_str),
                     Some("no")
                 );
-                set(&mut pod, TRAFFIC_LABEL, to.as_str());
+                state(&mut pod, marks_in).insert(TRAFFIC_LABEL.into(), to.as_str().into());
             }
             PodChange::ForgetRetries => {
                 assert_eq!(
-                    pod.labels.get(TRAFFIC_LABEL).map(String::as_str),
+                    state(&mut pod, marks_in)
+                        .get(TRAFFIC_LABEL)
+                        .map(String::as_str),
                     Some("yes")
                 );
                 pod.annotations
                     .insert(RETRY_COUNT_ANNOTATION.into(), "0".into());
             }
-            PodChange::Kill => {
+            PodChange::SetGate(serve) => {
+                assert!(
+                    pod.traffic_gate,
+                    "the gate is only set on pods that declare it"
+                );
+                pod.traffic_condition = Some(*serve);
+            }
+            PodChange::Kill(method) => {
+                if *method == KillMethod::Evict {
+                    self.evictions += 1;
+                    if self.budget_exhausted {
+                        return Written::Blocked(format!(
+                            "eviction of pod {name} refused: Cannot evict pod as it would violate the pod's disruption budget."
+                        ));
+                    }
+                }
                 self.pods.remove(name);
                 return Written::Done(None);
             }
         }
+        // As the kubelet does: Ready needs the containers and every readiness gate.
+        pod.ready =
+            pod.containers_ready && (!pod.traffic_gate || pod.traffic_condition == Some(true));
         self.version += 1;
         pod.resource_version = self.version.to_string();
         self.pods.insert(name.clone(), pod.clone());
@@ -700,9 +742,80 @@ fn retry_and_kill_waits_longer_each_time_then_kills() {
     h.observe();
     // Ejected twice > maxRetryCount 1: killed at once.
     let effects = h.at(10);
-    assert_eq!(pod_writes(&effects), [("p0", &PodChange::Kill)]);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Kill(KillMethod::Evict))]
+    );
     assert_eq!(reasons(&effects), ["PodKilled"]);
     assert!(!h.fleet.pods.contains_key("p0"));
+}
+
+#[test]
+fn a_kill_refused_by_a_disruption_budget_is_reported_once_and_tried_each_second() {
+    let spec = custom(
+        1,
+        0,
+        json!({"mode": "retryAndKill", "period": 10, "maxRetryCount": 0}),
+    );
+    let mut h = Harness::running(spec, 3);
+    h.fleet.budget_exhausted = true;
+    h.report(&["p0"]);
+    h.observe();
+    // Ejected once > maxRetryCount 0: killed when due, but the budget refuses.
+    let effects = h.at(10);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Kill(KillMethod::Evict))]
+    );
+    assert_eq!(reasons(&effects), ["KillBlocked"]);
+    assert!(
+        events(&effects)
+            .iter()
+            .any(|(_, _, n)| n.contains("PodDisruptionBudget") && n.contains("stays out")),
+        "{:?}",
+        events(&effects)
+    );
+    assert_eq!(h.with_traffic("no"), ["p0"], "the pod stays out of traffic");
+    let retry = t0() + SignedDuration::from_secs(11);
+    assert_eq!(
+        h.state().activator_due(),
+        Some(retry),
+        "tried again a second later"
+    );
+    // Not before: nothing is asked in between.
+    assert!(pod_writes(&h.at(10)).is_empty());
+    // Refused again: not reported again.
+    let effects = h.at(11);
+    assert_eq!(pod_writes(&effects).len(), 1);
+    assert!(reasons(&effects).is_empty(), "{:?}", reasons(&effects));
+    assert_eq!(h.fleet.evictions, 2);
+    // Once the budget allows it, the pod is evicted and the kill reported.
+    h.fleet.budget_exhausted = false;
+    let effects = h.at(12);
+    assert_eq!(reasons(&effects), ["PodKilled"]);
+    assert!(!h.fleet.pods.contains_key("p0"));
+    h.observe();
+    assert_eq!(h.state().activator_due(), None, "nothing left to retry");
+}
+
+#[test]
+fn kill_method_delete_is_never_refused_by_a_budget() {
+    let spec = custom(
+        1,
+        0,
+        json!({"mode": "retryAndKill", "period": 10, "maxRetryCount": 0, "killMethod": "delete"}),
+    );
+    let mut h = Harness::running(spec, 3);
+    h.fleet.budget_exhausted = true;
+    h.report(&["p0"]);
+    h.observe();
+    let effects = h.at(10);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Kill(KillMethod::Delete))]
+    );
+    assert_eq!(reasons(&effects), ["PodKilled"]);
+    assert_eq!(h.fleet.evictions, 0);
 }
 
 #[test]
@@ -720,7 +833,7 @@ fn retry_and_pause_parks_up_to_max_pause_count_then_kills() {
         pod_writes(&effects),
         [
             ("p0", &PodChange::Reinstate { to: Traffic::Pause }),
-            ("p1", &PodChange::Kill)
+            ("p1", &PodChange::Kill(KillMethod::Evict))
         ]
     );
     assert_eq!(h.with_traffic("pause"), ["p0"]);
@@ -1194,4 +1307,134 @@ fn two_quiet_custom_breakers_cost_no_status_write_per_tick() {
     }
     let quiet = &h.effects[before..];
     assert_eq!(status_writes(quiet), 0, "{quiet:#?}");
+}
+
+/// A resource in readiness-gate mode over `pods` pods that declare the gate.
+fn gated(min_count: u32, min_ratio: u32, pods: usize) -> Harness {
+    let mut spec = custom(
+        min_count,
+        min_ratio,
+        json!({"mode": "periodic", "period": 10}),
+    );
+    spec["trafficControl"] = json!("readinessGate");
+    let mut h = Harness::new(spec, pods);
+    for pod in h.fleet.pods.values_mut() {
+        pod.traffic_gate = true;
+        // Not Ready until the gate is set, as the kubelet would have it.
+        pod.ready = false;
+    }
+    h
+}
+
+fn gate_writes(effects: &[Effect]) -> Vec<(&str, bool)> {
+    pod_writes(effects)
+        .into_iter()
+        .filter_map(|(pod, change)| match change {
+            PodChange::SetGate(serve) => Some((pod, *serve)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn readiness_gate_mode_ejects_through_the_condition_and_never_relabels() {
+    let mut h = gated(1, 0, 3);
+    let effects = h.observe();
+    // Adopted (state in annotations, the name label), then the gate follows: True.
+    assert_eq!(
+        gate_writes(&effects),
+        [("p0", true), ("p1", true), ("p2", true)]
+    );
+    for pod in h.fleet.pods.values() {
+        assert_eq!(pod.annotations[TRAFFIC_LABEL], "yes");
+        assert!(!pod.labels.contains_key(TRAFFIC_LABEL), "{:?}", pod.labels);
+        assert!(pod.ready);
+    }
+    h.observe();
+    let labels_before = h.fleet.pods["p0"].labels.clone();
+
+    let effects = h.report(&["p0"]);
+    assert_eq!(reasons(&effects), ["PodEjected"]);
+    assert_eq!(gate_writes(&effects), [("p0", false)]);
+    let p0 = &h.fleet.pods["p0"];
+    assert_eq!(p0.labels, labels_before, "no label changes on ejection");
+    assert_eq!(p0.annotations[TRAFFIC_LABEL], "no");
+    assert_eq!(p0.annotations[STRATEGY_LABEL], "faulty");
+    assert_eq!(p0.traffic_condition, Some(false));
+    assert!(!p0.ready, "the gate makes the pod unready");
+
+    // Back after the period: the gate is True again, labels still untouched.
+    h.observe();
+    let effects = h.at(10);
+    assert_eq!(reasons(&effects), ["PodActivated"]);
+    assert_eq!(gate_writes(&effects), [("p0", true)]);
+    assert_eq!(h.fleet.pods["p0"].labels, labels_before);
+    assert!(h.fleet.pods["p0"].ready);
+}
+
+#[test]
+fn readiness_gate_mode_counts_pods_whose_containers_are_ready() {
+    // m = 3 pods whose containers are ready, floor ⌈3 × 50 %⌉ = 2. Counting Ready pods
+    // instead (the ejected one is unready by its gate) would give m = 2, floor 1, and
+    // let a second pod go.
+    let mut h = gated(1, 50, 3);
+    h.observe();
+    h.observe();
+    h.report(&["p0"]);
+    h.observe();
+    assert!(!h.fleet.pods["p0"].ready);
+    let effects = h.report(&["p0", "p1"]);
+    assert!(
+        gate_writes(&effects).is_empty(),
+        "{:?}",
+        pod_writes(&effects)
+    );
+    assert_eq!(h.fleet.pods["p1"].traffic_condition, Some(true));
+    assert_eq!(reasons(&effects), ["MinimumAvailable"]);
+}
+
+#[test]
+fn readiness_gate_mode_leaves_pods_without_the_gate_alone_and_says_so() {
+    let mut h = gated(1, 0, 3);
+    let bare = h.fleet.pods.get_mut("p2").unwrap();
+    bare.traffic_gate = false;
+    bare.ready = true;
+    let effects = h.observe();
+    assert!(
+        pod_writes(&effects).iter().all(|(pod, _)| *pod != "p2"),
+        "{:?}",
+        pod_writes(&effects)
+    );
+    let notes: Vec<_> = events(&effects)
+        .into_iter()
+        .filter(|(r, _, _)| *r == "NoReadinessGate")
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].1.as_deref(), Some("p2"));
+    let status = last_status(&h.effects).expect("a status");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("without the readiness gate kubervisor.k8s.io/traffic left alone: p2"),
+        "{ready:?}"
+    );
+    // Reported once, and never ejected even when named.
+    h.observe();
+    let effects = h.report(&["p2"]);
+    assert!(pod_writes(&effects).is_empty());
+    assert!(
+        h.effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Publish(r) if r.note.reason() == "NoReadinessGate"))
+            .count()
+            == 1
+    );
+    assert!(!h.fleet.pods["p2"].labels.contains_key(NAME_LABEL));
 }

@@ -28,10 +28,9 @@ use prometheus::DisplayLabels;
 pub(crate) use transport::HttpClient;
 use transport::{Roots, TransportError};
 
-/// Largest Prometheus answer read, to bound memory on a runaway query.
-const MAX_PROMETHEUS_BODY: usize = 64 << 20;
-/// Largest custom detector answer read.
-const MAX_CUSTOM_BODY: usize = 8 << 20;
+/// Largest answer read from a source by default (`--source-max-body-mib`): a runaway
+/// query, a flood of series or a hostile detector cannot exhaust the operator's memory.
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
 
 /// How the controller reaches its sources; configured once at startup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +43,8 @@ pub struct SourceSettings {
     pub custom_timeout: Duration,
     /// The cap of a Prometheus query's timeout, which is otherwise the evaluation period.
     pub max_query_timeout: Duration,
+    /// Largest answer read from any source, in bytes; a larger one is a source error.
+    pub max_body: usize,
 }
 
 impl Default for SourceSettings {
@@ -53,6 +54,7 @@ impl Default for SourceSettings {
             ca_bundle: None,
             custom_timeout: Duration::from_secs(1),
             max_query_timeout: Duration::from_secs(10),
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 }
@@ -410,7 +412,14 @@ impl Sources {
         let answer = self
             .inner
             .http
-            .send(Method::GET, &url, &accept, None, timeout, MAX_CUSTOM_BODY)
+            .send(
+                Method::GET,
+                &url,
+                &accept,
+                None,
+                timeout,
+                self.inner.settings.max_body,
+            )
             .await
             .map_err(|e| transport_error(&request, e, timeout))?;
         if answer.status != StatusCode::OK {
@@ -579,7 +588,7 @@ impl Inner {
                 &headers,
                 form,
                 timeout,
-                MAX_PROMETHEUS_BODY,
+                self.settings.max_body,
             )
             .await
             .map_err(|e| transport_error(request, e, timeout))?;
@@ -644,9 +653,10 @@ fn transport_error(request: &Request, error: TransportError, timeout: Duration) 
             request: request.clone(),
             after: timeout,
         },
-        TransportError::TooLarge(limit) => {
-            request.decode(format!("the answer is larger than {} MiB", limit >> 20))
-        }
+        TransportError::TooLarge(limit) => request.decode(format!(
+            "the answer is larger than {} MiB (--source-max-body-mib); nothing is judged from it",
+            limit >> 20
+        )),
     }
 }
 

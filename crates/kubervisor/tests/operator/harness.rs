@@ -37,6 +37,8 @@ pub struct Cluster {
     pub workload: Option<kubesim::workload::WorkloadHandle>,
     _dir: tempfile::TempDir,
     operators: BTreeMap<String, RunningOperator>,
+    /// Background tasks of the scenario, aborted with it.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 type RunningOperator = (
@@ -84,6 +86,7 @@ impl Cluster {
             workload: None,
             _dir: dir,
             operators: BTreeMap::new(),
+            tasks: Vec::new(),
         }
     }
 
@@ -100,6 +103,7 @@ impl Cluster {
             workload: None,
             _dir: tempfile::tempdir().unwrap(),
             operators: BTreeMap::new(),
+            tasks: Vec::new(),
         }
     }
 
@@ -190,6 +194,65 @@ impl Cluster {
         )
         .await
         .unwrap();
+    }
+
+    /// A Deployment `web` whose pods declare the readiness gate `kubervisor.k8s.io/traffic`
+    /// (all but the first `without_gate` of them, which come from a second Deployment
+    /// `web-bare` with the same `app` label), and a Service `web` selecting `app: web` only.
+    pub async fn deploy_gated(&mut self, replicas: i32, without_gate: i32) {
+        let deployment = |name: &str, replicas: i32, gates: serde_json::Value| {
+            serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": {"app": "web", "deployment": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web", "deployment": name}},
+                        "spec": {
+                            "readinessGates": gates,
+                            "containers": [{"name": "app", "image": "example/app:1"}],
+                        },
+                    },
+                },
+            }))
+            .unwrap()
+        };
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let gate = json!([{"conditionType": "kubervisor.k8s.io/traffic"}]);
+        deployments
+            .create(&PostParams::default(), &deployment("web", replicas, gate))
+            .await
+            .unwrap();
+        if without_gate > 0 {
+            deployments
+                .create(
+                    &PostParams::default(),
+                    &deployment("web-bare", without_gate, json!([])),
+                )
+                .await
+                .unwrap();
+        }
+        let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+            self.client.clone(),
+            &self.namespace,
+        )
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+        if self.sim.is_none() {
+            self.tasks.push(tokio::spawn(follow_readiness_gates(
+                self.client.clone(),
+                self.namespace.clone(),
+            )));
+        }
     }
 
     /// A KubervisorService `web` over Service `web` with the given breakers and activator.
@@ -375,6 +438,29 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Makes a running pod unready, as a failing readiness probe would: kubesim's kubelet
+    /// follows `sim.kubervisor.io/ready: "false"`; on the real control plane the node
+    /// simulator sets conditions once, so the pod's `Ready` condition is set directly.
+    pub async fn make_unready(&self, pod: &str) {
+        if self.sim.is_some() {
+            self.annotate(pod, kubesim::controllers::READY_ANNOTATION, "false")
+                .await;
+            return;
+        }
+        let patch = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "ReadinessProbeFailed"},
+            {"type": "ContainersReady", "status": "False", "reason": "ReadinessProbeFailed"},
+        ]}});
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .patch_status(
+                pod,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(&patch),
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn label(&self, pod: &str, key: &str) -> Option<String> {
         self.pods_any(pod)
             .await
@@ -401,9 +487,63 @@ impl Cluster {
     }
 }
 
+/// What the kubelet does and the real control plane's node simulator does not: a pod's
+/// `Ready` condition is `True` only when its containers are ready and every readiness gate
+/// condition is `True`. Runs for the pods of one namespace until aborted.
+async fn follow_readiness_gates(client: Client, namespace: String) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let mut events = std::pin::pin!(watcher::watcher(pods.clone(), watcher::Config::default()));
+    while let Some(event) = events.next().await {
+        let pod = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
+            _ => continue,
+        };
+        let gates: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .map(|g| g.iter().map(|g| g.condition_type.clone()).collect())
+            .unwrap_or_default();
+        let Some(status) = pod.status.as_ref() else {
+            continue;
+        };
+        if gates.is_empty() || status.pod_ip.is_none() || pod.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let conditions = status.conditions.clone().unwrap_or_default();
+        let is_true = |t: &str| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
+        let want = is_true("ContainersReady") && gates.iter().all(|g| is_true(g));
+        if is_true("Ready") == want {
+            continue;
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": pod.metadata.resource_version},
+            "status": {"conditions": [{"type": "Ready", "status": if want { "True" } else { "False" }}]},
+        });
+        // A conflict is followed by a newer event of the same pod.
+        let _ = pods
+            .patch_status(
+                &pod.metadata.name.clone().unwrap_or_default(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(&patch),
+            )
+            .await;
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for (_, (_, task)) in std::mem::take(&mut self.operators) {
+            task.abort();
+        }
+        for task in self.tasks.drain(..) {
             task.abort();
         }
         // The real control plane is shared: leave it as it was found.

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::harness::{Backend, Cluster, CustomDetector, eventually};
 use kubesim::on_both_backends;
 
-fn count(traffic: &BTreeMap<String, String>, value: &str) -> usize {
+pub(crate) fn count(traffic: &BTreeMap<String, String>, value: &str) -> usize {
     traffic.values().filter(|t| *t == value).count()
 }
 
@@ -22,12 +22,16 @@ fn custom_breaker(detector: &CustomDetector, min_count: u32, min_ratio: u32) -> 
 
 const NEVER: serde_json::Value = serde_json::Value::Null;
 
-fn periodic(period: f64) -> serde_json::Value {
+pub(crate) fn periodic(period: f64) -> serde_json::Value {
     json!({"mode": "periodic", "period": period})
 }
 
 /// Waits until exactly `n` pods have `traffic=value`, and returns every pod's traffic label.
-async fn wait_traffic(cluster: &Cluster, value: &str, n: usize) -> BTreeMap<String, String> {
+pub(crate) async fn wait_traffic(
+    cluster: &Cluster,
+    value: &str,
+    n: usize,
+) -> BTreeMap<String, String> {
     eventually(
         &format!("{n} pods with traffic={value}"),
         // Generous: on the real control plane a Prometheus verdict waits for the workload's
@@ -109,7 +113,7 @@ async fn ejection_events_of(cluster: &Cluster, pod: &str) -> Vec<(String, String
 }
 
 /// Waits until the Service `web` has exactly `n` endpoint addresses.
-async fn wait_endpoints(cluster: &Cluster, n: usize) {
+pub(crate) async fn wait_endpoints(cluster: &Cluster, n: usize) {
     eventually(
         &format!("{n} endpoint addresses"),
         Duration::from_secs(10),
@@ -125,7 +129,7 @@ async fn wait_endpoints(cluster: &Cluster, n: usize) {
     .await;
 }
 
-async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value {
+pub(crate) async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value {
     eventually(
         &format!("Ready condition with reason {reason}"),
         Duration::from_secs(10),
@@ -145,7 +149,7 @@ async fn wait_ready_reason(cluster: &Cluster, reason: &str) -> serde_json::Value
     .await
 }
 
-async fn setup(backend: Backend, replicas: i32) -> (Cluster, CustomDetector) {
+pub(crate) async fn setup(backend: Backend, replicas: i32) -> (Cluster, CustomDetector) {
     let mut cluster = Cluster::start(backend).await;
     cluster.start_operator().await;
     let detector = CustomDetector::start().await;

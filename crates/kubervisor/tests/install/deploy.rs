@@ -4,9 +4,8 @@
 //! and the examples.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kubesim::on_both_backends;
@@ -14,46 +13,10 @@ use kubesim::testing::{Backend, RealNamespace};
 use kubesim::{Sim, SimConfig};
 use serde_json::Value;
 
+use crate::tools::*;
+
 const WAIT: Duration = Duration::from_secs(30);
 const NAMESPACE: &str = "kubervisor-system";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the repository root exists")
-}
-
-fn read(relative: &str) -> String {
-    let path = repo().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
-}
-
-/// Every YAML document of a repository file, as JSON values.
-fn documents(relative: &str) -> Vec<Value> {
-    serde_saphyr::from_multiple::<Value>(&read(relative))
-        .unwrap_or_else(|e| panic!("{relative} is not valid YAML: {e}"))
-        .into_iter()
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-fn document(relative: &str) -> Value {
-    let mut docs = documents(relative);
-    assert_eq!(docs.len(), 1, "{relative} should hold exactly one document");
-    docs.remove(0)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn kubervisor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kubervisor"))
-        .args(args)
-        .output()
-        .expect("kubervisor runs")
-}
 
 /// The CRD as the binary prints it today: the source of truth for every committed copy.
 fn generated_crd() -> Value {
@@ -93,150 +56,6 @@ fn assert_is_generated_crd(relative: &str) {
              `cargo run -p kubervisor -- crd > {relative}`"
         );
     }
-}
-
-/// Locates a required external binary, failing with install advice when it is missing.
-fn require_binary(name: &str, package: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed: this test needs the real binary \
-                 (Debian package `{package}`; `scripts/test.sh` installs it)"
-            )
-        })
-}
-
-/// A copy of the admin kubeconfig that authenticates as the Deployment's service account,
-/// with a token the API server issues for it.
-async fn service_account_kubeconfig(admin: &Path, dir: &Path) -> PathBuf {
-    let token = kubectl(
-        admin,
-        &[
-            "-n",
-            NAMESPACE,
-            "create",
-            "token",
-            "kubervisor",
-            "--duration=10m",
-        ],
-    )
-    .await;
-    let path = dir.join("service-account-kubeconfig");
-    std::fs::copy(admin, &path).unwrap();
-    let user = "system:serviceaccount:kubervisor-system:kubervisor";
-    kubectl(
-        &path,
-        &[
-            "config",
-            "set-credentials",
-            user,
-            &format!("--token={}", token.trim()),
-        ],
-    )
-    .await;
-    kubectl(
-        &path,
-        &[
-            "config",
-            "set-context",
-            "--current",
-            &format!("--user={user}"),
-        ],
-    )
-    .await;
-    assert_eq!(
-        kubectl(
-            &path,
-            &[
-                "auth",
-                "whoami",
-                "-o",
-                "jsonpath={.status.userInfo.username}"
-            ]
-        )
-        .await,
-        user
-    );
-    path
-}
-
-/// Runs kubectl without blocking the runtime that serves the simulated API.
-async fn kubectl_raw(kubeconfig: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(require_binary("kubectl", "kubernetes-client"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        // kubectl caches discovery under $HOME: keep each test's cache its own.
-        .env(
-            "HOME",
-            kubeconfig
-                .parent()
-                .expect("the kubeconfig is in a directory"),
-        )
-        .output()
-        .await
-        .expect("kubectl runs")
-}
-
-/// Runs kubectl and returns its standard output, failing the test on a non-zero exit.
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = kubectl_raw(kubeconfig, args).await;
-    assert!(
-        out.status.success(),
-        "kubectl {} failed: {}{}",
-        args.join(" "),
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    text(&out.stdout)
-}
-
-/// Polls `check` until it returns Some, failing the test after `timeout`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A minimal HTTP/1.0 GET: the status code, or None when nothing answers yet.
-async fn http_status(addr: &str, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    text(&answer).split_whitespace().nth(1)?.parse().ok()
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|item| item.as_str().expect("a list of strings").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn deployment_container() -> Value {
@@ -490,7 +309,7 @@ async fn run_the_deployment_command_line(
     let container = deployment_container();
     let operator_kc = match real_namespace {
         None => kc.to_path_buf(),
-        Some(_) => service_account_kubeconfig(kc, dir).await,
+        Some(_) => service_account_kubeconfig(kc, dir, NAMESPACE, "kubervisor").await,
     };
     let confined = real_namespace.map(|ns| format!("--namespace={}", ns.name));
     let free_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -634,20 +453,17 @@ fn expected(rules: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTree
 
 /// What the operator does in the namespaces it watches, and nothing else.
 const WORKLOAD_RULES: &[(&str, &str, &[&str])] = &[
-    ("", "pods", &["get", "list", "watch", "patch", "delete"]),
-    ("", "services", &["get", "list", "watch"]),
+    ("", "pods", &["list", "watch", "patch", "delete"]),
+    ("", "pods/eviction", &["create"]),
+    ("", "pods/status", &["patch"]),
+    ("", "services", &["list", "watch"]),
     (
         "kubervisor.k8s.io",
         "kubervisorservices",
-        &["get", "list", "watch", "patch"],
+        &["list", "watch", "patch"],
     ),
     ("kubervisor.k8s.io", "kubervisorservices/status", &["patch"]),
-    (
-        "kubervisor.k8s.io",
-        "kubervisorservices/finalizers",
-        &["update"],
-    ),
-    ("events.k8s.io", "events", &["create", "patch"]),
+    ("events.k8s.io", "events", &["create"]),
 ];
 
 #[test]
@@ -883,7 +699,7 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
     files.sort();
     let mut detectors = BTreeSet::new();
     let mut modes = BTreeSet::new();
-    let (mut dry_run, mut breaker_activator) = (false, false);
+    let (mut dry_run, mut breaker_activator, mut readiness_gate) = (false, false, false);
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let out = kubervisor(&["check", "-f", file.to_str().unwrap()]);
@@ -904,8 +720,23 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
             .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == guarded)
             .unwrap_or_else(|| panic!("{name} holds the Service {guarded}"));
         let selector = service["spec"]["selector"].as_object().unwrap();
-        assert_eq!(selector["kubervisor/traffic"], "yes", "{name}");
-        assert!(selector.len() > 1, "{name}: an app label besides traffic");
+        if kvs["spec"]["trafficControl"] == "readinessGate" {
+            // The Service selects the app only; the pods declare Kubervisor's gate.
+            assert!(!selector.contains_key("kubervisor/traffic"), "{name}");
+            let deployment = docs
+                .iter()
+                .find(|d| d["kind"] == "Deployment")
+                .unwrap_or_else(|| panic!("{name} holds the Deployment of the gated pods"));
+            assert_eq!(
+                deployment["spec"]["template"]["spec"]["readinessGates"],
+                serde_json::json!([{"conditionType": "kubervisor.k8s.io/traffic"}]),
+                "{name}"
+            );
+            readiness_gate = true;
+        } else {
+            assert_eq!(selector["kubervisor/traffic"], "yes", "{name}");
+        }
+        assert!(!selector.is_empty(), "{name}: an app label");
 
         dry_run |= kvs["spec"]["dryRun"] == true;
         modes.extend(
@@ -940,4 +771,5 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
         breaker_activator,
         "an example with a breaker-specific activator"
     );
+    assert!(readiness_gate, "an example in readiness-gate mode");
 }

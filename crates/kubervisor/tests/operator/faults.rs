@@ -1,0 +1,47 @@
+//! API faults the operator must live with, injected by kubesim.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Backend, Cluster};
+use crate::scenarios::{periodic, setup, wait_traffic};
+
+fn patches_of_pods(cluster: &Cluster) -> u64 {
+    let sim = cluster.sim.as_ref().expect("kubesim");
+    sim.request_counts()
+        .get(&("patch".to_string(), "pods".to_string()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The API server sheds load with 429 and `Retry-After: 1`: the ejection waits as told
+/// (twice), then goes through, with one request per attempt.
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
+    let (cluster, detector) = setup(Backend::Kubesim, 3).await;
+    let breakers = serde_json::json!([{
+        "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": 1,
+        "customService": detector.url,
+    }]);
+    cluster.guard(breakers, periodic(600.0), false).await;
+    let pods = cluster.wait_ready_pods("web", 3).await;
+    let before = patches_of_pods(&cluster);
+    cluster
+        .sim
+        .as_ref()
+        .unwrap()
+        .faults()
+        .fail_next_retry_after("patch", "pods", 2, 429, 1);
+    let asked = Instant::now();
+    detector.report(&pods[..1]);
+    wait_traffic(&cluster, "no", 1).await;
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "ejected {took:?} after the verdict: the two Retry-After waits were not honoured"
+    );
+    assert_eq!(
+        patches_of_pods(&cluster) - before,
+        3,
+        "two refused attempts and one that went through"
+    );
+}
