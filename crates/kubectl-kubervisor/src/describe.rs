@@ -161,6 +161,8 @@ impl Description<'_> {
             ),
         );
 
+        self.render_evaluations(&mut out);
+
         let _ = writeln!(out, "Pods:");
         let marks_in = match spec.traffic_control.unwrap_or_default() {
             TrafficControl::Label => MarksIn::Labels,
@@ -199,6 +201,78 @@ impl Description<'_> {
         out
     }
 
+    /// Each breaker's last evaluation from `status.breakers`, and the anomalous pods' scores.
+    fn render_evaluations(&self, out: &mut String) {
+        let results = self
+            .kvs
+            .status
+            .as_ref()
+            .map(|s| s.breakers.as_slice())
+            .unwrap_or_default();
+        let _ = writeln!(out, "Evaluations:");
+        if results.is_empty() {
+            let _ = writeln!(out, "  {NONE}");
+            return;
+        }
+        let rows: Vec<Vec<String>> = results
+            .iter()
+            .map(|b| {
+                vec![
+                    b.name.clone(),
+                    b.result.clone(),
+                    b.judged.to_string(),
+                    b.anomalous.to_string(),
+                    b.ejected.to_string(),
+                    b.spared_by_floor.to_string(),
+                    b.statistic.as_ref().map_or(NONE.into(), statistic),
+                    b.last_evaluation_time.as_ref().map_or(NONE.into(), |t| {
+                        format!("{} ago", format::age(t.0, self.now))
+                    }),
+                ]
+            })
+            .collect();
+        out.push_str(&table_indented(
+            "  ",
+            &[
+                "BREAKER",
+                "RESULT",
+                "JUDGED",
+                "ANOMALOUS",
+                "EJECTED",
+                "SPARED",
+                "FLEET",
+                "CHANGED",
+            ],
+            &rows,
+        ));
+        for b in results {
+            if let Some(message) = &b.message {
+                let _ = writeln!(out, "  {}: {message}", b.name);
+            }
+        }
+        let scores: Vec<Vec<String>> = results
+            .iter()
+            .flat_map(|b| {
+                b.anomalous_pods.iter().map(|p| {
+                    vec![
+                        b.name.clone(),
+                        p.pod.clone(),
+                        p.score.to_string(),
+                        p.threshold.to_string(),
+                    ]
+                })
+            })
+            .collect();
+        if !scores.is_empty() {
+            let _ = writeln!(out, "Anomalous Pods:");
+            out.push_str(&table_indented(
+                "  ",
+                &["BREAKER", "POD", "SCORE", "THRESHOLD"],
+                &scores,
+            ));
+        }
+    }
+
     /// The Service's name, selector and whether Kubervisor's decisions take effect.
     fn service_line(&self) -> String {
         let name = &self.kvs.spec.service;
@@ -216,6 +290,23 @@ impl Description<'_> {
         };
         format!("{name} (selector {selector}; {gate})")
     }
+}
+
+/// A fleet statistic in one cell: `median 0.0275, MAD 0.002 (8 pods)`.
+fn statistic(s: &kubervisor_api::FleetStatisticStatus) -> String {
+    let number = |v: Option<f64>| v.map_or(NONE.into(), |v| v.to_string());
+    let (a, b) = if s.kind == "medianMad" {
+        (
+            format!("median {}", number(s.median)),
+            format!("MAD {}", number(s.mad)),
+        )
+    } else {
+        (
+            format!("mean {}", number(s.mean)),
+            format!("stdev {}", number(s.stdev)),
+        )
+    };
+    format!("{a}, {b} ({} pods)", s.hosts)
 }
 
 fn min_available(count: Option<u32>, ratio: Option<u32>) -> String {
@@ -295,7 +386,11 @@ mod tests {
             },
             "status": {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "breakers errors running", "lastTransitionTime": "2026-11-25T09:01:00Z"}],
-                "podCount": {"nbPodsManaged": 2, "nbPodsBreaked": 1, "nbPodsPaused": 0, "nbPodsUnknown": 0}
+                "podCount": {"nbPodsManaged": 2, "nbPodsBreaked": 1, "nbPodsPaused": 0, "nbPodsUnknown": 0},
+                "breakers": [{"name": "errors", "lastEvaluationTime": "2026-11-25T09:58:00Z", "result": "Ok",
+                              "judged": 8, "anomalous": 1, "ejected": 1, "sparedByFloor": 0,
+                              "statistic": {"kind": "medianMad", "hosts": 8, "median": 0.0275, "mad": 0.002},
+                              "anomalousPods": [{"pod": "web-b", "score": 73.35, "threshold": 3.5}]}]
             }
         }))
         .unwrap()
@@ -333,12 +428,15 @@ mod tests {
             "  breaker errors   retryAndKill    1m       3             1            5m        1h             delete\n",
             "  Ready   True     Running   2026-11-25T09:01:00Z (59m ago)   breakers errors running\n",
             "Pod Counts:   2 managed, 1 broken, 0 paused, 0 unknown\n",
+            "  errors    Ok       8        1           1         0        median 0.0275, MAD 0.002 (8 pods)   2m ago\n",
+            "  errors    web-b   73.35   3.5\n",
             "  web-a   yes       True      <none>     <none>                          0\n",
             "  web-b   no        Unknown   errors     2026-11-25T09:58:00Z (2m ago)   1\n",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
         }
-        assert!(out.find("web-a").unwrap() < out.find("web-b").unwrap());
+        let pods = &out[out.find("\nPods:").unwrap()..];
+        assert!(pods.find("web-a").unwrap() < pods.find("web-b").unwrap());
     }
 
     #[test]

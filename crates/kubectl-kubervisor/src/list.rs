@@ -96,16 +96,24 @@ pub fn state(kvs: &KubervisorService) -> String {
 
 /// The detection method a breaker uses, in the manifest's words.
 pub fn method(breaker: &BreakerStrategy) -> String {
-    let mut methods = Vec::new();
-    if breaker.discrete_value_out_of_list.is_some() {
-        methods.push("discreteValueOutOfList");
-    }
-    if breaker.continuous_value_deviation.is_some() {
-        methods.push("continuousValueDeviation");
-    }
-    if breaker.custom_service.is_some() {
-        methods.push("customService");
-    }
+    let methods: Vec<&str> = [
+        (
+            breaker.discrete_value_out_of_list.is_some(),
+            "discreteValueOutOfList",
+        ),
+        (
+            breaker.continuous_value_deviation.is_some(),
+            "continuousValueDeviation",
+        ),
+        (breaker.custom_service.is_some(), "customService"),
+        (breaker.value_threshold.is_some(), "valueThreshold"),
+        (breaker.value_trend.is_some(), "valueTrend"),
+        (breaker.success_rate_outlier.is_some(), "successRateOutlier"),
+        (breaker.continuous_outlier.is_some(), "continuousOutlier"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
     if methods.is_empty() {
         return NONE.into();
     }
@@ -117,6 +125,10 @@ fn short_method(breaker: &BreakerStrategy) -> String {
         .replace("discreteValueOutOfList", "discrete")
         .replace("continuousValueDeviation", "continuous")
         .replace("customService", "custom")
+        .replace("valueThreshold", "threshold")
+        .replace("valueTrend", "trend")
+        .replace("successRateOutlier", "successRate")
+        .replace("continuousOutlier", "outlier")
 }
 
 /// `errors(discrete),latency(continuous)`.

@@ -15,6 +15,14 @@ pub const DEFAULT_TOLERANCE: u32 = 50;
 pub const DEFAULT_MIN_ACTIVITY: u32 = 2;
 /// Default `maxDeviationPercent`.
 pub const DEFAULT_MAX_DEVIATION_PERCENT: f64 = 75.0;
+/// Default `successRateOutlier.stdevFactor`, Envoy's.
+pub const DEFAULT_STDEV_FACTOR: f64 = 1.9;
+/// Default `minimumHosts` of the fleet-relative methods, Envoy's.
+pub const DEFAULT_MINIMUM_HOSTS: u32 = 5;
+/// Default `successRateOutlier.requestVolume`, Envoy's.
+pub const DEFAULT_REQUEST_VOLUME: u32 = 100;
+/// Default `continuousOutlier.maxZScore`, the usual cut-off of the modified z-score.
+pub const DEFAULT_MAX_Z_SCORE: f64 = 3.5;
 /// Default activator `period`, in seconds.
 pub const DEFAULT_ACTIVATOR_PERIOD: f64 = 10.0;
 /// Default activator `maxRetryCount`.
@@ -49,6 +57,16 @@ impl KubervisorServiceSpec {
                 continuous
                     .max_deviation_percent
                     .get_or_insert(DEFAULT_MAX_DEVIATION_PERCENT);
+            }
+            if let Some(rate) = &mut breaker.success_rate_outlier {
+                rate.stdev_factor.get_or_insert(DEFAULT_STDEV_FACTOR);
+                rate.minimum_hosts.get_or_insert(DEFAULT_MINIMUM_HOSTS);
+                rate.request_volume.get_or_insert(DEFAULT_REQUEST_VOLUME);
+            }
+            if let Some(outlier) = &mut breaker.continuous_outlier {
+                outlier.max_z_score.get_or_insert(DEFAULT_MAX_Z_SCORE);
+                outlier.direction.get_or_insert(OutlierDirection::Both);
+                outlier.minimum_hosts.get_or_insert(DEFAULT_MINIMUM_HOSTS);
             }
             if let Some(activator) = &mut breaker.activator {
                 default_activator(activator);
@@ -142,22 +160,21 @@ pub enum Detection {
     Discrete(DiscreteRule),
     Continuous(ContinuousRule),
     Custom(CustomRule),
+    Threshold(ThresholdRule),
+    Trend(TrendRule),
+    SuccessRate(SuccessRateRule),
+    Outlier(OutlierRule),
 }
 
 impl Detection {
     fn from_defaulted(breaker: &BreakerStrategy) -> Detection {
         if let Some(d) = &breaker.discrete_value_out_of_list {
-            let values = |v: &[String]| v.iter().cloned().collect();
             Detection::Discrete(DiscreteRule {
                 prometheus_service: d.prometheus_service.clone(),
                 promql: d.prom_ql.clone(),
                 key: d.key.clone(),
                 pod_name_key: d.pod_name_key.clone(),
-                values: if d.good_values.is_empty() {
-                    ValueList::Bad(values(&d.bad_values))
-                } else {
-                    ValueList::Good(values(&d.good_values))
-                },
+                values: ValueList::from_lists(&d.good_values, &d.bad_values),
                 tolerance_percent: d.tolerance.expect("defaulted"),
                 min_activity: d.min_activity.expect("defaulted"),
             })
@@ -167,6 +184,43 @@ impl Detection {
                 promql: c.prom_ql.clone(),
                 pod_name_key: c.pod_name_key.clone(),
                 max_deviation_percent: c.max_deviation_percent.expect("defaulted"),
+            })
+        } else if let Some(t) = &breaker.value_threshold {
+            Detection::Threshold(ThresholdRule {
+                prometheus_service: t.prometheus_service.clone(),
+                promql: t.prom_ql.clone(),
+                pod_name_key: t.pod_name_key.clone(),
+                above: t.above,
+                below: t.below,
+            })
+        } else if let Some(t) = &breaker.value_trend {
+            Detection::Trend(TrendRule {
+                prometheus_service: t.prometheus_service.clone(),
+                promql: t.prom_ql.clone(),
+                pod_name_key: t.pod_name_key.clone(),
+                window: Duration::from_secs_f64(t.window.expect("validated")),
+                max_slope: t.max_slope,
+                min_slope: t.min_slope,
+            })
+        } else if let Some(r) = &breaker.success_rate_outlier {
+            Detection::SuccessRate(SuccessRateRule {
+                prometheus_service: r.prometheus_service.clone(),
+                promql: r.prom_ql.clone(),
+                pod_name_key: r.pod_name_key.clone(),
+                key: r.key.clone(),
+                values: ValueList::from_lists(&r.good_values, &r.bad_values),
+                stdev_factor: r.stdev_factor.expect("defaulted"),
+                minimum_hosts: r.minimum_hosts.expect("defaulted"),
+                request_volume: r.request_volume.expect("defaulted"),
+            })
+        } else if let Some(o) = &breaker.continuous_outlier {
+            Detection::Outlier(OutlierRule {
+                prometheus_service: o.prometheus_service.clone(),
+                promql: o.prom_ql.clone(),
+                pod_name_key: o.pod_name_key.clone(),
+                max_z_score: o.max_z_score.expect("defaulted"),
+                direction: o.direction.expect("defaulted"),
+                minimum_hosts: o.minimum_hosts.expect("defaulted"),
             })
         } else {
             Detection::Custom(CustomRule {
@@ -181,6 +235,10 @@ impl Detection {
             Detection::Discrete(_) => "discreteValueOutOfList",
             Detection::Continuous(_) => "continuousValueDeviation",
             Detection::Custom(_) => "customService",
+            Detection::Threshold(_) => "valueThreshold",
+            Detection::Trend(_) => "valueTrend",
+            Detection::SuccessRate(_) => "successRateOutlier",
+            Detection::Outlier(_) => "continuousOutlier",
         }
     }
 }
@@ -193,6 +251,15 @@ pub enum ValueList {
 }
 
 impl ValueList {
+    /// The list that is set; validation makes sure exactly one is.
+    fn from_lists(good: &[String], bad: &[String]) -> ValueList {
+        if good.is_empty() {
+            ValueList::Bad(bad.iter().cloned().collect())
+        } else {
+            ValueList::Good(good.iter().cloned().collect())
+        }
+    }
+
     /// Whether a value of the key label counts as good.
     pub fn is_good(&self, value: &str) -> bool {
         match self {
@@ -221,6 +288,51 @@ pub struct ContinuousRule {
     pub promql: String,
     pub pod_name_key: String,
     pub max_deviation_percent: f64,
+}
+
+/// A validated `valueThreshold`: at least one bound is set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThresholdRule {
+    pub prometheus_service: String,
+    pub promql: String,
+    pub pod_name_key: String,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+}
+
+/// A validated `valueTrend`: at least one bound is set, slopes in units per second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrendRule {
+    pub prometheus_service: String,
+    pub promql: String,
+    pub pod_name_key: String,
+    pub window: Duration,
+    pub max_slope: Option<f64>,
+    pub min_slope: Option<f64>,
+}
+
+/// A validated `successRateOutlier`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuccessRateRule {
+    pub prometheus_service: String,
+    pub promql: String,
+    pub pod_name_key: String,
+    pub key: String,
+    pub values: ValueList,
+    pub stdev_factor: f64,
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+}
+
+/// A validated `continuousOutlier`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutlierRule {
+    pub prometheus_service: String,
+    pub promql: String,
+    pub pod_name_key: String,
+    pub max_z_score: f64,
+    pub direction: OutlierDirection,
+    pub minimum_hosts: u32,
 }
 
 /// A validated `customService`.

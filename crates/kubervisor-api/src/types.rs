@@ -117,6 +117,18 @@ pub struct BreakerStrategy {
     /// Ask an HTTP service (`host[:port][/path]` or a URL) which pods are anomalous.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_service: Option<String>,
+    /// Judge each pod's value against fixed bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_threshold: Option<ValueThreshold>,
+    /// Judge the slope of each pod's value over a time window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_trend: Option<ValueTrend>,
+    /// Judge each pod's success rate against the fleet's, as Envoy's outlier detection does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_outlier: Option<SuccessRateOutlier>,
+    /// Judge each pod's raw value against the fleet's by the modified z-score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_outlier: Option<ContinuousOutlier>,
     /// How the pods this breaker ejected come back (default: the resource's defaultActivator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activator: Option<ActivatorStrategy>,
@@ -178,6 +190,135 @@ pub struct ContinuousValueDeviation {
     /// Deviation from 1.0, in percent, above which a pod is anomalous (default 75).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_deviation_percent: Option<f64>,
+}
+
+/// A PromQL query giving one value per pod, judged against fixed bounds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueThreshold {
+    /// Prometheus to query: `host:port` (meaning http://) or a full URL.
+    #[serde(default)]
+    pub prometheus_service: String,
+    /// Query returning one series per pod, such as a p99 latency or an error ratio.
+    #[serde(default, rename = "promQL")]
+    pub prom_ql: String,
+    /// Label holding the pod name.
+    #[serde(default, rename = "podNamekey")]
+    pub pod_name_key: String,
+    /// A pod whose value is greater than this is anomalous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    /// A pod whose value is less than this is anomalous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+}
+
+/// A PromQL query giving one value per pod, judged by its least-squares slope over a window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueTrend {
+    /// Prometheus to query: `host:port` (meaning http://) or a full URL.
+    #[serde(default)]
+    pub prometheus_service: String,
+    /// Query returning one series per pod; it is run as a range query over the window.
+    #[serde(default, rename = "promQL")]
+    pub prom_ql: String,
+    /// Label holding the pod name.
+    #[serde(default, rename = "podNamekey")]
+    pub pod_name_key: String,
+    /// Seconds of history the slope is fitted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<f64>,
+    /// A pod whose value rises faster than this (units per second) is anomalous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slope: Option<f64>,
+    /// A pod whose slope is less than this (units per second) is anomalous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_slope: Option<f64>,
+}
+
+/// Per-pod success rates from the same counters as `discreteValueOutOfList`, compared with
+/// the fleet's mean and standard deviation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessRateOutlier {
+    /// Prometheus to query: `host:port` (meaning http://) or a full URL.
+    #[serde(default)]
+    pub prometheus_service: String,
+    /// Query returning one series per pod and discrete value, e.g. requests by code.
+    #[serde(default, rename = "promQL")]
+    pub prom_ql: String,
+    /// Label holding the pod name.
+    #[serde(default, rename = "podNamekey")]
+    pub pod_name_key: String,
+    /// Label holding the discrete value (for example `code`).
+    #[serde(default)]
+    pub key: String,
+    /// Values that count as successes; everything else is a failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub good_values: Vec<String>,
+    /// Values that count as failures; everything else is a success.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_values: Vec<String>,
+    /// A pod is anomalous below mean − stdevFactor × stdev of the judged pods (default 1.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdev_factor: Option<f64>,
+    /// With fewer judged pods than this, nothing is judged (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_hosts: Option<u32>,
+    /// Pods with fewer observations than this are not judged (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_volume: Option<u32>,
+}
+
+/// A PromQL query giving each pod's raw value (a latency, a price, a queue length),
+/// compared with the fleet by the modified z-score.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContinuousOutlier {
+    /// Prometheus to query: `host:port` (meaning http://) or a full URL.
+    #[serde(default)]
+    pub prometheus_service: String,
+    /// Query returning one series per pod with its raw value.
+    #[serde(default, rename = "promQL")]
+    pub prom_ql: String,
+    /// Label holding the pod name.
+    #[serde(default, rename = "podNamekey")]
+    pub pod_name_key: String,
+    /// A pod whose modified z-score exceeds this, in the given direction, is anomalous
+    /// (default 3.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_z_score: Option<f64>,
+    /// Which side of the fleet is anomalous: `above`, `below` or `both` (default both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<OutlierDirection>,
+    /// With fewer judged pods than this, nothing is judged (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_hosts: Option<u32>,
+}
+
+/// Which side of the fleet a `continuousOutlier` looks at.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OutlierDirection {
+    /// Only values far above the fleet (latency, errors).
+    Above,
+    /// Only values far below the fleet (throughput, price).
+    Below,
+    /// Both sides.
+    #[default]
+    Both,
+}
+
+impl OutlierDirection {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutlierDirection::Above => "above",
+            OutlierDirection::Below => "below",
+            OutlierDirection::Both => "both",
+        }
+    }
 }
 
 /// How ejected pods are brought back, killed or parked.
@@ -272,6 +413,75 @@ pub struct KubervisorServiceStatus {
     /// The `metadata.generation` the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What each breaker computed at its last evaluation that changed anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub breakers: Vec<BreakerStatus>,
+}
+
+/// The last evaluation of one breaker.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerStatus {
+    /// The breaker's name.
+    pub name: String,
+    /// When the breaker was last evaluated with this outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_evaluation_time: Option<Time>,
+    /// `Ok`, `SourceError`, `NotEnoughData`, `Panic` or `DryRun`.
+    #[serde(default)]
+    pub result: String,
+    /// Why, when the result is not `Ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Pods the detector gave a verdict on.
+    #[serde(default)]
+    pub judged: u32,
+    /// Judged pods found anomalous.
+    #[serde(default)]
+    pub anomalous: u32,
+    /// Pods ejected by this evaluation (or that would be, in a dry run).
+    #[serde(default)]
+    pub ejected: u32,
+    /// Anomalous pods that kept traffic because of the floor.
+    #[serde(default)]
+    pub spared_by_floor: u32,
+    /// The fleet statistic the pods were compared with, when the method uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<FleetStatisticStatus>,
+    /// The anomalous pods, worst first: the score and the threshold it was compared with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalous_pods: Vec<PodScoreStatus>,
+}
+
+/// The fleet statistic of a breaker's evaluation, rounded to 4 significant digits.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatisticStatus {
+    /// `meanStdev` (successRateOutlier) or `medianMad` (continuousOutlier).
+    pub kind: String,
+    /// Pods the statistic was computed over.
+    pub hosts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    /// Population standard deviation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdev: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median: Option<f64>,
+    /// Median absolute deviation from the median.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mad: Option<f64>,
+}
+
+/// One anomalous pod of a breaker's evaluation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodScoreStatus {
+    pub pod: String,
+    /// What was compared: the value, slope, success rate or z-score.
+    pub score: f64,
+    /// What it was compared with.
+    pub threshold: f64,
 }
 
 /// Counts of managed pods by traffic state.

@@ -32,6 +32,10 @@ impl fmt::Display for ValidationErrors {
 const MAX_EVALUATION_PERIOD: f64 = 24.0 * 3600.0;
 /// Shortest evaluation period, exclusive.
 const MIN_EVALUATION_PERIOD: f64 = 0.01;
+/// Longest `valueTrend.window`: one week.
+const MAX_TREND_WINDOW: f64 = 7.0 * 24.0 * 3600.0;
+/// The detection methods, as error messages list them.
+const METHODS: &str = "discreteValueOutOfList, continuousValueDeviation, customService, valueThreshold, valueTrend, successRateOutlier, continuousOutlier";
 /// Longest activator period: one year, so that durations stay representable.
 const MAX_ACTIVATOR_PERIOD: f64 = 365.0 * 24.0 * 3600.0;
 
@@ -63,6 +67,72 @@ impl Collector {
             self.error(path, "required");
         } else if let Err(e) = parse(value) {
             self.error(path, e.reason);
+        }
+    }
+
+    /// The three fields every Prometheus method shares.
+    fn query(&mut self, at: &str, prometheus_service: &str, promql: &str, pod_name_key: &str) {
+        self.address(
+            format!("{at}.prometheusService"),
+            prometheus_service,
+            Endpoint::prometheus,
+        );
+        self.required(format!("{at}.promQL"), promql);
+        self.required(format!("{at}.podNamekey"), pod_name_key);
+    }
+
+    fn value_lists(&mut self, at: &str, good: &[String], bad: &[String]) {
+        match (good.is_empty(), bad.is_empty()) {
+            (true, true) => self.error(
+                format!("{at}.goodValues"),
+                "one of goodValues or badValues must be non-empty",
+            ),
+            (false, false) => self.error(
+                format!("{at}.badValues"),
+                "only one of goodValues or badValues may be set",
+            ),
+            _ => {}
+        }
+    }
+
+    /// An upper and a lower bound: at least one, finite, the lower under the upper.
+    fn bounds(&mut self, at: &str, upper: (&str, Option<f64>), lower: (&str, Option<f64>)) {
+        for (field, value) in [upper, lower] {
+            if let Some(v) = value.filter(|v| !v.is_finite()) {
+                self.error(
+                    format!("{at}.{field}"),
+                    format!("must be a finite number, got {v}"),
+                );
+            }
+        }
+        match (upper.1, lower.1) {
+            (None, None) => self.error(
+                at.to_string(),
+                format!("at least one of {}, {}", upper.0, lower.0),
+            ),
+            (Some(u), Some(l)) if u.is_finite() && l.is_finite() && l >= u => self.error(
+                format!("{at}.{}", lower.0),
+                format!(
+                    "must be less than {} ({u}), or every pod would be anomalous, got {l}",
+                    upper.0
+                ),
+            ),
+            _ => {}
+        }
+    }
+
+    fn positive(&mut self, path: String, value: Option<f64>) {
+        if let Some(v) = value.filter(|v| !(*v > 0.0 && v.is_finite())) {
+            self.error(
+                path,
+                format!("must be a finite number greater than 0, got {v}"),
+            );
+        }
+    }
+
+    fn at_least_one(&mut self, path: String, value: Option<u32>) {
+        if value == Some(0) {
+            self.error(path, "must be at least 1");
         }
     }
 
@@ -139,50 +209,32 @@ fn validate_breaker(c: &mut Collector, at: &str, breaker: &BreakerStrategy) {
         breaker.discrete_value_out_of_list.is_some(),
         breaker.continuous_value_deviation.is_some(),
         breaker.custom_service.is_some(),
+        breaker.value_threshold.is_some(),
+        breaker.value_trend.is_some(),
+        breaker.success_rate_outlier.is_some(),
+        breaker.continuous_outlier.is_some(),
     ];
     match methods.iter().filter(|m| **m).count() {
         0 => c.error(
             at.to_string(),
-            "one detection method is required: discreteValueOutOfList, continuousValueDeviation or customService",
+            format!("one detection method is required: {METHODS}"),
         ),
         1 => {}
         _ => c.error(
             at.to_string(),
-            "exactly one detection method is allowed among discreteValueOutOfList, continuousValueDeviation and customService",
+            format!("exactly one detection method is allowed among {METHODS}"),
         ),
     }
     if let Some(d) = &breaker.discrete_value_out_of_list {
         let at = format!("{at}.discreteValueOutOfList");
-        c.address(
-            format!("{at}.prometheusService"),
-            &d.prometheus_service,
-            Endpoint::prometheus,
-        );
-        c.required(format!("{at}.promQL"), &d.prom_ql);
+        c.query(&at, &d.prometheus_service, &d.prom_ql, &d.pod_name_key);
         c.required(format!("{at}.key"), &d.key);
-        c.required(format!("{at}.podNamekey"), &d.pod_name_key);
-        match (d.good_values.is_empty(), d.bad_values.is_empty()) {
-            (true, true) => c.error(
-                format!("{at}.goodValues"),
-                "one of goodValues or badValues must be non-empty",
-            ),
-            (false, false) => c.error(
-                format!("{at}.badValues"),
-                "only one of goodValues or badValues may be set",
-            ),
-            _ => {}
-        }
+        c.value_lists(&at, &d.good_values, &d.bad_values);
         c.percent(format!("{at}.tolerance"), d.tolerance);
     }
     if let Some(cv) = &breaker.continuous_value_deviation {
         let at = format!("{at}.continuousValueDeviation");
-        c.address(
-            format!("{at}.prometheusService"),
-            &cv.prometheus_service,
-            Endpoint::prometheus,
-        );
-        c.required(format!("{at}.promQL"), &cv.prom_ql);
-        c.required(format!("{at}.podNamekey"), &cv.pod_name_key);
+        c.query(&at, &cv.prometheus_service, &cv.prom_ql, &cv.pod_name_key);
         if let Some(max) = cv.max_deviation_percent
             && !(max > 0.0 && max.is_finite())
         {
@@ -191,6 +243,51 @@ fn validate_breaker(c: &mut Collector, at: &str, breaker: &BreakerStrategy) {
                 format!("must be greater than 0, got {max}"),
             );
         }
+    }
+    if let Some(t) = &breaker.value_threshold {
+        let at = format!("{at}.valueThreshold");
+        c.query(&at, &t.prometheus_service, &t.prom_ql, &t.pod_name_key);
+        c.bounds(&at, ("above", t.above), ("below", t.below));
+    }
+    if let Some(t) = &breaker.value_trend {
+        let at = format!("{at}.valueTrend");
+        c.query(&at, &t.prometheus_service, &t.prom_ql, &t.pod_name_key);
+        match t.window {
+            None => c.error(format!("{at}.window"), "required"),
+            Some(w) if !(w > 0.0 && w <= MAX_TREND_WINDOW) => c.error(
+                format!("{at}.window"),
+                format!("must be greater than 0 and at most 604800 seconds, got {w}"),
+            ),
+            Some(w) => {
+                // The range query's step is at least the evaluation period.
+                let period = breaker
+                    .evaluation_period
+                    .unwrap_or(crate::DEFAULT_EVALUATION_PERIOD);
+                if w < 2.0 * period {
+                    c.error(
+                        format!("{at}.window"),
+                        format!(
+                            "must be at least twice the evaluationPeriod ({period} s) so that it holds 3 points, got {w}"
+                        ),
+                    );
+                }
+            }
+        }
+        c.bounds(&at, ("maxSlope", t.max_slope), ("minSlope", t.min_slope));
+    }
+    if let Some(r) = &breaker.success_rate_outlier {
+        let at = format!("{at}.successRateOutlier");
+        c.query(&at, &r.prometheus_service, &r.prom_ql, &r.pod_name_key);
+        c.required(format!("{at}.key"), &r.key);
+        c.value_lists(&at, &r.good_values, &r.bad_values);
+        c.positive(format!("{at}.stdevFactor"), r.stdev_factor);
+        c.at_least_one(format!("{at}.minimumHosts"), r.minimum_hosts);
+    }
+    if let Some(o) = &breaker.continuous_outlier {
+        let at = format!("{at}.continuousOutlier");
+        c.query(&at, &o.prometheus_service, &o.prom_ql, &o.pod_name_key);
+        c.positive(format!("{at}.maxZScore"), o.max_z_score);
+        c.at_least_one(format!("{at}.minimumHosts"), o.minimum_hosts);
     }
     if let Some(url) = &breaker.custom_service {
         c.address(format!("{at}.customService"), url, Endpoint::custom);

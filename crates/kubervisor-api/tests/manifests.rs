@@ -186,13 +186,13 @@ fn breaker_names_are_dns_labels_and_unique() {
 fn exactly_one_detection_method_per_breaker() {
     assert_one_error(
         &with_breaker("name: none"),
-        "spec.breakers[1]: one detection method is required: discreteValueOutOfList, continuousValueDeviation or customService",
+        "spec.breakers[1]: one detection method is required: discreteValueOutOfList, continuousValueDeviation, customService, valueThreshold, valueTrend, successRateOutlier, continuousOutlier",
     );
     assert_one_error(
         &with_breaker(
             "name: two\ncustomService: d:80\ncontinuousValueDeviation: {prometheusService: 'p:1', promQL: q, podNamekey: pod}",
         ),
-        "spec.breakers[1]: exactly one detection method is allowed among discreteValueOutOfList, continuousValueDeviation and customService",
+        "spec.breakers[1]: exactly one detection method is allowed among discreteValueOutOfList, continuousValueDeviation, customService, valueThreshold, valueTrend, successRateOutlier, continuousOutlier",
     );
 }
 
@@ -256,6 +256,139 @@ fn continuous_needs_its_fields_and_a_positive_deviation() {
             "{expected} not in {errors:#?}"
         );
     }
+}
+
+fn assert_errors(text: &str, expected: &[&str]) {
+    let errors = errors(text);
+    for e in expected {
+        assert!(errors.iter().any(|x| x == e), "{e} not in {errors:#?}");
+    }
+}
+
+const P: &str = "prometheusService: 'p:9090', promQL: q, podNamekey: pod";
+
+#[test]
+fn value_threshold_needs_a_bound_and_a_lower_bound_under_the_upper() {
+    assert_errors(
+        &with_breaker("name: t\nvalueThreshold: {}"),
+        &[
+            "spec.breakers[1].valueThreshold.prometheusService: required",
+            "spec.breakers[1].valueThreshold.promQL: required",
+            "spec.breakers[1].valueThreshold.podNamekey: required",
+            "spec.breakers[1].valueThreshold: at least one of above, below",
+        ],
+    );
+    assert_one_error(
+        &with_breaker(&format!(
+            "name: t\nvalueThreshold: {{{P}, above: 0.1, below: 0.2}}"
+        )),
+        "spec.breakers[1].valueThreshold.below: must be less than above (0.1), or every pod would be anomalous, got 0.2",
+    );
+    // `.inf` never gets this far: the YAML reader refuses non-finite numbers itself.
+    assert!(
+        check_documents(&with_breaker(&format!(
+            "name: t\nvalueThreshold: {{{P}, above: .inf}}"
+        )))
+        .is_err()
+    );
+    let kvs = valid(&with_breaker(&format!(
+        "name: t\nvalueThreshold: {{{P}, above: 0.1}}"
+    )));
+    let spec = kvs[0].spec.resolve().unwrap();
+    let Detection::Threshold(rule) = &spec.breakers[1].detection else {
+        panic!("{:?}", spec.breakers[1].detection)
+    };
+    assert_eq!((rule.above, rule.below), (Some(0.1), None));
+}
+
+#[test]
+fn value_trend_needs_a_window_and_a_slope_bound() {
+    assert_errors(
+        &with_breaker(&format!("name: t\nvalueTrend: {{{P}}}")),
+        &[
+            "spec.breakers[1].valueTrend.window: required",
+            "spec.breakers[1].valueTrend: at least one of maxSlope, minSlope",
+        ],
+    );
+    assert_one_error(
+        &with_breaker(&format!(
+            "name: t\nvalueTrend: {{{P}, window: 0, maxSlope: 1}}"
+        )),
+        "spec.breakers[1].valueTrend.window: must be greater than 0 and at most 604800 seconds, got 0",
+    );
+    assert_one_error(
+        &with_breaker(&format!(
+            "name: t\nevaluationPeriod: 10\nvalueTrend: {{{P}, window: 15, minSlope: -1}}"
+        )),
+        "spec.breakers[1].valueTrend.window: must be at least twice the evaluationPeriod (10 s) so that it holds 3 points, got 15",
+    );
+    let kvs = valid(&with_breaker(&format!(
+        "name: t\nvalueTrend: {{{P}, window: 300, maxSlope: 0.001}}"
+    )));
+    let spec = kvs[0].spec.resolve().unwrap();
+    let Detection::Trend(rule) = &spec.breakers[1].detection else {
+        panic!("{:?}", spec.breakers[1].detection)
+    };
+    assert_eq!(rule.window, std::time::Duration::from_secs(300));
+    assert_eq!((rule.max_slope, rule.min_slope), (Some(0.001), None));
+}
+
+#[test]
+fn success_rate_outlier_gets_envoy_defaults_and_checks_its_fields() {
+    assert_errors(
+        &with_breaker(&format!(
+            "name: s\nsuccessRateOutlier: {{{P}, stdevFactor: 0, minimumHosts: 0}}"
+        )),
+        &[
+            "spec.breakers[1].successRateOutlier.key: required",
+            "spec.breakers[1].successRateOutlier.goodValues: one of goodValues or badValues must be non-empty",
+            "spec.breakers[1].successRateOutlier.stdevFactor: must be a finite number greater than 0, got 0",
+            "spec.breakers[1].successRateOutlier.minimumHosts: must be at least 1",
+        ],
+    );
+    let kvs = valid(&with_breaker(&format!(
+        "name: s\nsuccessRateOutlier: {{{P}, key: code, badValues: ['500']}}"
+    )));
+    let spec = kvs[0].spec.resolve().unwrap();
+    let Detection::SuccessRate(rule) = &spec.breakers[1].detection else {
+        panic!("{:?}", spec.breakers[1].detection)
+    };
+    assert_eq!(
+        (rule.stdev_factor, rule.minimum_hosts, rule.request_volume),
+        (1.9, 5, 100)
+    );
+    assert!(!rule.values.is_good("500") && rule.values.is_good("200"));
+}
+
+#[test]
+fn continuous_outlier_gets_defaults_and_a_known_direction() {
+    assert_errors(
+        &with_breaker(&format!(
+            "name: o\ncontinuousOutlier: {{{P}, maxZScore: -1, minimumHosts: 0}}"
+        )),
+        &[
+            "spec.breakers[1].continuousOutlier.maxZScore: must be a finite number greater than 0, got -1",
+            "spec.breakers[1].continuousOutlier.minimumHosts: must be at least 1",
+        ],
+    );
+    let errors = errors(&with_breaker(&format!(
+        "name: o\ncontinuousOutlier: {{{P}, direction: sideways}}"
+    )));
+    assert!(
+        errors.iter().any(|e| e.contains("direction")),
+        "{errors:#?}"
+    );
+    let kvs = valid(&with_breaker(&format!(
+        "name: o\ncontinuousOutlier: {{{P}}}"
+    )));
+    let spec = kvs[0].spec.resolve().unwrap();
+    let Detection::Outlier(rule) = &spec.breakers[1].detection else {
+        panic!("{:?}", spec.breakers[1].detection)
+    };
+    assert_eq!(
+        (rule.max_z_score, rule.direction, rule.minimum_hosts),
+        (3.5, kubervisor_api::OutlierDirection::Both, 5)
+    );
 }
 
 #[test]

@@ -3,7 +3,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use kubervisor_api::{ContinuousRule, DiscreteRule};
+use kubervisor_api::{
+    ContinuousRule, DiscreteRule, OutlierDirection, OutlierRule, SuccessRateRule, ThresholdRule,
+    TrendRule, ValueList,
+};
+
+use crate::stats::{self, RobustSpread};
 
 /// One series of a discrete-value query: the pod, the value of the `key` label, the sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +23,91 @@ pub struct DiscreteSample {
 pub struct ContinuousSample {
     pub pod: String,
     pub value: f64,
+}
+
+/// One series of a range query: the pod and its (unix seconds, value) points, oldest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrendSeries {
+    pub pod: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The fleet statistic a pod was compared with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FleetStatistic {
+    /// `successRateOutlier`: mean and population standard deviation of the success rates.
+    MeanStdev { hosts: usize, mean: f64, stdev: f64 },
+    /// `continuousOutlier`: median and median absolute deviation of the values.
+    MedianMad {
+        hosts: usize,
+        median: f64,
+        mad: f64,
+        /// Mean absolute deviation from the median, used when the MAD is 0.
+        mean_ad: f64,
+    },
+}
+
+impl fmt::Display for FleetStatistic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FleetStatistic::MeanStdev { hosts, mean, stdev } => write!(
+                f,
+                "fleet of {hosts}: mean {}, stdev {}",
+                fmt_value(mean),
+                fmt_value(stdev)
+            ),
+            FleetStatistic::MedianMad {
+                hosts,
+                median,
+                mad,
+                mean_ad,
+            } => {
+                write!(
+                    f,
+                    "fleet of {hosts}: median {}, MAD {}",
+                    fmt_value(median),
+                    fmt_value(mad)
+                )?;
+                if mad == 0.0 {
+                    write!(f, ", mean absolute deviation {}", fmt_value(mean_ad))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A bound a pod's value or slope went past.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    Above(f64),
+    Below(f64),
+}
+
+impl Bound {
+    /// The bound's value.
+    pub fn value(self) -> f64 {
+        match self {
+            Bound::Above(v) | Bound::Below(v) => v,
+        }
+    }
+
+    /// How far `x` is past the bound, when it is.
+    fn excess(self, x: f64) -> Option<f64> {
+        match self {
+            Bound::Above(bound) if x > bound => Some(x - bound),
+            Bound::Below(bound) if x < bound => Some(bound - x),
+            _ => None,
+        }
+    }
+
+    /// The first of the bounds `x` is past, with the excess.
+    fn first_crossed(above: Option<f64>, below: Option<f64>, x: f64) -> Option<(Bound, f64)> {
+        [above.map(Bound::Above), below.map(Bound::Below)]
+            .into_iter()
+            .flatten()
+            .find_map(|bound| bound.excess(x).map(|excess| (bound, excess)))
+    }
 }
 
 /// A pod a detector found anomalous.
@@ -48,6 +138,68 @@ pub enum Evidence {
     },
     /// A custom detector named the pod.
     Reported,
+    /// `valueThreshold`: the pod's value is past a bound.
+    Threshold { value: f64, bound: Bound },
+    /// `valueTrend`: the least-squares slope of the pod's value is past a bound.
+    Trend {
+        slope: f64,
+        points: usize,
+        window_seconds: f64,
+        bound: Bound,
+    },
+    /// `successRateOutlier`: the pod's success rate is under mean − stdevFactor × stdev.
+    SuccessRate {
+        rate: f64,
+        observations: f64,
+        threshold: f64,
+        stdev_factor: f64,
+        statistic: FleetStatistic,
+    },
+    /// `continuousOutlier`: the pod's modified z-score is past maxZScore.
+    Outlier {
+        value: f64,
+        z_score: f64,
+        max_z_score: f64,
+        statistic: FleetStatistic,
+    },
+}
+
+impl Evidence {
+    /// What was compared and what it was compared with, for the status.
+    pub fn compared(&self) -> Option<(f64, f64)> {
+        match self {
+            Evidence::BadRatio {
+                ratio,
+                tolerance_percent,
+                ..
+            } => Some((*ratio, f64::from(*tolerance_percent) / 100.0)),
+            Evidence::Deviation {
+                deviation,
+                max_deviation_percent,
+            } => Some((*deviation, max_deviation_percent / 100.0)),
+            Evidence::Reported => None,
+            Evidence::Threshold { value, bound } => Some((*value, bound.value())),
+            Evidence::Trend { slope, bound, .. } => Some((*slope, bound.value())),
+            Evidence::SuccessRate {
+                rate, threshold, ..
+            } => Some((*rate, *threshold)),
+            Evidence::Outlier {
+                z_score,
+                max_z_score,
+                ..
+            } => Some((*z_score, max_z_score.copysign(*z_score))),
+        }
+    }
+
+    /// The fleet statistic the pod was compared with, for the methods that use one.
+    pub fn statistic(&self) -> Option<FleetStatistic> {
+        match self {
+            Evidence::SuccessRate { statistic, .. } | Evidence::Outlier { statistic, .. } => {
+                Some(*statistic)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Evidence {
@@ -73,6 +225,54 @@ impl fmt::Display for Evidence {
                 deviation * 100.0
             ),
             Evidence::Reported => f.write_str("reported by the custom detector"),
+            Evidence::Threshold { value, bound } => match bound {
+                Bound::Above(b) => {
+                    write!(f, "value {} > above {}", fmt_value(*value), fmt_value(*b))
+                }
+                Bound::Below(b) => {
+                    write!(f, "value {} < below {}", fmt_value(*value), fmt_value(*b))
+                }
+            },
+            Evidence::Trend {
+                slope,
+                points,
+                window_seconds,
+                bound,
+            } => {
+                let (op, field) = match bound {
+                    Bound::Above(_) => (">", "maxSlope"),
+                    Bound::Below(_) => ("<", "minSlope"),
+                };
+                write!(
+                    f,
+                    "slope {}/s over {points} points in {window_seconds} s {op} {field} {}",
+                    fmt_value(*slope),
+                    fmt_value(bound.value())
+                )
+            }
+            Evidence::SuccessRate {
+                rate,
+                observations,
+                threshold,
+                stdev_factor,
+                statistic,
+            } => write!(
+                f,
+                "success rate {:.2}% over {} observations < {:.2}% (mean − {stdev_factor} × stdev; {statistic})",
+                rate * 100.0,
+                fmt_count(*observations),
+                threshold * 100.0
+            ),
+            Evidence::Outlier {
+                value,
+                z_score,
+                max_z_score,
+                statistic,
+            } => write!(
+                f,
+                "value {} has modified z-score {z_score:.2}, beyond maxZScore {max_z_score} ({statistic})",
+                fmt_value(*value)
+            ),
         }
     }
 }
@@ -89,6 +289,10 @@ pub struct Findings {
     /// The detector names only anomalous pods (a custom detector): every other pod it
     /// could see counts as judged healthy.
     pub unlisted_are_healthy: bool,
+    /// The fleet statistic the pods were compared with, for the fleet-relative methods.
+    pub statistic: Option<FleetStatistic>,
+    /// Set when the data was too thin to judge anyone (fewer than minimumHosts).
+    pub not_enough_data: Option<String>,
 }
 
 impl Findings {
@@ -107,30 +311,8 @@ impl Findings {
 /// `min_activity` observations is not judged; a pod is anomalous when
 /// bad / total > tolerance / 100, compared without any rounding.
 pub fn discrete(rule: &DiscreteRule, samples: &[DiscreteSample]) -> Findings {
-    #[derive(Default)]
-    struct Tally {
-        good: f64,
-        bad: f64,
-        invalid: Option<String>,
-    }
-    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
-    for sample in samples {
-        let tally = tallies.entry(sample.pod.as_str()).or_default();
-        if !sample.value.is_finite() || sample.value < 0.0 {
-            tally.invalid.get_or_insert_with(|| {
-                format!(
-                    "sample {}={:?} has value {}, not a finite count",
-                    rule.key, sample.key, sample.value
-                )
-            });
-        } else if rule.values.is_good(&sample.key) {
-            tally.good += sample.value;
-        } else {
-            tally.bad += sample.value;
-        }
-    }
     let mut findings = Findings::default();
-    for (pod, tally) in tallies {
+    for (pod, tally) in tally(&rule.key, &rule.values, samples) {
         let total = tally.good + tally.bad;
         if let Some(why) = tally.invalid {
             findings.not_judged.push((pod.to_string(), why));
@@ -157,6 +339,289 @@ pub fn discrete(rule: &DiscreteRule, samples: &[DiscreteSample]) -> Findings {
             });
         } else {
             findings.healthy.push(pod.to_string());
+        }
+    }
+    findings.finish()
+}
+
+/// Good and bad observations of one pod.
+#[derive(Default)]
+struct Tally {
+    good: f64,
+    bad: f64,
+    invalid: Option<String>,
+}
+
+/// Sums each pod's samples into good and bad; a non-finite or negative count marks the
+/// pod invalid.
+fn tally<'a>(
+    key: &str,
+    values: &ValueList,
+    samples: &'a [DiscreteSample],
+) -> BTreeMap<&'a str, Tally> {
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    for sample in samples {
+        let tally = tallies.entry(sample.pod.as_str()).or_default();
+        if !sample.value.is_finite() || sample.value < 0.0 {
+            tally.invalid.get_or_insert_with(|| {
+                format!(
+                    "sample {key}={:?} has value {}, not a finite count",
+                    sample.key, sample.value
+                )
+            });
+        } else if values.is_good(&sample.key) {
+            tally.good += sample.value;
+        } else {
+            tally.bad += sample.value;
+        }
+    }
+    tallies
+}
+
+/// One value per pod: a pod with a non-finite value or several series is not judged.
+fn one_value_per_pod(samples: &[ContinuousSample], findings: &mut Findings) -> Vec<(String, f64)> {
+    let mut values: BTreeMap<&str, Result<f64, String>> = BTreeMap::new();
+    for sample in samples {
+        let verdict = if !sample.value.is_finite() {
+            Err(format!("value {} is not a finite number", sample.value))
+        } else {
+            Ok(sample.value)
+        };
+        values
+            .entry(sample.pod.as_str())
+            .and_modify(|v| {
+                if v.is_ok() {
+                    *v = Err(
+                        "several series for this pod: aggregate by the pod label in the query"
+                            .into(),
+                    );
+                }
+            })
+            .or_insert(verdict);
+    }
+    let mut judged = Vec::new();
+    for (pod, value) in values {
+        match value {
+            Ok(v) => judged.push((pod.to_string(), v)),
+            Err(why) => findings.not_judged.push((pod.to_string(), why)),
+        }
+    }
+    judged
+}
+
+/// With fewer than `minimum_hosts` pods to judge, nobody is judged.
+fn enough_hosts(
+    judged: &mut Vec<(String, f64)>,
+    minimum_hosts: u32,
+    what: &str,
+    findings: &mut Findings,
+) -> bool {
+    if judged.len() >= minimum_hosts as usize {
+        return true;
+    }
+    let why = format!(
+        "{} {what}, fewer than minimumHosts {minimum_hosts}: nothing is judged",
+        judged.len()
+    );
+    for (pod, _) in judged.drain(..) {
+        findings.not_judged.push((pod, why.clone()));
+    }
+    findings.not_enough_data = Some(why);
+    false
+}
+
+/// `valueThreshold`: a pod is anomalous when its value is > `above` or < `below`.
+pub fn threshold(rule: &ThresholdRule, samples: &[ContinuousSample]) -> Findings {
+    let mut findings = Findings::default();
+    for (pod, value) in one_value_per_pod(samples, &mut findings) {
+        match Bound::first_crossed(rule.above, rule.below, value) {
+            Some((bound, excess)) => findings.anomalies.push(Anomaly {
+                pod,
+                score: excess,
+                evidence: Evidence::Threshold { value, bound },
+            }),
+            None => findings.healthy.push(pod),
+        }
+    }
+    findings.finish()
+}
+
+/// Fewest points a pod needs in the window for its slope to be judged.
+pub const MIN_TREND_POINTS: usize = 3;
+
+/// `valueTrend`: a pod is anomalous when the least-squares slope of its values (units per
+/// second) is > `maxSlope` or < `minSlope`; pods with fewer than 3 finite points are not
+/// judged.
+pub fn trend(rule: &TrendRule, series: &[TrendSeries]) -> Findings {
+    let mut findings = Findings::default();
+    /// A pod's finite points, or why it cannot be judged.
+    type Points = Result<Vec<(f64, f64)>, String>;
+    let mut by_pod: BTreeMap<&str, Points> = BTreeMap::new();
+    for s in series {
+        let points: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(t, v)| t.is_finite() && v.is_finite())
+            .collect();
+        by_pod
+            .entry(s.pod.as_str())
+            .and_modify(|p| {
+                *p = Err(
+                    "several series for this pod: aggregate by the pod label in the query".into(),
+                )
+            })
+            .or_insert(Ok(points));
+    }
+    let window_seconds = rule.window.as_secs_f64();
+    for (pod, points) in by_pod {
+        let points = match points {
+            Ok(points) => points,
+            Err(why) => {
+                findings.not_judged.push((pod.to_string(), why));
+                continue;
+            }
+        };
+        let slope = (points.len() >= MIN_TREND_POINTS)
+            .then(|| stats::slope(&points))
+            .flatten();
+        let Some(slope) = slope else {
+            findings.not_judged.push((
+                pod.to_string(),
+                format!(
+                    "{} points with distinct times in the window, fewer than {MIN_TREND_POINTS}",
+                    points.len()
+                ),
+            ));
+            continue;
+        };
+        match Bound::first_crossed(rule.max_slope, rule.min_slope, slope) {
+            Some((bound, excess)) => findings.anomalies.push(Anomaly {
+                pod: pod.to_string(),
+                score: excess,
+                evidence: Evidence::Trend {
+                    slope,
+                    points: points.len(),
+                    window_seconds,
+                    bound,
+                },
+            }),
+            None => findings.healthy.push(pod.to_string()),
+        }
+    }
+    findings.finish()
+}
+
+/// `successRateOutlier`, as Envoy defines it: pods with fewer than `requestVolume`
+/// observations are not judged; with fewer than `minimumHosts` pods left nobody is; a pod
+/// is anomalous when its success rate is < mean − stdevFactor × stdev (population stdev).
+pub fn success_rate_outlier(rule: &SuccessRateRule, samples: &[DiscreteSample]) -> Findings {
+    let mut findings = Findings::default();
+    let mut rates: Vec<(String, f64)> = Vec::new();
+    let mut volumes: BTreeMap<String, f64> = BTreeMap::new();
+    for (pod, tally) in tally(&rule.key, &rule.values, samples) {
+        let total = tally.good + tally.bad;
+        if let Some(why) = tally.invalid {
+            findings.not_judged.push((pod.to_string(), why));
+        } else if total < f64::from(rule.request_volume) || total <= 0.0 {
+            findings.not_judged.push((
+                pod.to_string(),
+                format!(
+                    "{} observations, fewer than requestVolume {}",
+                    fmt_count(total),
+                    rule.request_volume
+                ),
+            ));
+        } else {
+            rates.push((pod.to_string(), tally.good / total));
+            volumes.insert(pod.to_string(), total);
+        }
+    }
+    if !enough_hosts(
+        &mut rates,
+        rule.minimum_hosts,
+        "pods with enough requests",
+        &mut findings,
+    ) {
+        return findings.finish();
+    }
+    let values: Vec<f64> = rates.iter().map(|(_, r)| *r).collect();
+    let (Some(mean), Some(stdev)) = (stats::mean(&values), stats::population_stdev(&values)) else {
+        return findings.finish();
+    };
+    let statistic = FleetStatistic::MeanStdev {
+        hosts: values.len(),
+        mean,
+        stdev,
+    };
+    findings.statistic = Some(statistic);
+    let threshold = mean - rule.stdev_factor * stdev;
+    for (pod, rate) in rates {
+        if rate < threshold {
+            let observations = volumes[&pod];
+            findings.anomalies.push(Anomaly {
+                score: threshold - rate,
+                evidence: Evidence::SuccessRate {
+                    rate,
+                    observations,
+                    threshold,
+                    stdev_factor: rule.stdev_factor,
+                    statistic,
+                },
+                pod,
+            });
+        } else {
+            findings.healthy.push(pod);
+        }
+    }
+    findings.finish()
+}
+
+/// `continuousOutlier`: a pod is anomalous when its modified z-score against the fleet
+/// (see [`RobustSpread::z_score`]) exceeds `maxZScore` in the rule's direction; worst
+/// (highest |score|) first.
+pub fn continuous_outlier(rule: &OutlierRule, samples: &[ContinuousSample]) -> Findings {
+    let mut findings = Findings::default();
+    let mut values = one_value_per_pod(samples, &mut findings);
+    if !enough_hosts(
+        &mut values,
+        rule.minimum_hosts,
+        "pods with a value",
+        &mut findings,
+    ) {
+        return findings.finish();
+    }
+    let numbers: Vec<f64> = values.iter().map(|(_, v)| *v).collect();
+    let Some(spread) = RobustSpread::of(&numbers) else {
+        return findings.finish();
+    };
+    let statistic = FleetStatistic::MedianMad {
+        hosts: numbers.len(),
+        median: spread.median,
+        mad: spread.mad,
+        mean_ad: spread.mean_ad,
+    };
+    findings.statistic = Some(statistic);
+    for (pod, value) in values {
+        let z_score = spread.z_score(value);
+        let anomalous = match rule.direction {
+            OutlierDirection::Above => z_score > rule.max_z_score,
+            OutlierDirection::Below => z_score < -rule.max_z_score,
+            OutlierDirection::Both => z_score.abs() > rule.max_z_score,
+        };
+        if anomalous {
+            findings.anomalies.push(Anomaly {
+                pod,
+                score: z_score.abs(),
+                evidence: Evidence::Outlier {
+                    value,
+                    z_score,
+                    max_z_score: rule.max_z_score,
+                    statistic,
+                },
+            });
+        } else {
+            findings.healthy.push(pod);
         }
     }
     findings.finish()
@@ -216,6 +681,25 @@ pub fn custom(reported: &[String]) -> Findings {
         ..Findings::default()
     }
     .finish()
+}
+
+/// Four significant digits, without a trailing exponent for ordinary magnitudes.
+fn fmt_value(value: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return format!("{value}");
+    }
+    let magnitude = value.abs().log10().floor() as i32;
+    if (-4..6).contains(&magnitude) {
+        let decimals = (3 - magnitude).max(0) as usize;
+        let text = format!("{value:.decimals$}");
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            text
+        }
+    } else {
+        format!("{value:.3e}")
+    }
 }
 
 fn fmt_count(value: f64) -> String {
@@ -401,5 +885,268 @@ mod tests {
     fn custom_reports_are_anomalies_deduplicated_and_sorted() {
         let findings = custom(&["b".into(), "a".into(), "b".into()]);
         assert_eq!(names(&findings), ["a", "b"]);
+    }
+    fn trule(above: Option<f64>, below: Option<f64>) -> ThresholdRule {
+        ThresholdRule {
+            prometheus_service: "p:9090".into(),
+            promql: "q".into(),
+            pod_name_key: "pod".into(),
+            above,
+            below,
+        }
+    }
+
+    #[test]
+    fn threshold_flags_values_past_either_bound() {
+        let samples = [
+            c("ok", 0.05),
+            c("high", 0.4),
+            c("edge", 0.1),
+            c("low", -1.0),
+        ];
+        let findings = threshold(&trule(Some(0.1), Some(0.0)), &samples);
+        assert_eq!(names(&findings), ["low", "high"]);
+        assert_eq!(findings.healthy, ["edge", "ok"]);
+        assert_eq!(
+            findings.anomalies[1].evidence.to_string(),
+            "value 0.4 > above 0.1"
+        );
+        let findings = threshold(&trule(Some(0.1), None), &samples);
+        assert_eq!(names(&findings), ["high"]);
+    }
+
+    #[test]
+    fn threshold_leaves_nan_inf_and_duplicate_series_unjudged() {
+        let samples = [
+            c("nan", f64::NAN),
+            c("inf", f64::INFINITY),
+            c("dup", 1.0),
+            c("dup", 2.0),
+        ];
+        let findings = threshold(&trule(Some(0.1), None), &samples);
+        assert!(findings.anomalies.is_empty());
+        assert_eq!(findings.not_judged.len(), 3);
+    }
+
+    fn trend_rule(max: Option<f64>, min: Option<f64>) -> TrendRule {
+        TrendRule {
+            prometheus_service: "p:9090".into(),
+            promql: "q".into(),
+            pod_name_key: "pod".into(),
+            window: std::time::Duration::from_secs(300),
+            max_slope: max,
+            min_slope: min,
+        }
+    }
+
+    fn line(pod: &str, start: f64, per_second: f64, points: usize) -> TrendSeries {
+        TrendSeries {
+            pod: pod.into(),
+            points: (0..points)
+                .map(|i| {
+                    let t = 1.8e9 + 15.0 * i as f64;
+                    (t, start + per_second * 15.0 * i as f64)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn trend_flags_a_climbing_pod_among_flat_ones() {
+        let series = [
+            line("flat", 0.02, 0.0, 20),
+            line("climb", 0.02, 0.001, 20),
+            line("fall", 0.5, -0.002, 20),
+        ];
+        let findings = trend(&trend_rule(Some(0.0005), Some(-0.001)), &series);
+        // Worst first: fall is 0.001/s past its bound, climb 0.0005/s.
+        assert_eq!(names(&findings), ["fall", "climb"]);
+        assert_eq!(findings.healthy, ["flat"]);
+        assert!(
+            findings.anomalies[1]
+                .evidence
+                .to_string()
+                .starts_with("slope 0.001/s over 20 points in 300 s > maxSlope 0.0005"),
+            "{}",
+            findings.anomalies[1].evidence
+        );
+    }
+
+    #[test]
+    fn trend_needs_three_finite_points() {
+        let mut gappy = line("gappy", 0.0, 1.0, 4);
+        gappy.points[1].1 = f64::NAN;
+        gappy.points[2].1 = f64::INFINITY;
+        let series = [line("two", 0.0, 1.0, 2), gappy, line("three", 0.0, 1.0, 3)];
+        let findings = trend(&trend_rule(Some(0.5), None), &series);
+        assert_eq!(names(&findings), ["three"]);
+        let unjudged: Vec<&str> = findings
+            .not_judged
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert_eq!(unjudged, ["gappy", "two"]);
+    }
+
+    fn srule(minimum_hosts: u32, request_volume: u32) -> SuccessRateRule {
+        SuccessRateRule {
+            prometheus_service: "p:9090".into(),
+            promql: "q".into(),
+            pod_name_key: "pod".into(),
+            key: "code".into(),
+            values: good(&["200"]),
+            stdev_factor: 1.9,
+            minimum_hosts,
+            request_volume,
+        }
+    }
+
+    /// Pods with the given error percentages over 1000 requests each.
+    fn errors(percents: &[(&str, f64)]) -> Vec<DiscreteSample> {
+        percents
+            .iter()
+            .flat_map(|(pod, p)| [s(pod, "200", 10.0 * (100.0 - p)), s(pod, "500", 10.0 * p)])
+            .collect()
+    }
+
+    #[test]
+    fn success_rate_ejects_the_pod_at_forty_percent_errors_among_pods_at_two() {
+        let samples = errors(&[
+            ("a", 0.0),
+            ("b", 1.0),
+            ("c", 2.0),
+            ("d", 0.0),
+            ("e", 1.0),
+            ("f", 2.0),
+            ("g", 0.0),
+            ("bad", 40.0),
+        ]);
+        let findings = success_rate_outlier(&srule(5, 100), &samples);
+        assert_eq!(names(&findings), ["bad"]);
+        assert_eq!(findings.healthy.len(), 7);
+        let Some(FleetStatistic::MeanStdev { hosts, mean, stdev }) = findings.statistic else {
+            panic!("{:?}", findings.statistic)
+        };
+        assert_eq!(hosts, 8);
+        assert!((mean - 0.9425).abs() < 1e-9, "{mean}");
+        assert!(stdev > 0.1 && stdev < 0.15, "{stdev}");
+        let text = findings.anomalies[0].evidence.to_string();
+        assert!(
+            text.starts_with("success rate 60.00% over 1000 observations < "),
+            "{text}"
+        );
+        assert!(text.contains("fleet of 8: mean 0.9425"), "{text}");
+    }
+
+    #[test]
+    fn success_rate_judges_nothing_with_fewer_than_minimum_hosts() {
+        let samples = errors(&[("a", 0.0), ("b", 1.0), ("c", 2.0), ("bad", 40.0)]);
+        let findings = success_rate_outlier(&srule(5, 100), &samples);
+        assert!(findings.anomalies.is_empty() && findings.healthy.is_empty());
+        assert_eq!(findings.not_judged.len(), 4);
+        assert_eq!(
+            findings.not_enough_data.as_deref(),
+            Some("4 pods with enough requests, fewer than minimumHosts 5: nothing is judged")
+        );
+        assert_eq!(findings.statistic, None);
+    }
+
+    #[test]
+    fn success_rate_skips_pods_below_request_volume() {
+        let mut samples = errors(&[("a", 0.0), ("b", 0.0), ("c", 0.0), ("d", 0.0), ("e", 0.0)]);
+        samples.push(s("quiet", "500", 50.0));
+        let findings = success_rate_outlier(&srule(5, 100), &samples);
+        assert!(findings.anomalies.is_empty());
+        assert_eq!(findings.not_judged[0].0, "quiet");
+        assert!(
+            findings.not_judged[0]
+                .1
+                .contains("fewer than requestVolume 100")
+        );
+    }
+
+    fn orule(direction: OutlierDirection, minimum_hosts: u32) -> OutlierRule {
+        OutlierRule {
+            prometheus_service: "p:9090".into(),
+            promql: "q".into(),
+            pod_name_key: "pod".into(),
+            max_z_score: 3.5,
+            direction,
+            minimum_hosts,
+        }
+    }
+
+    fn p99s() -> Vec<ContinuousSample> {
+        let mut samples: Vec<ContinuousSample> = (0..7)
+            .map(|i| c(&format!("fast-{i}"), 0.024 + 0.001 * f64::from(i)))
+            .collect();
+        samples.push(c("slow", 0.245));
+        samples
+    }
+
+    #[test]
+    fn outlier_ejects_exactly_the_slow_pod_of_eight() {
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 5), &p99s());
+        assert_eq!(names(&findings), ["slow"]);
+        assert_eq!(findings.healthy.len(), 7);
+        let text = findings.anomalies[0].evidence.to_string();
+        assert!(
+            text.contains("beyond maxZScore 3.5 (fleet of 8: median 0.0275, MAD 0.002)"),
+            "{text}"
+        );
+        let findings = continuous_outlier(&orule(OutlierDirection::Below, 5), &p99s());
+        assert!(findings.anomalies.is_empty());
+    }
+
+    #[test]
+    fn outlier_falls_back_on_the_mean_absolute_deviation_when_the_mad_is_zero() {
+        let samples = [
+            c("a", 0.02),
+            c("b", 0.02),
+            c("c", 0.02),
+            c("d", 0.02),
+            c("e", 0.2),
+        ];
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 5), &samples);
+        assert_eq!(names(&findings), ["e"]);
+        assert!(
+            findings.anomalies[0]
+                .evidence
+                .to_string()
+                .contains("mean absolute deviation 0.036"),
+            "{}",
+            findings.anomalies[0].evidence
+        );
+    }
+
+    #[test]
+    fn outlier_degenerate_fleets_flag_nobody() {
+        let equal: Vec<ContinuousSample> = (0..6).map(|i| c(&format!("p{i}"), 0.02)).collect();
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 5), &equal);
+        assert!(findings.anomalies.is_empty());
+        assert_eq!(findings.healthy.len(), 6);
+        let one = [c("only", 3.0)];
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 1), &one);
+        assert!(findings.anomalies.is_empty());
+        assert_eq!(findings.healthy, ["only"]);
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 5), &p99s()[..4]);
+        assert!(findings.anomalies.is_empty() && findings.healthy.is_empty());
+        assert!(findings.not_enough_data.is_some());
+        let mut with_nan = p99s();
+        with_nan.push(c("nan", f64::NAN));
+        with_nan.push(c("inf", f64::INFINITY));
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 5), &with_nan);
+        assert_eq!(names(&findings), ["slow"]);
+        assert_eq!(findings.not_judged.len(), 2);
+    }
+
+    #[test]
+    fn values_are_written_with_four_significant_digits() {
+        assert_eq!(fmt_value(0.0275), "0.0275");
+        assert_eq!(fmt_value(0.123456), "0.1235");
+        assert_eq!(fmt_value(1234.5678), "1235");
+        assert_eq!(fmt_value(0.1), "0.1");
+        assert_eq!(fmt_value(-0.002), "-0.002");
+        assert_eq!(fmt_value(1.5e-7), "1.500e-7");
     }
 }

@@ -16,15 +16,18 @@ use kubervisor_api::pod::{
     MarksIn, NAME_LABEL, TRAFFIC_CONDITION, TRAFFIC_LABEL, Traffic, managed_selector,
 };
 use kubervisor_api::{
-    KillMethod, KubervisorService, KubervisorServiceCondition, KubervisorServiceStatus,
-    PodCountStatus, ResolvedBreaker, ResolvedSpec, TrafficControl,
+    BreakerStatus, FleetStatisticStatus, KillMethod, KubervisorService, KubervisorServiceCondition,
+    KubervisorServiceStatus, PodCountStatus, PodScoreStatus, ResolvedBreaker, ResolvedSpec,
+    TrafficControl,
 };
 use kubervisor_core::PodView;
 use kubervisor_core::activator::{
     Action, Activation, Forgotten, earliest_due, forget_retries, next_forget, plan_activations,
 };
-use kubervisor_core::breaker::{Ejection, Limits, MinAvailable, Panic, plan_ejections};
-use kubervisor_core::detect::Findings;
+use kubervisor_core::breaker::{
+    Ejection, EjectionPlan, Limits, MinAvailable, Panic, plan_ejections,
+};
+use kubervisor_core::detect::{Findings, FleetStatistic};
 use kubervisor_core::safety::{Restoration, restore_floor};
 use kubervisor_core::status::{PodCounts, count};
 
@@ -408,6 +411,10 @@ pub struct State {
     status_dirty: bool,
     /// The finalizer change asked for, and the resourceVersion it was asked on.
     finalizer_asked: Option<String>,
+    /// Each breaker's last evaluation as the status shows it, by breaker.
+    breaker_results: BTreeMap<String, BreakerStatus>,
+    /// Whether `breaker_results` was taken over from the stored status once.
+    breaker_results_read: bool,
     /// Pods whose kill a PodDisruptionBudget refused (reported once), and when to try again.
     kill_blocked: BTreeMap<String, Timestamp>,
     /// How pods are taken out of traffic, from the last spec that resolved.
@@ -515,6 +522,15 @@ impl State {
         self.floor_notes
             .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
         self.panics
+            .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
+        if !std::mem::replace(&mut self.breaker_results_read, true) {
+            // After a restart, what the status already says needs no rewrite.
+            let stored = kvs.status.as_ref().map(|s| s.breakers.clone());
+            for result in stored.unwrap_or_default() {
+                self.breaker_results.insert(result.name.clone(), result);
+            }
+        }
+        self.breaker_results
             .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
         self.stop_note = None;
         let dry_run = spec.dry_run;
@@ -684,6 +700,15 @@ impl State {
             Err(error) => {
                 // Fail safe: a source that cannot answer ejects nothing.
                 let message = error.to_string();
+                self.record_result(
+                    BreakerStatus {
+                        name: breaker_name.to_string(),
+                        result: "SourceError".into(),
+                        message: Some(message.clone()),
+                        ..BreakerStatus::default()
+                    },
+                    now,
+                );
                 if self.source_errors.get(breaker_name) != Some(&message) {
                     self.source_errors
                         .insert(breaker_name.to_string(), message.clone());
@@ -704,6 +729,10 @@ impl State {
         let views = self.views(&pods);
         let plan = plan_ejections(&breaker.name, limits(breaker), &views, &findings);
         self.follow_panic(&breaker.name, plan.panic, out);
+        self.record_result(
+            breaker_result(&breaker.name, &findings, &plan, &views, dry_run),
+            now,
+        );
         let mut holding = BTreeSet::new();
         for ejection in &plan.ejections {
             let Some(pod) = pods.iter().find(|p| p.name == ejection.pod) else {
@@ -753,6 +782,29 @@ impl State {
             }
             self.floor_notes.insert(breaker.name.clone(), spared);
         }
+    }
+
+    /// Keeps a breaker's result for the status; the status is rewritten only when something
+    /// other than the evaluation time changed.
+    fn record_result(&mut self, mut result: BreakerStatus, now: Timestamp) {
+        if let Some(old) = self.breaker_results.get(&result.name) {
+            let mut timeless = old.clone();
+            timeless.last_evaluation_time = None;
+            if timeless == result {
+                return;
+            }
+        }
+        result.last_evaluation_time = Some(Time(now));
+        self.breaker_results.insert(result.name.clone(), result);
+        self.status_dirty = true;
+    }
+
+    /// The breakers' results in the spec's order.
+    fn breaker_statuses(&self, spec: &ResolvedSpec) -> Vec<BreakerStatus> {
+        spec.breakers
+            .iter()
+            .filter_map(|b| self.breaker_results.get(&b.name).cloned())
+            .collect()
     }
 
     /// Reports a breaker entering panic once, and leaving it once.
@@ -1136,14 +1188,15 @@ impl State {
             nb_pods_unknown: counts.unknown,
             last_probe_time: None,
         };
-        self.write_condition(condition, Some(pod_count), now, out);
+        let breakers = self.breaker_statuses(&spec);
+        self.write_condition(condition, Some((pod_count, breakers)), now, out);
     }
 
     /// Asks for a status write when anything but probe times changed.
     fn write_condition(
         &mut self,
         condition: KubervisorServiceCondition,
-        pod_count: Option<PodCountStatus>,
+        running: Option<(PodCountStatus, Vec<BreakerStatus>)>,
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
@@ -1151,7 +1204,7 @@ impl State {
             return;
         };
         let kvs = &entry.object;
-        let status = next_status(kvs, condition, pod_count, now);
+        let status = next_status(kvs, condition, running, now);
         let comparable = without_probe_times(&status);
         let old = without_probe_times(&kvs.status.clone().unwrap_or_default());
         if comparable == old {
@@ -1195,13 +1248,18 @@ fn resolve(entry: &KvsEntry) -> Result<ResolvedSpec, String> {
     entry.object.spec.resolve().map_err(|e| e.to_string())
 }
 
-/// The status after a new `Ready` condition (and pod counts, when given), at `now`.
+/// The status after a new `Ready` condition (and pod counts and breaker results, when
+/// running), at `now`.
 fn next_status(
     kvs: &KubervisorService,
     condition: KubervisorServiceCondition,
-    pod_count: Option<PodCountStatus>,
+    running: Option<(PodCountStatus, Vec<BreakerStatus>)>,
     now: Timestamp,
 ) -> KubervisorServiceStatus {
+    let (pod_count, breakers) = match running {
+        Some((counts, breakers)) => (Some(counts), Some(breakers)),
+        None => (None, None),
+    };
     let now = Time(now);
     let old = kvs.status.clone().unwrap_or_default();
     let previous = old.conditions.iter().find(|c| c.type_ == condition.type_);
@@ -1231,7 +1289,112 @@ fn next_status(
             })
             .or(old.pod_count.clone()),
         observed_generation: kvs.metadata.generation,
+        breakers: breakers.unwrap_or(old.breakers),
     }
+}
+
+/// Anomalous pods listed in a breaker's status at most, worst first.
+const STATUS_POD_SCORES: usize = 10;
+
+/// What one evaluation of a breaker computed, as the status shows it (without its time).
+fn breaker_result(
+    name: &str,
+    findings: &Findings,
+    plan: &EjectionPlan,
+    views: &[PodView],
+    dry_run: bool,
+) -> BreakerStatus {
+    let judged = if findings.unlisted_are_healthy {
+        // A custom detector judges every pod it could see.
+        views.iter().filter(|p| p.is_serving_capable()).count()
+    } else {
+        findings.healthy.len() + findings.anomalies.len()
+    };
+    let (result, message) = if let Some(panic) = plan.panic {
+        ("Panic", Some(panic.to_string()))
+    } else if let Some(why) = &findings.not_enough_data {
+        ("NotEnoughData", Some(why.clone()))
+    } else if judged == 0 && !findings.unlisted_are_healthy {
+        // No data ejects nothing; say so rather than report a clean bill of health.
+        let why = match findings.not_judged.first() {
+            None => "the query returned no series: no pod is judged".to_string(),
+            Some((pod, why)) => format!(
+                "none of the {} pods in the data could be judged (pod {pod}: {why})",
+                findings.not_judged.len()
+            ),
+        };
+        ("NotEnoughData", Some(why))
+    } else if dry_run {
+        ("DryRun", None)
+    } else {
+        ("Ok", None)
+    };
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    BreakerStatus {
+        name: name.to_string(),
+        last_evaluation_time: None,
+        result: result.into(),
+        message,
+        judged: count(judged),
+        anomalous: count(findings.anomalies.len()),
+        ejected: count(plan.ejections.len()),
+        spared_by_floor: count(plan.spared_by_floor().count()),
+        statistic: findings.statistic.map(statistic_status),
+        anomalous_pods: findings
+            .anomalies
+            .iter()
+            .filter_map(|a| {
+                let (score, threshold) = a.evidence.compared()?;
+                Some(PodScoreStatus {
+                    pod: a.pod.clone(),
+                    score: significant(score)?,
+                    threshold: significant(threshold)?,
+                })
+            })
+            .take(STATUS_POD_SCORES)
+            .collect(),
+    }
+}
+
+fn statistic_status(statistic: FleetStatistic) -> FleetStatisticStatus {
+    match statistic {
+        FleetStatistic::MeanStdev { hosts, mean, stdev } => FleetStatisticStatus {
+            kind: "meanStdev".into(),
+            hosts: u32::try_from(hosts).unwrap_or(u32::MAX),
+            mean: significant(mean),
+            stdev: significant(stdev),
+            ..FleetStatisticStatus::default()
+        },
+        FleetStatistic::MedianMad {
+            hosts, median, mad, ..
+        } => FleetStatisticStatus {
+            kind: "medianMad".into(),
+            hosts: u32::try_from(hosts).unwrap_or(u32::MAX),
+            median: significant(median),
+            mad: significant(mad),
+            ..FleetStatisticStatus::default()
+        },
+    }
+}
+
+/// `value` to 4 significant digits, so that noise in the last digits of a fleet statistic
+/// costs no status write; `None` for a value JSON cannot carry.
+fn significant(value: f64) -> Option<f64> {
+    if !value.is_finite() {
+        return None;
+    }
+    if value == 0.0 {
+        return Some(0.0);
+    }
+    let digits = 3 - value.abs().log10().floor() as i32;
+    let rounded = if digits >= 0 {
+        let scale = 10f64.powi(digits.min(300));
+        (value * scale).round() / scale
+    } else {
+        let scale = 10f64.powi((-digits).min(300));
+        (value / scale).round() * scale
+    };
+    rounded.is_finite().then_some(rounded)
 }
 
 fn ready(reason: &str, message: String) -> KubervisorServiceCondition {
@@ -1261,6 +1424,9 @@ fn without_probe_times(status: &KubervisorServiceStatus) -> KubervisorServiceSta
     }
     if let Some(count) = &mut status.pod_count {
         count.last_probe_time = None;
+    }
+    for breaker in &mut status.breakers {
+        breaker.last_evaluation_time = None;
     }
     status
 }

@@ -1066,6 +1066,249 @@ fn a_status_on_its_way_is_not_written_again_when_the_resource_moves_meanwhile() 
     assert!(last_status(&again).is_none(), "{again:?}");
 }
 
+// --- status.breakers[]: what each evaluation computed
+
+fn outlier_spec(pods_min: u32) -> serde_json::Value {
+    json!({
+        "service": "web",
+        "breakers": [{"name": "p99", "evaluationPeriod": 1, "minPodsAvailableCount": pods_min,
+                      "continuousOutlier": {"prometheusService": "p:9090", "promQL": "q", "podNamekey": "pod"}}],
+    })
+}
+
+/// Per-pod p99 latencies in seconds, `slow` at 10 ×.
+fn p99(pods: usize, slow: Option<usize>) -> Findings {
+    let samples: Vec<detect::ContinuousSample> = (0..pods)
+        .map(|i| detect::ContinuousSample {
+            pod: format!("p{i}"),
+            value: if Some(i) == slow {
+                0.3
+            } else {
+                0.028 + 0.001 * (i % 3) as f64
+            },
+        })
+        .collect();
+    let Some(spec) = resource(outlier_spec(1)).spec.resolve().ok() else {
+        unreachable!("the spec is valid")
+    };
+    let kubervisor_api::Detection::Outlier(rule) = &spec.breakers[0].detection else {
+        unreachable!("an outlier breaker")
+    };
+    detect::continuous_outlier(rule, &samples)
+}
+
+impl Harness {
+    /// The API server stores the last status asked for, and the watch shows it.
+    fn store_status(&mut self) {
+        let Some(status) = last_status(&self.effects).cloned() else {
+            return;
+        };
+        let entry = self.fleet.kvs.as_mut().unwrap();
+        let mut kvs = (*entry.object).clone();
+        kvs.status = Some(status);
+        entry.object = Arc::new(kvs);
+        self.observe();
+    }
+}
+
+fn status_writes(effects: &[Effect]) -> usize {
+    effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Status(_)))
+        .count()
+}
+
+#[test]
+fn an_evaluation_reaches_status_breakers_and_the_ejection_event_carries_score_and_fleet() {
+    let mut h = Harness::running(outlier_spec(1), 8);
+    let effects = h.findings("p99", Ok(p99(8, Some(5))));
+    assert_eq!(pod_writes(&effects).len(), 1);
+    let ejected = events(&effects);
+    assert_eq!(ejected[0].0, "PodEjected");
+    assert!(
+        ejected[0].2.contains("modified z-score")
+            && ejected[0].2.contains("fleet of 8: median 0.029, MAD 0.001"),
+        "{}",
+        ejected[0].2
+    );
+    let status = last_status(&effects).expect("a status write");
+    let [result] = status.breakers.as_slice() else {
+        panic!("{:?}", status.breakers)
+    };
+    assert_eq!(result.name, "p99");
+    assert_eq!(result.result, "Ok");
+    assert_eq!(
+        (
+            result.judged,
+            result.anomalous,
+            result.ejected,
+            result.spared_by_floor
+        ),
+        (8, 1, 1, 0)
+    );
+    assert_eq!(result.last_evaluation_time, Some(Time(h.now)));
+    let statistic = result.statistic.as_ref().unwrap();
+    assert_eq!(
+        (
+            statistic.kind.as_str(),
+            statistic.hosts,
+            statistic.median,
+            statistic.mad
+        ),
+        ("medianMad", 8, Some(0.029), Some(0.001))
+    );
+    assert_eq!(result.anomalous_pods.len(), 1);
+    assert_eq!(result.anomalous_pods[0].pod, "p5");
+    assert_eq!(result.anomalous_pods[0].threshold, 3.5);
+    assert!(result.anomalous_pods[0].score > 100.0);
+}
+
+#[test]
+fn a_quiet_fleet_costs_no_status_write_per_tick() {
+    let mut h = Harness::running(outlier_spec(1), 6);
+    h.store_status();
+    let first = h.findings("p99", Ok(p99(6, None)));
+    assert_eq!(status_writes(&first), 1, "the first evaluation is shown");
+    h.store_status();
+    let before = h.effects.len();
+    for tick in 1..=20 {
+        h.now = t0() + SignedDuration::from_secs(tick);
+        h.findings("p99", Ok(p99(6, None)));
+        h.observe();
+    }
+    let quiet = &h.effects[before..];
+    assert_eq!(status_writes(quiet), 0, "{quiet:?}");
+    assert!(
+        quiet.iter().all(|e| matches!(e, Effect::PodCounts(_))),
+        "{quiet:?}"
+    );
+    // Something other than the time changes: one write.
+    h.now = t0() + SignedDuration::from_secs(30);
+    let changed = h.findings("p99", Ok(p99(6, Some(2))));
+    assert_eq!(status_writes(&changed), 1);
+}
+
+#[test]
+fn too_few_hosts_and_source_errors_are_results_too() {
+    let spec = json!({
+        "service": "web",
+        "breakers": [{"name": "rate", "evaluationPeriod": 1,
+                      "successRateOutlier": {"prometheusService": "p:9090", "promQL": "q", "podNamekey": "pod",
+                                             "key": "code", "goodValues": ["200"]}}],
+    });
+    let mut h = Harness::running(spec.clone(), 4);
+    let rule = match &resource(spec).spec.resolve().unwrap().breakers[0].detection {
+        kubervisor_api::Detection::SuccessRate(rule) => rule.clone(),
+        other => panic!("{other:?}"),
+    };
+    let samples: Vec<detect::DiscreteSample> = (0..4)
+        .flat_map(|i| {
+            let bad = if i == 0 { 400.0 } else { 10.0 };
+            [("200", 1000.0 - bad), ("500", bad)].map(|(code, n)| detect::DiscreteSample {
+                pod: format!("p{i}"),
+                key: code.into(),
+                value: n,
+            })
+        })
+        .collect();
+    let effects = h.findings("rate", Ok(detect::success_rate_outlier(&rule, &samples)));
+    assert!(
+        pod_writes(&effects).is_empty(),
+        "nothing judged, nothing ejected"
+    );
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!(result.result, "NotEnoughData");
+    assert_eq!((result.judged, result.anomalous, result.ejected), (0, 0, 0));
+    assert_eq!(
+        result.message.as_deref(),
+        Some("4 pods with enough requests, fewer than minimumHosts 5: nothing is judged")
+    );
+    // No series at all: nothing judged, and the status says why.
+    let effects = h.findings("rate", Ok(detect::success_rate_outlier(&rule, &[])));
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!(result.result, "NotEnoughData");
+    let effects = h.findings("rate", Ok(Findings::default()));
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!(
+        (result.result.as_str(), result.message.as_deref()),
+        (
+            "NotEnoughData",
+            Some("the query returned no series: no pod is judged")
+        )
+    );
+    let effects = h.findings("rate", Err(source_error()));
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!(result.result, "SourceError");
+    assert!(
+        result
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("connection refused"),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_dry_run_breaker_and_a_panic_say_so_in_their_result() {
+    let mut spec = outlier_spec(1);
+    spec["breakers"][0]["dryRun"] = json!(true);
+    let mut h = Harness::running(spec, 8);
+    let effects = h.findings("p99", Ok(p99(8, Some(5))));
+    assert!(pod_writes(&effects).is_empty());
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!((result.result.as_str(), result.ejected), ("DryRun", 1));
+
+    let mut spec = custom(1, 0, json!(null));
+    spec["breakers"][0]["panicThresholdPercent"] = json!(80);
+    let mut h = Harness::running(spec, 4);
+    let effects = h.report(&["p0", "p1"]);
+    let result = &last_status(&effects).unwrap().breakers[0];
+    assert_eq!(result.result, "Panic");
+    assert_eq!((result.judged, result.anomalous, result.ejected), (4, 2, 0));
+}
+
+#[test]
+fn after_a_restart_the_stored_results_need_no_rewrite() {
+    let mut h = Harness::running(outlier_spec(1), 6);
+    h.findings("p99", Ok(p99(6, None)));
+    h.store_status();
+    // A new task, as after a restart, over the same stored status.
+    h.state = Some(State::new(NS, "web"));
+    h.effects.clear();
+    h.observe();
+    h.now = t0() + SignedDuration::from_secs(5);
+    h.findings("p99", Ok(p99(6, None)));
+    assert_eq!(status_writes(&h.effects), 0, "{:?}", h.effects);
+}
+
+#[test]
+fn two_quiet_custom_breakers_cost_no_status_write_per_tick() {
+    let spec = json!({
+        "service": "web",
+        "breakers": [
+            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
+            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
+        ],
+    });
+    let mut h = Harness::running(spec, 10);
+    h.store_status();
+    for breaker in ["breaker-1", "breaker-2"] {
+        h.findings(breaker, Ok(detect::custom(&[])));
+        h.store_status();
+    }
+    let before = h.effects.len();
+    for tick in 1..=10 {
+        h.now = t0() + SignedDuration::from_secs(5 * tick);
+        for breaker in ["breaker-1", "breaker-2"] {
+            h.findings(breaker, Ok(detect::custom(&[])));
+            h.store_status();
+        }
+    }
+    let quiet = &h.effects[before..];
+    assert_eq!(status_writes(quiet), 0, "{quiet:#?}");
+}
+
 /// A resource in readiness-gate mode over `pods` pods that declare the gate.
 fn gated(min_count: u32, min_ratio: u32, pods: usize) -> Harness {
     let mut spec = custom(

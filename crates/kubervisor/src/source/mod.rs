@@ -17,8 +17,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use http::{HeaderValue, Method, StatusCode, header};
-use kubervisor_api::{ContinuousRule, CustomRule, Detection, DiscreteRule};
-use kubervisor_core::detect::{self, ContinuousSample, DiscreteSample, Findings};
+use kubervisor_api::{ContinuousRule, CustomRule, Detection, DiscreteRule, TrendRule};
+use kubervisor_core::detect::{self, ContinuousSample, DiscreteSample, Findings, TrendSeries};
 
 use kubervisor_api::address::AddressError;
 pub use kubervisor_api::address::Endpoint;
@@ -259,7 +259,85 @@ impl Sources {
                 Ok(detect::continuous(rule, &samples))
             }
             Detection::Custom(rule) => Ok(detect::custom(&self.custom_pods(rule).await?)),
+            Detection::Threshold(rule) => {
+                let query = (
+                    rule.prometheus_service.as_str(),
+                    rule.promql.as_str(),
+                    rule.pod_name_key.as_str(),
+                );
+                let samples = self.values(query, timeout).await?;
+                Ok(detect::threshold(rule, &samples))
+            }
+            Detection::Outlier(rule) => {
+                let query = (
+                    rule.prometheus_service.as_str(),
+                    rule.promql.as_str(),
+                    rule.pod_name_key.as_str(),
+                );
+                let samples = self.values(query, timeout).await?;
+                Ok(detect::continuous_outlier(rule, &samples))
+            }
+            Detection::SuccessRate(rule) => {
+                let query = (
+                    rule.prometheus_service.as_str(),
+                    rule.promql.as_str(),
+                    rule.pod_name_key.as_str(),
+                );
+                let samples = self.keyed(query, &rule.key, timeout).await?;
+                Ok(detect::success_rate_outlier(rule, &samples))
+            }
+            Detection::Trend(rule) => {
+                let step = trend_step(rule.window, evaluation_period);
+                let series = self
+                    .trend_series(rule, jiff::Timestamp::now(), step, timeout)
+                    .await?;
+                Ok(detect::trend(rule, &series))
+            }
         }
+    }
+
+    /// The series of a `valueTrend` query over the window ending at `end`, one per pod.
+    pub async fn trend_series(
+        &self,
+        rule: &TrendRule,
+        end: jiff::Timestamp,
+        step: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<TrendSeries>, SourceError> {
+        let endpoint = Endpoint::prometheus(&rule.prometheus_service)?;
+        let request = Request::Prometheus {
+            base: endpoint.to_string(),
+            promql: rule.promql.clone(),
+        };
+        let window =
+            jiff::SignedDuration::try_from(rule.window).unwrap_or(jiff::SignedDuration::MAX);
+        let start = end.checked_sub(window).unwrap_or(jiff::Timestamp::MIN);
+        let result = self
+            .query_range(
+                &rule.prometheus_service,
+                &rule.promql,
+                start,
+                end,
+                step,
+                timeout,
+            )
+            .await?;
+        let QueryResult::Matrix(series) = result else {
+            return Err(request.decode(format!(
+                "the range query returned a {}, expected a matrix with one series per pod (label `{}`)",
+                result.type_name(),
+                rule.pod_name_key
+            )));
+        };
+        series
+            .into_iter()
+            .map(|s| {
+                Ok(TrendSeries {
+                    pod: required_label(&request, &s.labels, &rule.pod_name_key, "podNamekey")?,
+                    points: s.values,
+                })
+            })
+            .collect()
     }
 
     /// The samples of a `discreteValueOutOfList` query: one per series, with pod and key labels.
@@ -273,10 +351,35 @@ impl Sources {
             rule.promql.as_str(),
             rule.pod_name_key.as_str(),
         );
+        self.keyed(query, &rule.key, timeout).await
+    }
+
+    /// One sample per series of an instant query, with its pod and key labels.
+    async fn keyed(
+        &self,
+        query: (&str, &str, &str),
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Vec<DiscreteSample>, SourceError> {
         self.per_pod(query, timeout, |request, pod, sample| {
             Ok(DiscreteSample {
                 pod,
-                key: required_label(request, &sample.labels, &rule.key, "key")?,
+                key: required_label(request, &sample.labels, key, "key")?,
+                value: sample.value,
+            })
+        })
+        .await
+    }
+
+    /// One value per series of an instant query, with its pod label.
+    async fn values(
+        &self,
+        query: (&str, &str, &str),
+        timeout: Duration,
+    ) -> Result<Vec<ContinuousSample>, SourceError> {
+        self.per_pod(query, timeout, |_, pod, sample| {
+            Ok(ContinuousSample {
+                pod,
                 value: sample.value,
             })
         })
@@ -294,13 +397,7 @@ impl Sources {
             rule.promql.as_str(),
             rule.pod_name_key.as_str(),
         );
-        self.per_pod(query, timeout, |_, pod, sample| {
-            Ok(ContinuousSample {
-                pod,
-                value: sample.value,
-            })
-        })
-        .await
+        self.values(query, timeout).await
     }
 
     /// Runs an instant query `(prometheusService, promQL, podNamekey)` and builds one
@@ -513,6 +610,14 @@ impl Inner {
             .map_err(|e| transport_error(request, e, timeout))?;
         prometheus::parse_answer(request, answer.status, &answer.body)
     }
+}
+
+/// The step of a `valueTrend` range query: about a twentieth of the window, never finer
+/// than the evaluation period, and never under a second.
+pub fn trend_step(window: Duration, evaluation_period: Duration) -> Duration {
+    (window / 20)
+        .max(evaluation_period)
+        .max(Duration::from_secs(1))
 }
 
 fn read_bearer_token(path: &Path) -> Result<HeaderValue, SourceError> {

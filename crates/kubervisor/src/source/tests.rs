@@ -437,3 +437,88 @@ async fn https_prometheus_with_an_unknown_authority_is_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn trend_step_is_a_twentieth_of_the_window_never_under_the_evaluation_period() {
+    let s = Duration::from_secs;
+    assert_eq!(trend_step(s(600), s(5)), s(30));
+    assert_eq!(trend_step(s(60), s(5)), s(5));
+    assert_eq!(trend_step(s(10), Duration::from_millis(100)), s(1));
+}
+
+/// A Prometheus stand-in answering range queries with `body`, keeping the forms it got.
+async fn range_prometheus(body: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let router = Router::new().route(
+        "/api/v1/query_range",
+        post(move |form: String| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(form);
+                body
+            }
+        }),
+    );
+    (serve(router).await, seen)
+}
+
+fn trend_rule(base: &str) -> TrendRule {
+    TrendRule {
+        prometheus_service: base.into(),
+        promql: "latency".into(),
+        pod_name_key: "pod".into(),
+        window: Duration::from_secs(300),
+        max_slope: Some(0.5),
+        min_slope: None,
+    }
+}
+
+#[tokio::test]
+async fn a_trend_is_a_range_query_over_the_window_judged_per_pod() {
+    const MATRIX: &str = r#"{"status":"success","data":{"resultType":"matrix","result":[
+        {"metric":{"pod":"climb"},"values":[[1000,"1"],[1015,"11"],[1030,"21"]]},
+        {"metric":{"pod":"flat"},"values":[[1000,"1"],[1015,"1"],[1030,"1"]]},
+        {"metric":{"pod":"short"},"values":[[1000,"1"],[1015,"30"]]}]}}"#;
+    let (base, seen) = range_prometheus(MATRIX).await;
+    let rule = trend_rule(&base);
+    let findings = sources()
+        .findings(&Detection::Trend(rule), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let anomalous: Vec<&str> = findings.anomalies.iter().map(|a| a.pod.as_str()).collect();
+    assert_eq!(anomalous, ["climb"]);
+    assert_eq!(findings.healthy, ["flat"]);
+    assert_eq!(findings.not_judged[0].0, "short");
+    let form = seen.lock().unwrap()[0].clone();
+    assert!(form.contains("step=15"), "{form}");
+    let param = |name: &str| -> f64 {
+        let prefix = format!("{name}=");
+        form.split('&')
+            .find_map(|p| p.strip_prefix(&prefix))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        (param("end") - param("start") - 300.0).abs() < 1e-6,
+        "{form}"
+    );
+}
+
+#[tokio::test]
+async fn a_trend_query_that_is_not_a_matrix_is_a_clear_error() {
+    let (base, _) =
+        range_prometheus(r#"{"status":"success","data":{"resultType":"scalar","result":[1,"1"]}}"#)
+            .await;
+    let error = sources()
+        .findings(&Detection::Trend(trend_rule(&base)), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("the range query returned a scalar, expected a matrix with one series per pod (label `pod`)"),
+        "{error}"
+    );
+}

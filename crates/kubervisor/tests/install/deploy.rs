@@ -679,6 +679,16 @@ fn dockerfile_builds_locked_and_runs_non_root() {
     assert!(ignored.lines().any(|l| l.trim() == "target/"), "{ignored}");
 }
 
+const DETECTORS: [&str; 7] = [
+    "discreteValueOutOfList",
+    "continuousValueDeviation",
+    "customService",
+    "valueThreshold",
+    "valueTrend",
+    "successRateOutlier",
+    "continuousOutlier",
+];
+
 #[test]
 fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
@@ -735,11 +745,7 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
                 .map(String::from),
         );
         for breaker in kvs["spec"]["breakers"].as_array().unwrap() {
-            for detector in [
-                "discreteValueOutOfList",
-                "continuousValueDeviation",
-                "customService",
-            ] {
+            for detector in DETECTORS {
                 if !breaker[detector].is_null() {
                     detectors.insert(detector.to_string());
                 }
@@ -752,14 +758,7 @@ fn every_example_passes_kubervisor_check_and_guards_its_own_service() {
     }
     assert_eq!(
         detectors,
-        BTreeSet::from(
-            [
-                "discreteValueOutOfList",
-                "continuousValueDeviation",
-                "customService"
-            ]
-            .map(String::from)
-        ),
+        BTreeSet::from(DETECTORS.map(String::from)),
         "one example per detector"
     );
     assert_eq!(

@@ -742,6 +742,156 @@ mod prometheus {
     }
 
     on_both_backends! {
+        async fn continuous_outlier_ejects_the_slow_pod_and_shows_what_it_computed(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 8).await;
+            let slow = pods[5].clone();
+            cluster
+                .annotate(&slow, "sim.kubervisor.io/latency-ms", "200")
+                .await;
+            let breakers = json!([{
+                "name": "p99",
+                "evaluationPeriod": 1,
+                "minPodsAvailableCount": 2,
+                "continuousOutlier": {
+                    "prometheusService": prometheus.address(),
+                    "promQL": "histogram_quantile(0.99, sum by (pod, le) (rate(http_request_duration_seconds_bucket{service=\"web\"}[10s])))",
+                    "podNamekey": "pod",
+                    "direction": "above"
+                }
+            }]);
+            cluster
+                .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+                .await;
+            cluster.wait_ready_pods("web", 8).await;
+            let traffic = wait_traffic(&cluster, "no", 1).await;
+            assert_eq!(traffic[&slow], "no", "{traffic:?}");
+            let notes = crate::scenarios::wait_event_note(&cluster, "PodEjected", |n| {
+                n.contains("modified z-score") && n.contains("median")
+            })
+            .await;
+            assert!(notes.iter().all(|(_, n)| n.contains(&slow)), "{notes:?}");
+            // status.breakers[] shows the evaluation that ejected it.
+            let result = eventually("status.breakers[] with the ejection", Duration::from_secs(10), || async {
+                let status = cluster.status("web").await;
+                let result = status["breakers"][0].clone();
+                if result["name"] == "p99" && result["ejected"] == 1 {
+                    Ok(result)
+                } else {
+                    Err(status.to_string())
+                }
+            })
+            .await;
+            assert_eq!(result["result"], "Ok", "{result}");
+            assert!(result["judged"].as_u64().unwrap() >= 5, "{result}");
+            assert_eq!(result["statistic"]["kind"], "medianMad", "{result}");
+            assert!(result["lastEvaluationTime"].is_string(), "{result}");
+            assert_eq!(result["anomalousPods"][0]["pod"], slow.as_str(), "{result}");
+            assert_eq!(result["anomalousPods"][0]["threshold"], 3.5, "{result}");
+        }
+    }
+
+    on_both_backends! {
+        async fn value_threshold_ejects_the_pods_whose_error_ratio_is_above_ten_percent(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 5).await;
+            for (pod, rate) in pods.iter().zip(["0", "0.3", "0.02", "0.6", "0.05"]) {
+                cluster
+                    .annotate(pod, "sim.kubervisor.io/error-rate", rate)
+                    .await;
+            }
+            let breakers = json!([{
+                "name": "error-ratio",
+                "evaluationPeriod": 1,
+                "minPodsAvailableCount": 2,
+                "valueThreshold": {
+                    "prometheusService": prometheus.address(),
+                    "promQL": "sum by (pod) (rate(http_requests_total{service=\"web\",code=\"500\"}[5s])) / sum by (pod) (rate(http_requests_total{service=\"web\"}[5s]))",
+                    "podNamekey": "pod",
+                    "above": 0.1
+                }
+            }]);
+            cluster
+                .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+                .await;
+            cluster.wait_ready_pods("web", 5).await;
+            let traffic = wait_traffic(&cluster, "no", 2).await;
+            assert_eq!(traffic[&pods[1]], "no", "{traffic:?}");
+            assert_eq!(traffic[&pods[3]], "no", "{traffic:?}");
+            crate::scenarios::wait_event_note(&cluster, "PodEjected", |n| {
+                n.contains("> above 0.1")
+            })
+            .await;
+        }
+    }
+
+    on_both_backends! {
+        async fn success_rate_outlier_ejects_the_pod_at_forty_percent_errors(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 8).await;
+            let rates = ["0", "0.01", "0.02", "0", "0.01", "0.02", "0.4", "0"];
+            for (pod, rate) in pods.iter().zip(rates) {
+                cluster
+                    .annotate(pod, "sim.kubervisor.io/error-rate", rate)
+                    .await;
+            }
+            let breakers = json!([{
+                "name": "success-rate",
+                "evaluationPeriod": 1,
+                "minPodsAvailableCount": 2,
+                "successRateOutlier": {
+                    "prometheusService": prometheus.address(),
+                    "promQL": "sum by (code, pod) (increase(http_requests_total{service=\"web\"}[10s]))",
+                    "podNamekey": "pod",
+                    "key": "code",
+                    "goodValues": ["200"],
+                    "requestVolume": 50
+                }
+            }]);
+            cluster
+                .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+                .await;
+            cluster.wait_ready_pods("web", 8).await;
+            let traffic = wait_traffic(&cluster, "no", 1).await;
+            assert_eq!(traffic[&pods[6]], "no", "{traffic:?}");
+            crate::scenarios::wait_event_note(&cluster, "PodEjected", |n| {
+                n.contains("success rate") && n.contains("mean")
+            })
+            .await;
+        }
+    }
+
+    on_both_backends! {
+        async fn value_trend_ejects_the_pod_whose_latency_climbs(backend: Backend) {
+            let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 6).await;
+            let climbing = pods[2].clone();
+            // 20 ms more every second.
+            cluster
+                .annotate(&climbing, "sim.kubervisor.io/latency-ms-per-minute", "1200")
+                .await;
+            let breakers = json!([{
+                "name": "latency-climb",
+                "evaluationPeriod": 1,
+                "minPodsAvailableCount": 2,
+                "valueTrend": {
+                    "prometheusService": prometheus.address(),
+                    "promQL": "sum by (pod) (rate(http_request_duration_seconds_sum{service=\"web\"}[5s])) / sum by (pod) (rate(http_request_duration_seconds_count{service=\"web\"}[5s]))",
+                    "podNamekey": "pod",
+                    "window": 30,
+                    "maxSlope": 0.003
+                }
+            }]);
+            cluster
+                .guard(breakers, json!({"mode": "periodic", "period": 3600}), false)
+                .await;
+            cluster.wait_ready_pods("web", 6).await;
+            let traffic = wait_traffic(&cluster, "no", 1).await;
+            assert_eq!(traffic[&climbing], "no", "{traffic:?}");
+            crate::scenarios::wait_event_note(&cluster, "PodEjected", |n| {
+                n.contains("> maxSlope 0.003")
+            })
+            .await;
+        }
+    }
+
+    on_both_backends! {
         async fn prometheus_outage_ejects_nothing_and_reaches_the_status(backend: Backend) {
             let (cluster, prometheus, _dir, pods) = cluster_with_prometheus(backend, 4).await;
             for pod in &pods {
