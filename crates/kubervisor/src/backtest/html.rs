@@ -67,7 +67,7 @@ pub fn render(backtests: &[&Backtest]) -> String {
             }
             let _ = writeln!(
                 page,
-                "<figcaption>Each pod's {} at each evaluation; the red line is the threshold; \
+                "<figcaption>Each pod's {} at each evaluation; the thick black line is the threshold; \
                  shaded bands are the intervals a pod spent without traffic, in its colour.</figcaption>\n</figure>",
                 breaker.quantity_name
             );
@@ -154,6 +154,8 @@ fn chart(backtest: &Backtest, breaker: &BreakerInfo) -> Result<String, String> {
             .configure_mesh()
             .x_desc("minutes since start")
             .y_desc(breaker.quantity_name)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(|x| e(&x))?;
         for (pod, intervals) in out {
@@ -182,19 +184,21 @@ fn chart(backtest: &Backtest, breaker: &BreakerInfo) -> Result<String, String> {
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
             }
         }
-        let red = RED.stroke_width(2);
+        // Black: the palette's first colour is red, a pod's.
+        let line = BLACK.stroke_width(3);
         chart
             .draw_series(LineSeries::new(
                 [(0.0, breaker.threshold), (x_end, breaker.threshold)],
-                red,
+                line,
             ))
             .map_err(|x| e(&x))?
             .label(format!("threshold {}", breaker.threshold))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line));
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
+            .label_font(("sans-serif", 13))
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|x| e(&x))?;
