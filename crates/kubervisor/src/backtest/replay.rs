@@ -448,9 +448,12 @@ impl Sim {
         let mut with_traffic = 0;
         let mut ready = 0;
         for (name, pod) in &fleet.pods {
-            let view = pod.view();
-            ready += usize::from(view.is_serving_capable());
-            if view.has_traffic() {
+            // The simulated pods' marks are always well formed: the label says it all,
+            // without parsing every mark of every pod at every instant.
+            let serving_capable = pod.running && pod.ready && !pod.terminating;
+            ready += usize::from(serving_capable);
+            let traffic = pod.labels.get(TRAFFIC_LABEL).map(String::as_str);
+            if serving_capable && traffic == Some(Traffic::Yes.as_str()) {
                 with_traffic += 1;
                 if let Some(since) = self.out_since.remove(name) {
                     self.out
@@ -463,7 +466,9 @@ impl Sim {
                 out_now += 1;
                 self.out_since.entry(name.clone()).or_insert(now);
             }
-            self.out.out.entry(name.clone()).or_default();
+            if !self.out.out.contains_key(name) {
+                self.out.out.insert(name.clone(), Vec::new());
+            }
         }
         // Gone or killed while out: out until then.
         let gone: Vec<String> = self
