@@ -98,10 +98,7 @@ pub async fn run(args: &Args) -> Result<String, BacktestError> {
         ca_bundle: args.source_ca_bundle.clone(),
         ..SourceSettings::default()
     })
-    .map_err(|source| BacktestError::Source {
-        breaker: "(all)".into(),
-        source: Box::new(source),
-    })?;
+    .map_err(|e| BacktestError::Settings(Box::new(e)))?;
     let options = Options {
         prometheus: args.prometheus.clone(),
         start,

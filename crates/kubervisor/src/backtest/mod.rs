@@ -69,6 +69,8 @@ pub enum BacktestError {
     },
     #[error("breaker {breaker}: {reason}")]
     Query { breaker: String, reason: String },
+    #[error("{0}")]
+    Settings(Box<SourceError>),
     #[error("{path}: cannot write the report: {reason}")]
     Report { path: String, reason: String },
 }
