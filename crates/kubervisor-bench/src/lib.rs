@@ -1,8 +1,9 @@
 //! Kubervisor's benchmark driver: kubesim with a generated fleet, the operator as a separate
 //! process, and a custom detector served here, so every figure is measured, not guessed.
 //!
-//! Scenarios: [`reaction`], [`scale`], [`decide`]. Each returns one JSON object.
+//! Scenarios: [`reaction`], [`scale`], [`decide`], [`backtest`]. Each returns one JSON object.
 
+pub mod backtest;
 pub mod cluster;
 pub mod decide;
 pub mod detector;

@@ -47,6 +47,8 @@ enum Scenario {
     Reaction,
     Scale,
     Decide,
+    /// The backtest's replay of 24 h at a 5 s period over 100 pods (not part of `all`).
+    Backtest,
     /// The three, one after the other.
     All,
 }
@@ -98,6 +100,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ..ScaleConfig::default()
         };
         emit(scale::run(env, &config).await?);
+    }
+    if cli.scenario == Scenario::Backtest {
+        emit(kubervisor_bench::backtest::run(
+            100,
+            24,
+            cli.iterations.min(5),
+        )?);
     }
     if wants(Scenario::Decide) {
         emit(decide::run(cli.decide_pods, cli.iterations).await?);

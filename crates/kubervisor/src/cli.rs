@@ -43,6 +43,8 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Replay a KubervisorService over Prometheus history: what would it have done?
+    Backtest(Box<crate::backtest::command::Args>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -204,6 +206,7 @@ pub fn main() -> ExitCode {
         }
         Command::Check { files } => check(&files),
         Command::Run(args) => run(*args),
+        Command::Backtest(args) => crate::backtest::command::main(*args),
         #[cfg(feature = "demo")]
         Command::Demo { no_tui, keep } => demo(no_tui, keep),
     }

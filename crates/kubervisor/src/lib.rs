@@ -1,6 +1,7 @@
 //! Kubervisor, the operator: metric sources, the cluster index, per-resource loops,
 //! effects on pods, the HTTP endpoint and the command line.
 
+pub mod backtest;
 pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -53,6 +53,9 @@ pub struct PrometheusOptions {
     pub extra_static_targets: Vec<String>,
     /// The binary to run; `prometheus` from PATH when absent.
     pub binary: Option<PathBuf>,
+    /// TSDB blocks (such as `promtool tsdb create-blocks-from` writes) the data directory
+    /// starts with, so that queries see a known past.
+    pub blocks: Option<PathBuf>,
 }
 
 impl PrometheusOptions {
@@ -63,6 +66,7 @@ impl PrometheusOptions {
             scrape_interval: Duration::from_secs(1),
             extra_static_targets: Vec::new(),
             binary: None,
+            blocks: None,
         }
     }
 }
@@ -91,6 +95,10 @@ impl PrometheusProcess {
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config(&options))
             .map_err(|source| io("write the Prometheus config", source))?;
+        if let Some(blocks) = &options.blocks {
+            copy_dir(blocks, &dir.path().join("data"))
+                .map_err(|source| io("copy the TSDB blocks", source))?;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -298,6 +306,20 @@ fn spawn(
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| io(&format!("run {}", binary.display()), source))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16, HarnessError> {
