@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use kubervisor_api::pod::{NAME_LABEL, TRAFFIC_LABEL, Traffic};
+use kubervisor_api::pod::{MarksIn, NAME_LABEL, TRAFFIC_LABEL, Traffic};
 use kubervisor_api::{KubervisorService, ResolvedSpec};
 use kubervisor_core::breaker::MinAvailable;
 use serde_json::{Value, json};
@@ -274,6 +274,10 @@ impl Fleet {
                         running: true,
                         ready: true,
                         terminating: false,
+                        containers_ready: true,
+                        // Whatever the traffic control mode: the replay judges every pod.
+                        traffic_gate: true,
+                        traffic_condition: Some(true),
                     }),
                 );
                 changed = true;
@@ -293,7 +297,7 @@ impl Fleet {
     }
 
     /// Carries out a pod write the way the executor does: its JSON Patch, on the pod as it is.
-    fn write(&mut self, pod: &SlimPod, change: &PodChange) -> Written {
+    fn write(&mut self, pod: &SlimPod, change: &PodChange, marks_in: MarksIn) -> Written {
         let Some(current) = self.pods.get(&pod.name).cloned() else {
             return Written::Stale(format!("pod {} is gone", pod.name));
         };
@@ -303,16 +307,26 @@ impl Fleet {
             return Written::Stale(format!("pod {} changed", pod.name));
         }
         let ops = match change {
-            PodChange::Adopt => adopt_ops(pod, &self.name),
+            PodChange::Adopt => adopt_ops(pod, marks_in, &self.name),
             PodChange::Release => release_ops(pod),
             PodChange::Eject {
                 breaker,
                 retry_count,
                 at,
-            } => eject_ops(pod, breaker, *retry_count, *at),
-            PodChange::Reinstate { to } => from_ejected_ops(pod, *to),
-            PodChange::ForgetRetries => forget_ops(pod),
-            PodChange::Kill => {
+            } => eject_ops(pod, marks_in, breaker, *retry_count, *at),
+            PodChange::Reinstate { to } => from_ejected_ops(pod, marks_in, *to),
+            PodChange::ForgetRetries => forget_ops(pod, marks_in),
+            // Readiness-gate mode: the condition follows the state; in history every pod
+            // served anyway, so nothing else changes.
+            PodChange::SetGate(serve) => {
+                self.version += 1;
+                let mut after = current.as_ref().clone();
+                after.traffic_condition = Some(*serve);
+                after.resource_version = self.version.to_string();
+                self.pods.insert(pod.name.clone(), Arc::new(after.clone()));
+                return Written::Done(Some(after));
+            }
+            PodChange::Kill(_) => {
                 self.pods.remove(&pod.name);
                 self.killed.insert(pod.name.clone());
                 return Written::Done(None);
@@ -376,7 +390,7 @@ impl Sim {
             for effect in effects {
                 match effect {
                     Effect::Pod(write) => {
-                        let outcome = fleet.write(&write.pod, &write.change);
+                        let outcome = fleet.write(&write.pod, &write.change, write.marks_in);
                         wrote = true;
                         inputs.insert(
                             0,
