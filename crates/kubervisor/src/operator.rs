@@ -207,9 +207,12 @@ pub async fn run(
     let leading_to_health = {
         let mut leading = leading.clone();
         let health = health.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             loop {
-                health.set_leading(*leading.borrow_and_update());
+                let now_leading = *leading.borrow_and_update();
+                health.set_leading(now_leading);
+                metrics.set_leading(now_leading);
                 if leading.changed().await.is_err() {
                     break;
                 }

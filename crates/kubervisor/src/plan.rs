@@ -34,6 +34,7 @@ use kubervisor_core::status::{PodCounts, count};
 use crate::effects::Written;
 use crate::index::{KvsEntry, SlimPod, SlimService};
 use crate::source::SourceError;
+use crate::telemetry::BreakerState;
 
 /// The finalizer that makes Kubervisor hand pods back even when the resource is deleted
 /// while the operator is down.
@@ -123,6 +124,11 @@ pub enum Effect {
     },
     /// Set the pod gauges.
     PodCounts(PodCounts),
+    /// Set a breaker's gauges: what its last evaluation found.
+    BreakerState {
+        breaker: String,
+        state: BreakerState,
+    },
 }
 
 /// The kinds of decisions on a pod, as counted.
@@ -708,6 +714,7 @@ impl State {
                         ..BreakerStatus::default()
                     },
                     now,
+                    out,
                 );
                 if self.source_errors.get(breaker_name) != Some(&message) {
                     self.source_errors
@@ -732,6 +739,7 @@ impl State {
         self.record_result(
             breaker_result(&breaker.name, &findings, &plan, &views, dry_run),
             now,
+            out,
         );
         let mut holding = BTreeSet::new();
         for ejection in &plan.ejections {
@@ -786,7 +794,7 @@ impl State {
 
     /// Keeps a breaker's result for the status; the status is rewritten only when something
     /// other than the evaluation time changed.
-    fn record_result(&mut self, mut result: BreakerStatus, now: Timestamp) {
+    fn record_result(&mut self, mut result: BreakerStatus, now: Timestamp, out: &mut Vec<Effect>) {
         if let Some(old) = self.breaker_results.get(&result.name) {
             let mut timeless = old.clone();
             timeless.last_evaluation_time = None;
@@ -794,6 +802,15 @@ impl State {
                 return;
             }
         }
+        out.push(Effect::BreakerState {
+            breaker: result.name.clone(),
+            state: BreakerState {
+                anomalous: result.anomalous,
+                spared_by_floor: result.spared_by_floor,
+                panic: result.result == "Panic",
+                source_failing: result.result == "SourceError",
+            },
+        });
         result.last_evaluation_time = Some(Time(now));
         self.breaker_results.insert(result.name.clone(), result);
         self.status_dirty = true;

@@ -395,6 +395,9 @@ async fn execute(
                 };
                 ctx.metrics.count_decision(&breaker, namespace, &pod, &kind);
             }
+            Effect::BreakerState { breaker, state } => ctx
+                .metrics
+                .set_breaker_state(namespace, name, &breaker, state),
             Effect::PodCounts(counts) => ctx.metrics.set_pod_counts(
                 namespace,
                 name,

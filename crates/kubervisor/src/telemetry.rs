@@ -17,6 +17,7 @@
 //! | `kubervisor_breaker_evaluations_total` | counter | `outcome` (ok, source_error) |
 //! | `kubervisor_breaker_act_duration_seconds_{bucket,sum,count}` | histogram | (none): from the source's answer to the last write acknowledged |
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -145,7 +146,48 @@ pub struct Metrics {
     pod_writes: Family<PodWriteLabels, Counter>,
     evaluations: Family<OutcomeLabels, Counter>,
     act_duration: Histogram,
+    /// Per breaker: anomalous pods, pods spared by the floor, panic, source failing.
+    breaker_state: [Family<BreakerLabels, Gauge>; 4],
+    /// The breakers each KubervisorService has series for, to remove them with it.
+    breakers_of: std::sync::Mutex<HashMap<(String, String), HashSet<String>>>,
+    leading: Gauge,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    namespace: String,
+    name: String,
+    breaker: String,
+}
+
+/// What one breaker's last evaluation found, as gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BreakerState {
+    pub anomalous: u32,
+    pub spared_by_floor: u32,
+    pub panic: bool,
+    pub source_failing: bool,
+}
+
+/// The breaker gauges: name and help, in `breaker_state`'s order.
+const BREAKER_STATE_SERIES: [(&str, &str); 4] = [
+    (
+        "kubervisor_breaker_anomalous_pods",
+        "Pods the breaker's last evaluation found anomalous",
+    ),
+    (
+        "kubervisor_breaker_spared_pods",
+        "Anomalous pods the breaker's last evaluation left in traffic because of the floor",
+    ),
+    (
+        "kubervisor_breaker_panic",
+        "1 while the breaker is in panic (too few healthy pods: it ejects nothing)",
+    ),
+    (
+        "kubervisor_breaker_source_failing",
+        "1 while the breaker's last query to its source failed (it ejects nothing)",
+    ),
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -235,8 +277,21 @@ impl Metrics {
             "Writes to pods by verb (patch, delete) and outcome (ok, conflict, error)",
             pod_writes.clone(),
         );
+        let breaker_state: [Family<BreakerLabels, Gauge>; 4] = Default::default();
+        for ((name, help), family) in BREAKER_STATE_SERIES.iter().zip(&breaker_state) {
+            registry.register(*name, *help, family.clone());
+        }
+        let leading = Gauge::default();
+        registry.register(
+            "kubervisor_leading",
+            "1 while this replica acts: it holds the Lease, or runs without leader election",
+            leading.clone(),
+        );
         Metrics {
             registry,
+            breaker_state,
+            breakers_of: Default::default(),
+            leading,
             breaker_gauge,
             item_gauge,
             breaker_count,
@@ -282,6 +337,57 @@ impl Metrics {
             self.breaker_gauge
                 .remove(&Self::pods_labels(namespace, name, state));
         }
+        let breakers = self
+            .breakers_of
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .unwrap_or_default();
+        for breaker in breakers {
+            let labels = BreakerLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                breaker,
+            };
+            for family in &self.breaker_state {
+                family.remove(&labels);
+            }
+        }
+    }
+
+    /// Sets the gauges of one breaker's last evaluation.
+    pub fn set_breaker_state(
+        &self,
+        namespace: &str,
+        name: &str,
+        breaker: &str,
+        state: BreakerState,
+    ) {
+        self.breakers_of
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default()
+            .insert(breaker.to_owned());
+        let labels = BreakerLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            breaker: breaker.to_owned(),
+        };
+        let values = [
+            i64::from(state.anomalous),
+            i64::from(state.spared_by_floor),
+            i64::from(state.panic),
+            i64::from(state.source_failing),
+        ];
+        for (family, value) in self.breaker_state.iter().zip(values) {
+            family.get_or_create(&labels).set(value);
+        }
+    }
+
+    /// Whether this replica acts now.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.set(i64::from(leading));
     }
 
     /// Sets the number of KubervisorServices handled in `namespace`.

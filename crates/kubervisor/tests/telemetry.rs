@@ -269,3 +269,48 @@ async fn binding_an_address_in_use_names_the_address() {
     assert!(message.contains(&addr.to_string()), "{message}");
     assert!(message.contains("already in use"), "{message}");
 }
+
+#[tokio::test]
+async fn breaker_gauges_follow_the_last_evaluation_and_go_with_their_service() {
+    use kubervisor::telemetry::BreakerState;
+    let m = Metrics::new();
+    m.set_leading(true);
+    m.set_breaker_state(
+        "shop",
+        "web",
+        "errors",
+        BreakerState {
+            anomalous: 3,
+            spared_by_floor: 1,
+            panic: false,
+            source_failing: false,
+        },
+    );
+    m.set_breaker_state(
+        "shop",
+        "api",
+        "latency",
+        BreakerState {
+            panic: true,
+            ..BreakerState::default()
+        },
+    );
+    assert_has_lines(
+        &m.encode(),
+        &[
+            "kubervisor_leading 1",
+            r#"kubervisor_breaker_anomalous_pods{namespace="shop",name="web",breaker="errors"} 3"#,
+            r#"kubervisor_breaker_spared_pods{namespace="shop",name="web",breaker="errors"} 1"#,
+            r#"kubervisor_breaker_panic{namespace="shop",name="api",breaker="latency"} 1"#,
+            r#"kubervisor_breaker_source_failing{namespace="shop",name="web",breaker="errors"} 0"#,
+        ],
+    );
+    m.forget("shop", "web");
+    let text = m.encode();
+    assert!(!text.contains(r#"name="web",breaker"#), "{text}");
+    assert!(
+        text.contains(
+            r#"kubervisor_breaker_panic{namespace="shop",name="api",breaker="latency"} 1"#
+        )
+    );
+}

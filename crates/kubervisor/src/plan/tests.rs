@@ -995,6 +995,53 @@ fn a_breaker_in_panic_ejects_nothing_and_says_so_once_each_way() {
     assert_eq!(h.with_traffic("no"), ["p3"]);
     assert_eq!(reasons(&effects), ["PanicEnded", "PodEjected"]);
     assert_eq!(ready_reason(&effects).unwrap().0, "Running");
+    assert_eq!(
+        breaker_states(&effects),
+        [BreakerState {
+            anomalous: 1,
+            spared_by_floor: 0,
+            panic: false,
+            source_failing: false,
+        }]
+    );
+}
+
+#[test]
+fn breaker_gauges_change_with_the_evaluation_and_only_then() {
+    let mut h = Harness::running(
+        with_breaker_fields(1, json!({"panicThresholdPercent": 50})),
+        5,
+    );
+    let effects = h.report(&["p0", "p1", "p2"]);
+    assert_eq!(
+        breaker_states(&effects),
+        [BreakerState {
+            anomalous: 3,
+            spared_by_floor: 0,
+            panic: true,
+            source_failing: false,
+        }]
+    );
+    // The same evaluation again: nothing to set.
+    assert!(breaker_states(&h.report(&["p0", "p1", "p2"])).is_empty());
+    let effects = h.findings("faulty", Err(source_error()));
+    assert_eq!(
+        breaker_states(&effects),
+        [BreakerState {
+            source_failing: true,
+            ..BreakerState::default()
+        }]
+    );
+}
+
+fn breaker_states(effects: &[Effect]) -> Vec<BreakerState> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::BreakerState { state, .. } => Some(*state),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
