@@ -3,5 +3,6 @@
 
 mod chart;
 mod deploy;
+mod monitoring;
 mod rbac;
 mod tools;
