@@ -201,7 +201,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
-            print!("{}", kubervisor_api::crd_yaml());
+            // Written, not printed: a closed pipe (`kubervisor crd | head`) is not a panic.
+            let _ = write!(std::io::stdout().lock(), "{}", kubervisor_api::crd_yaml());
             ExitCode::SUCCESS
         }
         Command::Check { files } => check(&files),
