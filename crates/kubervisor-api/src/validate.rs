@@ -156,6 +156,15 @@ pub(crate) fn validate(spec: &KubervisorServiceSpec) -> Result<(), ValidationErr
     }
     if spec.breakers.is_empty() {
         c.error("spec.breakers", "at least one breaker is required");
+    } else if spec.breakers.len() > crate::crd::MAX_BREAKERS {
+        c.error(
+            "spec.breakers",
+            format!(
+                "at most {} breakers, got {}",
+                crate::crd::MAX_BREAKERS,
+                spec.breakers.len()
+            ),
+        );
     }
     let mut names = BTreeSet::new();
     for (i, breaker) in spec.breakers.iter().enumerate() {

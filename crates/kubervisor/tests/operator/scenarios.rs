@@ -481,7 +481,9 @@ on_both_backends! {
                 "apiVersion": "kubervisor.k8s.io/v1alpha1",
                 "kind": "KubervisorService",
                 "metadata": {"name": "web", "namespace": "default"},
-                "spec": {"service": "web", "breakers": []}
+                // Valid for the CRD's schema (the API server stores it), invalid for the
+                // operator, which says why in the status.
+                "spec": {"service": "web", "breakers": [{"name": "faulty", "customService": "ftp://detector:80/faulty"}]}
             }))
             .await;
         let ready = wait_ready_reason(&cluster, "InvalidSpec").await;
@@ -490,7 +492,7 @@ on_both_backends! {
             ready["message"]
                 .as_str()
                 .unwrap()
-                .contains("spec.breakers: at least one breaker is required"),
+                .contains("spec.breakers[0].customService: unsupported scheme `ftp`"),
             "{ready}"
         );
 
