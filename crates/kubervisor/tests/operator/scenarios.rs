@@ -756,9 +756,13 @@ mod prometheus {
                 "minPodsAvailableCount": 2,
                 "continuousOutlier": {
                     "prometheusService": prometheus.address(),
-                    "promQL": "histogram_quantile(0.99, sum by (pod, le) (rate(http_request_duration_seconds_bucket{service=\"web\"}[10s])))",
+                    "promQL": "histogram_quantile(0.99, sum by (pod, le) (rate(http_request_duration_seconds_bucket{service=\"web\"}[20s])))",
                     "podNamekey": "pod",
-                    "direction": "above"
+                    "direction": "above",
+                    // The healthy pods' p99s are nearly equal, so their MAD is tiny and
+                    // sampling noise alone can score a few units (more on a loaded
+                    // machine); the slow pod scores in the hundreds.
+                    "maxZScore": 20
                 }
             }]);
             cluster
@@ -788,7 +792,7 @@ mod prometheus {
             assert_eq!(result["statistic"]["kind"], "medianMad", "{result}");
             assert!(result["lastEvaluationTime"].is_string(), "{result}");
             assert_eq!(result["anomalousPods"][0]["pod"], slow.as_str(), "{result}");
-            assert_eq!(result["anomalousPods"][0]["threshold"], 3.5, "{result}");
+            assert_eq!(result["anomalousPods"][0]["threshold"], 20.0, "{result}");
         }
     }
 
