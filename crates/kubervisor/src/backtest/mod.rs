@@ -217,7 +217,8 @@ pub struct BreakerInfo {
     pub detector: &'static str,
     pub evaluation_period: std::time::Duration,
     pub quantity_name: &'static str,
-    pub threshold: f64,
+    /// The quantity's fixed bounds; none when the bound moves with the fleet.
+    pub thresholds: Vec<f64>,
 }
 
 /// The result of one backtest.
@@ -382,7 +383,7 @@ pub fn replay_histories(
                 detector: resolved.map_or("", |r| r.detection.kind()),
                 evaluation_period: resolved.map(|r| r.evaluation_period).unwrap_or_default(),
                 quantity_name: b.detector.quantity_name(),
-                threshold: b.detector.threshold(),
+                thresholds: b.detector.thresholds(),
             }
         })
         .collect();
