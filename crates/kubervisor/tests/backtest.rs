@@ -431,6 +431,9 @@ async fn statistical_detectors_replay_to_the_exact_decisions() {
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(!text.contains("not replayable"), "{text}");
     let page = std::fs::read_to_string(&report).unwrap();
+    if let Ok(path) = std::env::var("BACKTEST_REPORT_SAMPLE") {
+        std::fs::write(path, &page).unwrap();
+    }
     assert_eq!(page.matches("<svg").count(), 4, "one chart per breaker");
     for label in [
         "threshold 200",
