@@ -367,7 +367,7 @@ impl Method {
                 &format!("minPodsAvailableCount: {min}"),
             ),
             Method::SuccessRate => format!(
-                "{head}    successRateOutlier:\n{query}      promQL: sum by (code, pod) (requests)\n      key: code\n      goodValues: [\"200\"]\n      minimumHosts: 2\n      requestVolume: 10\n"
+                "{head}    successRateOutlier:\n{query}      promQL: sum by (code, pod) (requests)\n      key: code\n      goodValues: [\"200\"]\n      minimumHosts: 2\n      requestVolume: 10\n      stdevFactor: 1\n"
             ),
             Method::Threshold => {
                 format!("{head}    valueThreshold:\n{query}      promQL: ratio\n      above: 0.3\n")
