@@ -1,7 +1,8 @@
 //! `kubervisor backtest`: what a KubervisorService would have done over past Prometheus data.
 //!
 //! Each replayable breaker's query is run once over the range (range queries with
-//! step = `evaluationPeriod`, paged), then the operator's own step, [`crate::plan::plan`],
+//! step = `evaluationPeriod`, paged; a `valueTrend`'s from one window earlier at its own
+//! step), then the operator's own step, [`crate::plan::plan`],
 //! runs over the simulated fleet with the clock set to each evaluation instant and to each
 //! time the activator is due. Nothing is written anywhere: the result is a list of
 //! decisions and a summary.
