@@ -47,8 +47,69 @@ spec:
     period: 30
 "#;
 
+/// The statistical detectors over the same fleet, from metrics of their own.
+const KVS_STATISTICAL: &str = r#"apiVersion: kubervisor.k8s.io/v1alpha1
+kind: KubervisorService
+metadata:
+  name: web
+  namespace: shop
+spec:
+  service: web
+  breakers:
+  - name: latency-bound
+    evaluationPeriod: 10
+    minPodsAvailableCount: 2
+    valueThreshold:
+      prometheusService: prometheus.monitoring:9090
+      promQL: latency
+      podNamekey: pod
+      above: 200
+      below: 50
+  - name: latency-outlier
+    evaluationPeriod: 10
+    minPodsAvailableCount: 2
+    continuousOutlier:
+      prometheusService: prometheus.monitoring:9090
+      promQL: latency
+      podNamekey: pod
+      maxZScore: 3.5
+      direction: both
+      minimumHosts: 5
+  - name: success-rate
+    evaluationPeriod: 10
+    minPodsAvailableCount: 2
+    successRateOutlier:
+      prometheusService: prometheus.monitoring:9090
+      promQL: sum by (code, pod) (calls)
+      key: code
+      podNamekey: pod
+      goodValues: ["200"]
+      stdevFactor: 1.9
+      minimumHosts: 5
+      requestVolume: 100
+  - name: memory-leak
+    evaluationPeriod: 10
+    minPodsAvailableCount: 2
+    valueTrend:
+      prometheusService: prometheus.monitoring:9090
+      promQL: memory
+      podNamekey: pod
+      window: 60
+      maxSlope: 0.4
+      minSlope: -0.4
+  defaultActivator:
+    mode: periodic
+    period: 30
+"#;
+
 /// The history: web-3 fails half its requests and triples its price in [60 s, 120 s);
 /// web-5 is noisy (10 % errors, price 30 % above or below the fleet's), the rest healthy.
+///
+/// For the statistical detectors: web-3's latency is 300 in [60 s, 120 s) against a fleet
+/// near 100 (web-5 alternating 103 and 99); its calls fail half the time then, against
+/// fleet failure rates of 0 to 6 %; its memory leaks 1 unit/s over [60 s, 120 s] and stays
+/// up, while web-5's swings ±20 around a flat line. Memory starts one trend window before
+/// the range, so the first evaluations already have a full window.
 fn openmetrics(t0: Timestamp) -> String {
     let mut text = String::from("# TYPE requests gauge\n");
     let seconds = |t: i64| t0.as_second() + t;
@@ -84,13 +145,65 @@ fn openmetrics(t0: Timestamp) -> String {
             let _ = writeln!(text, "price{{pod=\"{pod}\"}} {price} {}", seconds(t));
         }
     }
+    text.push_str("# TYPE latency gauge\n");
+    for t in (0..=SPAN).step_by(10) {
+        for pod in PODS {
+            let latency = match pod {
+                "web-1" => 100,
+                "web-2" => 102,
+                "web-3" if (60..120).contains(&t) => 300,
+                "web-3" => 98,
+                "web-4" => 101,
+                _ if t % 20 == 0 => 103,
+                _ => 99,
+            };
+            let _ = writeln!(text, "latency{{pod=\"{pod}\"}} {latency} {}", seconds(t));
+        }
+    }
+    text.push_str("# TYPE calls gauge\n");
+    for t in (0..=SPAN).step_by(10) {
+        for pod in PODS {
+            let bad = match pod {
+                "web-1" => 0,
+                "web-2" => 2,
+                "web-3" if (60..120).contains(&t) => 50,
+                "web-3" => 1,
+                "web-4" => 3,
+                _ if t % 20 == 0 => 6,
+                _ => 4,
+            };
+            for (code, count) in [("200", 100 - bad), ("500", bad)] {
+                let _ = writeln!(
+                    text,
+                    "calls{{pod=\"{pod}\",code=\"{code}\"}} {count} {}",
+                    seconds(t)
+                );
+            }
+        }
+    }
+    text.push_str("# TYPE memory gauge\n");
+    for t in (-TREND_WINDOW..=SPAN).step_by(10) {
+        for pod in PODS {
+            let memory = match pod {
+                "web-3" => 100 + (t.clamp(60, 120) - 60),
+                "web-5" if t % 20 == 0 => 120,
+                "web-5" => 80,
+                _ => 100,
+            };
+            let _ = writeln!(text, "memory{{pod=\"{pod}\"}} {memory} {}", seconds(t));
+        }
+    }
     text.push_str("# EOF\n");
     text
 }
 
+/// The `valueTrend` breaker's window, in seconds.
+const TREND_WINDOW: i64 = 60;
+
 struct Past {
     _dir: tempfile::TempDir,
     kvs: PathBuf,
+    statistical: PathBuf,
     prometheus: PrometheusProcess,
     t0: Timestamp,
 }
@@ -126,9 +239,12 @@ async fn past() -> Past {
     };
     let kvs = dir.path().join("kvs.yaml");
     std::fs::write(&kvs, KVS).unwrap();
+    let statistical = dir.path().join("statistical.yaml");
+    std::fs::write(&statistical, KVS_STATISTICAL).unwrap();
     Past {
         _dir: dir,
         kvs,
+        statistical,
         prometheus,
         t0,
     }
@@ -165,7 +281,11 @@ impl Past {
 
     /// The JSON lines of a run: decisions as (seconds, action, pod), and the summary.
     fn json(&self, breaker: &str) -> (Vec<(i64, String, String)>, Value) {
-        let output = self.run(&self.kvs, &["--breaker", breaker, "--output", "json"]);
+        self.json_of(&self.kvs, breaker)
+    }
+
+    fn json_of(&self, kvs: &Path, breaker: &str) -> (Vec<(i64, String, String)>, Value) {
+        let output = self.run(kvs, &["--breaker", breaker, "--output", "json"]);
         assert!(
             output.status.success(),
             "{}",
@@ -251,6 +371,83 @@ async fn backfilled_history_replays_to_the_exact_decisions() {
         "{text}"
     );
 
+    past.prometheus.stop().await;
+}
+
+#[tokio::test]
+async fn statistical_detectors_replay_to_the_exact_decisions() {
+    let past = past().await;
+
+    // web-3's latency of 300 crosses `above: 200`; nobody's goes under 50.
+    let (decisions, summary) = past.json_of(&past.statistical, "latency-bound");
+    assert_eq!(decisions, expected(), "valueThreshold");
+    assert_summary(&summary);
+
+    // Against a fleet median of 101 or 102 with a MAD of 1, web-3's 300 scores over 130;
+    // web-5's swings score at most 2.02, under 3.5.
+    let (decisions, summary) = past.json_of(&past.statistical, "latency-outlier");
+    assert_eq!(decisions, expected(), "continuousOutlier");
+    assert_summary(&summary);
+
+    // Success rates 1, .98, .99, .97 and .94 or .96: web-5 stays above mean − 1.9 × stdev
+    // (.937 or .953); web-3 at .5 falls under it (.517 or .518).
+    let (decisions, summary) = past.json_of(&past.statistical, "success-rate");
+    assert_eq!(decisions, expected(), "successRateOutlier");
+    assert_summary(&summary);
+
+    // Slopes over the 60 s window at 10 s steps: 0.29/s at 80 s, 0.5/s at 90 s, 1/s at
+    // 120 s, 0.5/s at 150 s, 0.29/s at 160 s; web-5's swings fit a slope of 0.
+    let (decisions, summary) = past.json_of(&past.statistical, "memory-leak");
+    let leak: Vec<(i64, String, String)> = [
+        (90, "eject"),
+        (120, "activate"),
+        (120, "eject"),
+        (150, "activate"),
+        (150, "eject"),
+        (180, "activate"),
+    ]
+    .into_iter()
+    .map(|(t, action)| (t, action.to_string(), "web-3".to_string()))
+    .collect();
+    assert_eq!(decisions, leak, "valueTrend");
+    assert_eq!(summary["evaluations"], 31);
+    assert_eq!(summary["ejections"], 3);
+    assert_eq!(summary["activations"], 3);
+    assert_eq!(summary["distinctPodsEjected"], 1);
+    assert_eq!(summary["maxPodsOut"], 1);
+    assert_eq!(summary["minPodsWithTraffic"], 4);
+    assert_eq!(summary["floor"], 2);
+    assert_eq!(summary["timeOutSeconds"]["web-3"], 90.0);
+    assert_eq!(summary["timeOutSeconds"]["web-5"], 0.0);
+
+    // Every method replays; the report charts each one's own quantity and fixed bounds.
+    let report = past.statistical.with_file_name("statistical.html");
+    let output = past.run(&past.statistical, &["--report", report.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(!text.contains("not replayable"), "{text}");
+    let page = std::fs::read_to_string(&report).unwrap();
+    if let Ok(path) = std::env::var("BACKTEST_REPORT_SAMPLE") {
+        std::fs::write(path, &page).unwrap();
+    }
+    assert_eq!(page.matches("<svg").count(), 4, "one chart per breaker");
+    for label in [
+        "threshold 200",
+        "threshold 50",
+        "threshold 3.5",
+        "threshold -3.5",
+        "threshold 0.4",
+        "threshold -0.4",
+        "modified z-score",
+        "success rate",
+        "slope (units per second)",
+    ] {
+        assert!(page.contains(label), "{label} missing from the report");
+    }
     past.prometheus.stop().await;
 }
 

@@ -1,5 +1,6 @@
-//! A breaker's query over the whole range: range queries with step = evaluationPeriod,
-//! in pages that stay under Prometheus' limit of points per series.
+//! A breaker's query over the whole range: range queries with step = evaluationPeriod
+//! (a `valueTrend`'s own step, from one window before the start), in pages that stay
+//! under Prometheus' limit of points per series.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,7 +23,7 @@ pub struct History {
     pub step: Duration,
     /// What each series is about, read once from its labels.
     pub keys: Vec<SeriesKey>,
-    /// Per evaluation instant `start + i × step`: (series, value).
+    /// Per instant `start + i × step`: (series, value).
     pub instants: Vec<Vec<(usize, f64)>>,
 }
 
@@ -48,6 +49,29 @@ impl History {
         let i = (offset / self.step.as_secs_f64()).round();
         (i >= 0.0 && (i as usize) < self.instants.len()).then_some(i as usize)
     }
+
+    /// The samples of the instant `time` falls on (none when it is outside the history).
+    pub fn samples_at(&self, time: Timestamp) -> &[(usize, f64)] {
+        self.index_of(time.as_millisecond() as f64 / 1000.0)
+            .map_or(&[], |i| self.instants[i].as_slice())
+    }
+
+    /// The instants in [from, to], oldest first.
+    pub fn indices_between(&self, from: Timestamp, to: Timestamp) -> std::ops::Range<usize> {
+        let step = self.step.as_secs_f64();
+        if step <= 0.0 || from > to {
+            return 0..0;
+        }
+        let offset = |t: Timestamp| t.duration_since(self.start).as_secs_f64() / step;
+        // A hair of tolerance so that bounds exactly on an instant include it despite rounding.
+        let first = (offset(from) - 1e-9).ceil().max(0.0);
+        let last = (offset(to) + 1e-9).floor();
+        if last < 0.0 {
+            return 0..0;
+        }
+        let end = (last as usize + 1).min(self.instants.len());
+        (first as usize).min(end)..end
+    }
 }
 
 /// The number of evaluation instants `start + i × step` in [start, end].
@@ -67,10 +91,11 @@ pub async fn fetch(
     base: Option<&str>,
     breaker: &str,
     detector: &dyn Replayable,
-    (start, end, step): (Timestamp, Timestamp, Duration),
+    (start, end, period): (Timestamp, Timestamp, Duration),
 ) -> Result<History, BacktestError> {
     let base = base.unwrap_or(detector.prometheus_service());
-    let mut history = History::empty(start, end, step);
+    let (first_instant, step) = detector.range(start, period);
+    let mut history = History::empty(first_instant, end, step);
     let mut labels: Vec<Labels> = Vec::new();
     let mut by_labels: HashMap<Labels, usize> = HashMap::new();
     let total = history.instants.len();

@@ -67,9 +67,14 @@ pub fn render(backtests: &[&Backtest]) -> String {
             }
             let _ = writeln!(
                 page,
-                "<figcaption>Each pod's {} at each evaluation; the thick black line is the threshold; \
+                "<figcaption>Each pod's {} at each evaluation; {}; \
                  shaded bands are the intervals a pod spent without traffic, in its colour.</figcaption>\n</figure>",
-                breaker.quantity_name
+                breaker.quantity_name,
+                match breaker.thresholds.len() {
+                    0 => "the bound moves with the fleet at each evaluation, so no line is drawn",
+                    1 => "the thick black line is the threshold",
+                    _ => "the thick black lines are the bounds",
+                }
             );
         }
     }
@@ -132,13 +137,23 @@ fn chart(backtest: &Backtest, breaker: &BreakerInfo) -> Result<String, String> {
     let was_out = |pod: &str| out.get(pod).is_some_and(|i| !i.is_empty());
     let legend_all = pods.len() <= LEGEND_ALL_UP_TO;
     let x_end = minutes(backtest.start, backtest.end).max(1e-3);
-    let highest = quantities
+    let values = quantities
         .values()
         .flatten()
         .map(|(_, v)| *v)
-        .filter(|v| v.is_finite())
-        .fold(breaker.threshold, f64::max);
-    let y_end = if highest > 0.0 { highest * 1.1 } else { 1.0 };
+        .chain(breaker.thresholds.iter().copied())
+        .filter(|v| v.is_finite());
+    // Zero always shows; slopes and z-scores go below it.
+    let (lowest, highest) = values.fold((0f64, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let margin = (highest - lowest) * 0.1;
+    let (y_start, y_end) = if highest > lowest {
+        (
+            if lowest < 0.0 { lowest - margin } else { 0.0 },
+            if highest > 0.0 { highest + margin } else { 0.0 },
+        )
+    } else {
+        (0.0, 1.0)
+    };
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
@@ -148,7 +163,7 @@ fn chart(backtest: &Backtest, breaker: &BreakerInfo) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..x_end, 0f64..y_end)
+            .build_cartesian_2d(0f64..x_end, y_start..y_end)
             .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
@@ -163,7 +178,7 @@ fn chart(backtest: &Backtest, breaker: &BreakerInfo) -> Result<String, String> {
             chart
                 .draw_series(intervals.iter().map(|(from, to)| {
                     let (a, b) = (minutes(backtest.start, *from), minutes(backtest.start, *to));
-                    Rectangle::new([(a, 0.0), (b, y_end)], fill)
+                    Rectangle::new([(a, y_start), (b, y_end)], fill)
                 }))
                 .map_err(|x| e(&x))?;
         }
@@ -186,14 +201,16 @@ fn chart(backtest: &Backtest, breaker: &BreakerInfo) -> Result<String, String> {
         }
         // Black: the palette's first colour is red, a pod's.
         let line = BLACK.stroke_width(3);
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, breaker.threshold), (x_end, breaker.threshold)],
-                line,
-            ))
-            .map_err(|x| e(&x))?
-            .label(format!("threshold {}", breaker.threshold))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line));
+        for threshold in breaker.thresholds.iter().filter(|t| t.is_finite()) {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, *threshold), (x_end, *threshold)],
+                    line,
+                ))
+                .map_err(|x| e(&x))?
+                .label(format!("threshold {threshold}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line));
+        }
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))

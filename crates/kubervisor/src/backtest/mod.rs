@@ -1,7 +1,8 @@
 //! `kubervisor backtest`: what a KubervisorService would have done over past Prometheus data.
 //!
 //! Each replayable breaker's query is run once over the range (range queries with
-//! step = `evaluationPeriod`, paged), then the operator's own step, [`crate::plan::plan`],
+//! step = `evaluationPeriod`, paged; a `valueTrend`'s from one window earlier at its own
+//! step), then the operator's own step, [`crate::plan::plan`],
 //! runs over the simulated fleet with the clock set to each evaluation instant and to each
 //! time the activator is due. Nothing is written anywhere: the result is a list of
 //! decisions and a summary.
@@ -217,7 +218,8 @@ pub struct BreakerInfo {
     pub detector: &'static str,
     pub evaluation_period: std::time::Duration,
     pub quantity_name: &'static str,
-    pub threshold: f64,
+    /// The quantity's fixed bounds; none when the bound moves with the fleet.
+    pub thresholds: Vec<f64>,
 }
 
 /// The result of one backtest.
@@ -382,7 +384,7 @@ pub fn replay_histories(
                 detector: resolved.map_or("", |r| r.detection.kind()),
                 evaluation_period: resolved.map(|r| r.evaluation_period).unwrap_or_default(),
                 quantity_name: b.detector.quantity_name(),
-                threshold: b.detector.threshold(),
+                thresholds: b.detector.thresholds(),
             }
         })
         .collect();

@@ -7,14 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use kubervisor_api::pod::{MarksIn, NAME_LABEL, TRAFFIC_LABEL, Traffic};
 use kubervisor_api::{KubervisorService, ResolvedSpec};
 use kubervisor_core::breaker::MinAvailable;
 use serde_json::{Value, json};
 
 use super::detector::Replayable;
-use super::history::History;
+use super::history::{History, instant_count};
 use crate::effects::{Written, adopt_ops, eject_ops, forget_ops, from_ejected_ops, release_ops};
 use crate::index::{KvsEntry, SlimPod, SlimService};
 use crate::plan::{DecisionKind, Effect, FINALIZER, Input, Note, Observed, PodChange, State, plan};
@@ -99,13 +99,16 @@ pub fn replay(
         out_since: BTreeMap::new(),
     };
     // Every evaluation instant of every breaker, in time order, breakers in spec order.
-    let mut instants: BTreeMap<Timestamp, Vec<(usize, usize)>> = BTreeMap::new();
+    let mut instants: BTreeMap<Timestamp, Vec<usize>> = BTreeMap::new();
     for (b, breaker) in breakers.iter().enumerate() {
-        for i in 0..breaker.history.instants.len() {
-            instants
-                .entry(breaker.history.time(i))
-                .or_default()
-                .push((b, i));
+        let period = spec
+            .breakers
+            .iter()
+            .find(|r| r.name == breaker.name)
+            .map_or(breaker.history.step, |r| r.evaluation_period);
+        for i in 0..instant_count(start, end, period) {
+            let offset = SignedDuration::try_from(period * i as u32).unwrap_or_default();
+            instants.entry(start + offset).or_default().push(b);
         }
     }
     let mut now = start;
@@ -138,14 +141,13 @@ pub fn replay(
         if fleet.move_to(now) {
             sim.observe(&mut fleet, now);
         }
-        for (b, i) in evaluations {
+        for b in evaluations {
             let breaker = &breakers[b];
-            let samples = &breaker.history.instants[i];
-            let findings = breaker.detector.judge(&breaker.history.keys, samples);
+            let findings = breaker.detector.judge(&breaker.history, now);
             *sim.out.evaluations.entry(breaker.name.clone()).or_default() += 1;
             if charts {
                 let per_pod = sim.out.quantities.entry(breaker.name.clone()).or_default();
-                for (pod, value) in breaker.detector.quantity(&breaker.history.keys, samples) {
+                for (pod, value) in breaker.detector.quantity(&breaker.history, now) {
                     per_pod.entry(pod).or_default().push((now, value));
                 }
             }
