@@ -153,25 +153,7 @@ async fn the_real_api_server_refuses_invalid_resources_naming_the_field() {
     let Some(Backend::Real(admin)) = Backend::real() else {
         return;
     };
-    kubectl(
-        &admin,
-        &[
-            "apply",
-            "-f",
-            repo().join("deploy/crd.yaml").to_str().unwrap(),
-        ],
-    )
-    .await;
-    kubectl(
-        &admin,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/kubervisorservices.kubervisor.k8s.io",
-            "--timeout=30s",
-        ],
-    )
-    .await;
+    install_crd(&admin).await;
     let namespace = RealNamespace::create(&admin, "admission").await;
     let kubeconfig = admin.display().to_string();
     let apply = |document: String| {

@@ -445,25 +445,7 @@ async fn deploy_rbac_is_enough_and_every_permission_is_needed() {
         return;
     };
     // The CRD, as the cluster admin installs it.
-    kubectl(
-        &admin,
-        &[
-            "apply",
-            "-f",
-            repo().join("deploy/crd.yaml").to_str().unwrap(),
-        ],
-    )
-    .await;
-    kubectl(
-        &admin,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/kubervisorservices.kubervisor.k8s.io",
-            "--timeout=30s",
-        ],
-    )
-    .await;
+    install_crd(&admin).await;
     let grants = grants();
     let runs = grants.iter().map(|grant| {
         let admin = admin.clone();

@@ -193,3 +193,26 @@ pub fn strings(value: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Applies `deploy/crd.yaml` as the cluster admin and waits until it is Established.
+pub async fn install_crd(admin: &Path) {
+    kubectl(
+        admin,
+        &[
+            "apply",
+            "-f",
+            repo().join("deploy/crd.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/kubervisorservices.kubervisor.k8s.io",
+            "--timeout=30s",
+        ],
+    )
+    .await;
+}
