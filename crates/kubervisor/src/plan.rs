@@ -387,6 +387,12 @@ enum Cause {
 /// How long a kill refused by a PodDisruptionBudget waits before it is tried again.
 pub const KILL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A status whose only change is in its numbers (a fleet statistic, the scores of the
+/// anomalous pods) is rewritten at most this often. Fed by live metrics, those numbers move
+/// at nearly every evaluation, and one status write per breaker per evaluation is load on
+/// the API server that tells nobody anything new: the same figures are in the metrics.
+pub const STATUS_NUMBERS_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Everything one KubervisorService's task knows between two inputs.
 #[derive(Clone, Debug, Default)]
 pub struct State {
@@ -411,6 +417,10 @@ pub struct State {
     /// The status last written and the status the index showed then, both without probe
     /// times: while the index still shows the latter, the write is on its way.
     status_written: Option<(KubervisorServiceStatus, KubervisorServiceStatus)>,
+    /// When the status was last asked for.
+    status_at: Option<Timestamp>,
+    /// A status change held back (see [`STATUS_NUMBERS_REFRESH`]) is written at this time.
+    status_held_until: Option<Timestamp>,
     /// When the activator has something to do next (possibly already past).
     activator_due: Option<Timestamp>,
     /// The status may have changed: computed once the writes under way came back.
@@ -479,6 +489,9 @@ impl State {
             Input::Written { pod, outcome } => self.written(&pod, outcome, now, out),
         }
         self.sync_gates(out);
+        if self.status_held_until.is_some_and(|at| now >= at) {
+            self.status_dirty = true;
+        }
         // The rest looks at the whole fleet: once per batch of writes, not once per write.
         if self.awaiting.is_empty() {
             if std::mem::take(&mut self.status_dirty) {
@@ -624,7 +637,7 @@ impl State {
             }));
             self.stop_note = Some(note);
         }
-        self.write_condition(not_ready(reason.as_str(), message), None, now, out);
+        self.write_condition(not_ready(reason.as_str(), message), None, false, now, out);
     }
 
     fn adopt_and_release(&mut self, out: &mut Vec<Effect>) {
@@ -1206,14 +1219,21 @@ impl State {
             last_probe_time: None,
         };
         let breakers = self.breaker_statuses(&spec);
-        self.write_condition(condition, Some((pod_count, breakers)), now, out);
+        // Until every breaker has been evaluated once, the results alone wait for the rest:
+        // a resource starting with k breakers costs two status writes rather than k + 1.
+        let results_pending = breakers.len() < spec.breakers.len();
+        let running = Some((pod_count, breakers));
+        self.write_condition(condition, running, results_pending, now, out);
     }
 
-    /// Asks for a status write when anything but probe times changed.
+    /// Asks for a status write when anything but probe times changed, with two exceptions
+    /// that only delay a write: breaker results while `results_pending`, and changes in
+    /// numbers alone within [`STATUS_NUMBERS_REFRESH`] of the last write.
     fn write_condition(
         &mut self,
         condition: KubervisorServiceCondition,
         running: Option<(PodCountStatus, Vec<BreakerStatus>)>,
+        results_pending: bool,
         now: Timestamp,
         out: &mut Vec<Effect>,
     ) {
@@ -1223,18 +1243,38 @@ impl State {
         let kvs = &entry.object;
         let status = next_status(kvs, condition, running, now);
         let comparable = without_probe_times(&status);
-        let old = without_probe_times(&kvs.status.clone().unwrap_or_default());
-        if comparable == old {
+        let stored_status = kvs.status.clone().unwrap_or_default();
+        let stored = without_probe_times(&stored_status);
+        if comparable == stored {
             self.status_written = None;
+            self.status_held_until = None;
             return;
         }
-        // Written already, and the index still shows the status from before that write
-        // (other changes, such as the finalizer, may have moved the resource meanwhile).
-        let in_flight = (comparable, old);
-        if self.status_written.as_ref() == Some(&in_flight) {
+        // What the API server holds once the write on its way lands: while the index still
+        // shows the status from before that write (other changes, such as the finalizer,
+        // may have moved the resource meanwhile), the write is in flight.
+        let shown = match &self.status_written {
+            Some((written, before)) if *before == stored => written,
+            _ => &stored,
+        };
+        if comparable == *shown {
             return;
         }
-        self.status_written = Some(in_flight);
+        if results_pending && without_breakers(&comparable) == without_breakers(shown) {
+            return;
+        }
+        if without_numbers(&comparable) == without_numbers(shown) {
+            let last = self.status_at.or_else(|| written_at(&stored_status));
+            if let Some(due) = last.map(|at| at + STATUS_NUMBERS_REFRESH)
+                && now < due
+            {
+                self.status_held_until = Some(due);
+                return;
+            }
+        }
+        self.status_written = Some((comparable, stored));
+        self.status_at = Some(now);
+        self.status_held_until = None;
         out.push(Effect::Status(Box::new(status)));
     }
 }
@@ -1431,6 +1471,49 @@ fn condition(status: &str, reason: &str, message: String) -> KubervisorServiceCo
         reason: Some(reason.into()),
         message: Some(message),
     }
+}
+
+/// When a stored status was written: the latest probe time it carries.
+fn written_at(status: &KubervisorServiceStatus) -> Option<Timestamp> {
+    status
+        .conditions
+        .iter()
+        .filter_map(|c| c.last_probe_time.as_ref())
+        .chain(
+            status
+                .pod_count
+                .iter()
+                .filter_map(|c| c.last_probe_time.as_ref()),
+        )
+        .map(|t| t.0)
+        .max()
+}
+
+/// A status without its breaker results.
+fn without_breakers(status: &KubervisorServiceStatus) -> KubervisorServiceStatus {
+    KubervisorServiceStatus {
+        breakers: Vec::new(),
+        ..status.clone()
+    }
+}
+
+/// A status without the numbers that follow live metrics: the fleet statistics' values and
+/// the anomalous pods' scores and thresholds (which pods, and how many, stay).
+fn without_numbers(status: &KubervisorServiceStatus) -> KubervisorServiceStatus {
+    let mut status = status.clone();
+    for breaker in &mut status.breakers {
+        if let Some(statistic) = &mut breaker.statistic {
+            statistic.mean = None;
+            statistic.stdev = None;
+            statistic.median = None;
+            statistic.mad = None;
+        }
+        for pod in &mut breaker.anomalous_pods {
+            pod.score = 0.0;
+            pod.threshold = 0.0;
+        }
+    }
+    status
 }
 
 fn without_probe_times(status: &KubervisorServiceStatus) -> KubervisorServiceStatus {

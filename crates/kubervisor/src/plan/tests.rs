@@ -1485,3 +1485,161 @@ fn readiness_gate_mode_leaves_pods_without_the_gate_alone_and_says_so() {
     );
     assert!(!h.fleet.pods["p2"].labels.contains_key(NAME_LABEL));
 }
+
+/// Three continuousOutlier breakers on the same latency query.
+fn three_outlier_breakers() -> serde_json::Value {
+    let breaker = |name: &str| {
+        json!({"name": name, "evaluationPeriod": 1, "minPodsAvailableCount": 1,
+               "continuousOutlier": {"prometheusService": "p:9090", "promQL": "q", "podNamekey": "pod"}})
+    };
+    json!({"service": "web", "breakers": [breaker("a"), breaker("b"), breaker("c")]})
+}
+
+#[test]
+fn a_resource_starting_with_three_breakers_writes_its_status_twice() {
+    let mut h = Harness::new(three_outlier_breakers(), 6);
+    let start = h.observe();
+    assert_eq!(status_writes(&start), 1, "Ready as soon as it runs");
+    h.store_status();
+    assert_eq!(status_writes(&h.findings("a", Ok(p99(6, None)))), 0);
+    assert_eq!(status_writes(&h.findings("b", Ok(p99(6, None)))), 0);
+    let last = h.findings("c", Ok(p99(6, None)));
+    assert_eq!(status_writes(&last), 1, "{last:?}");
+    let names: Vec<&str> = last_status(&last)
+        .unwrap()
+        .breakers
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"], "every result in the one write");
+}
+
+#[test]
+fn while_results_are_pending_other_changes_are_still_written_at_once() {
+    let mut h = Harness::new(three_outlier_breakers(), 6);
+    h.observe();
+    h.store_status();
+    // A breaker whose source fails changes the Ready condition: that cannot wait.
+    let effects = h.findings("a", Err(source_error()));
+    assert_eq!(status_writes(&effects), 1, "{effects:?}");
+    assert_eq!(ready_reason(&effects).unwrap().0, "SourceError");
+}
+
+/// Per-pod p99 latencies that drift with `tick` as live metrics do, `slow` at 10 ×.
+fn drifting_p99(pods: usize, slow: Option<usize>, tick: u64) -> Findings {
+    let samples: Vec<detect::ContinuousSample> = (0..pods)
+        .map(|i| detect::ContinuousSample {
+            pod: format!("p{i}"),
+            value: if Some(i) == slow {
+                0.3 + 0.0007 * (tick % 11) as f64
+            } else {
+                0.028 + 0.001 * (i % 3) as f64 + 0.00003 * ((tick * 7 + i as u64) % 13) as f64
+            },
+        })
+        .collect();
+    let Some(spec) = resource(outlier_spec(1)).spec.resolve().ok() else {
+        unreachable!("the spec is valid")
+    };
+    let kubervisor_api::Detection::Outlier(rule) = &spec.breakers[0].detection else {
+        unreachable!("an outlier breaker")
+    };
+    detect::continuous_outlier(rule, &samples)
+}
+
+#[test]
+fn numbers_that_follow_live_metrics_are_written_at_most_once_a_minute() {
+    let mut h = Harness::running(outlier_spec(1), 8);
+    h.store_status();
+    h.findings("p99", Ok(drifting_p99(8, None, 0)));
+    h.store_status();
+    let mut writes = Vec::new();
+    for tick in 1..=180 {
+        h.now = t0() + SignedDuration::from_secs(tick as i64);
+        let effects = h.findings("p99", Ok(drifting_p99(8, None, tick)));
+        if status_writes(&effects) > 0 {
+            writes.push(tick);
+            h.store_status();
+        }
+    }
+    assert_eq!(
+        writes,
+        [60, 120, 180],
+        "the statistic is refreshed once a minute"
+    );
+    // Which pods are anomalous is news: written at once, mid-minute.
+    h.now = t0() + SignedDuration::from_secs(185);
+    let effects = h.findings("p99", Ok(drifting_p99(8, Some(3), 185)));
+    assert_eq!(status_writes(&effects), 1, "{effects:?}");
+}
+
+#[test]
+fn a_held_back_number_is_written_even_when_the_metrics_stop_moving() {
+    let mut h = Harness::running(outlier_spec(1), 8);
+    h.store_status();
+    h.findings("p99", Ok(drifting_p99(8, None, 0)));
+    h.store_status();
+    h.now = t0() + SignedDuration::from_secs(1);
+    assert_eq!(
+        status_writes(&h.findings("p99", Ok(drifting_p99(8, None, 1)))),
+        0
+    );
+    // The same numbers from now on: the one held back still reaches the status.
+    let mut written = None;
+    for tick in 2..=70 {
+        h.now = t0() + SignedDuration::from_secs(tick);
+        if status_writes(&h.findings("p99", Ok(drifting_p99(8, None, 1)))) > 0 {
+            written = Some(tick);
+            break;
+        }
+    }
+    assert_eq!(written, Some(60));
+    let median = last_status(&h.effects).unwrap().breakers[0]
+        .statistic
+        .as_ref()
+        .unwrap()
+        .median;
+    let expected = match drifting_p99(8, None, 1).statistic {
+        Some(FleetStatistic::MedianMad { median, .. }) => significant(median),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(median, expected);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever the metrics do, status writes are bounded by the changes in which pods are
+    /// anomalous plus one refresh a minute; and every change of that set is written at once.
+    #[test]
+    fn status_writes_follow_verdicts_not_numbers(
+        slow in proptest::collection::vec(proptest::option::of(0usize..8), 1..120),
+    ) {
+        let mut h = Harness::running(outlier_spec(8), 8);
+        h.store_status();
+        h.findings("p99", Ok(drifting_p99(8, None, 0)));
+        h.store_status();
+        let mut writes = 0usize;
+        let mut verdict_changes = 0usize;
+        let mut previous = None;
+        for (i, slow) in slow.iter().enumerate() {
+            let tick = i as u64 + 1;
+            h.now = t0() + SignedDuration::from_secs(tick as i64);
+            let effects = h.findings("p99", Ok(drifting_p99(8, *slow, tick)));
+            let n = status_writes(&effects);
+            if *slow != previous {
+                verdict_changes += 1;
+                proptest::prop_assert_eq!(n, 1, "a new verdict at tick {} is not written", tick);
+            }
+            previous = *slow;
+            writes += n;
+            if n > 0 {
+                h.store_status();
+            }
+        }
+        let refreshes = slow.len() / 60 + 1;
+        proptest::prop_assert!(
+            writes <= verdict_changes + refreshes,
+            "{} writes for {} verdict changes over {} s", writes, verdict_changes, slow.len()
+        );
+    }
+}
