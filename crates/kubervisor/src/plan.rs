@@ -1241,22 +1241,26 @@ impl State {
             return;
         };
         let kvs = &entry.object;
-        let status = next_status(kvs, condition, running, now);
-        let comparable = without_probe_times(&status);
         let stored_status = kvs.status.clone().unwrap_or_default();
         let stored = without_probe_times(&stored_status);
+        // What the API server holds once the write on its way lands: while the index still
+        // shows the status from before that write (other changes, such as the finalizer,
+        // may have moved the resource meanwhile), the write is in flight.
+        let in_flight = match &self.status_written {
+            Some((written, before)) if *before == stored => Some(written),
+            _ => None,
+        };
+        // A first write still in flight set the start time: keep it, or every later
+        // computation would differ from it by its start time alone.
+        let started = in_flight.and_then(|w| w.start_time.clone());
+        let status = next_status(kvs, condition, running, started, now);
+        let comparable = without_probe_times(&status);
         if comparable == stored {
             self.status_written = None;
             self.status_held_until = None;
             return;
         }
-        // What the API server holds once the write on its way lands: while the index still
-        // shows the status from before that write (other changes, such as the finalizer,
-        // may have moved the resource meanwhile), the write is in flight.
-        let shown = match &self.status_written {
-            Some((written, before)) if *before == stored => written,
-            _ => &stored,
-        };
+        let shown = in_flight.unwrap_or(&stored);
         if comparable == *shown {
             return;
         }
@@ -1311,6 +1315,7 @@ fn next_status(
     kvs: &KubervisorService,
     condition: KubervisorServiceCondition,
     running: Option<(PodCountStatus, Vec<BreakerStatus>)>,
+    started: Option<Time>,
     now: Timestamp,
 ) -> KubervisorServiceStatus {
     let (pod_count, breakers) = match running {
@@ -1338,7 +1343,7 @@ fn next_status(
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     KubervisorServiceStatus {
         conditions,
-        start_time: old.start_time.clone().or(Some(now.clone())),
+        start_time: old.start_time.clone().or(started).or(Some(now.clone())),
         pod_count: pod_count
             .map(|c| PodCountStatus {
                 last_probe_time: Some(now.clone()),

@@ -1643,3 +1643,36 @@ proptest::proptest! {
         );
     }
 }
+
+#[test]
+fn a_start_up_whose_writes_the_watch_has_not_shown_yet_costs_two_status_writes() {
+    let spec = json!({
+        "service": "web",
+        "breakers": [
+            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
+            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
+        ],
+    });
+    // The watch shows none of the status writes: each step computes the status anew, at a
+    // later time, and must still see that the write on its way says the same.
+    let mut h = Harness::new(spec, 10);
+    h.observe();
+    for (second, breaker) in [(1, "breaker-1"), (2, "breaker-2")] {
+        h.now = t0() + SignedDuration::from_secs(second);
+        h.observe();
+        h.findings(breaker, Ok(detect::custom(&[])));
+    }
+    h.now = t0() + SignedDuration::from_secs(3);
+    h.observe();
+    let writes: Vec<&KubervisorServiceStatus> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Status(s) => Some(&**s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:#?}");
+    assert_eq!(writes[0].start_time, writes[1].start_time);
+    assert_eq!(writes[1].breakers.len(), 2);
+}
