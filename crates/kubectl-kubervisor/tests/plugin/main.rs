@@ -3,6 +3,7 @@
 //! the few that stay on kubesim say why.
 
 mod harness;
+mod krew;
 
 use std::time::Duration;
 
