@@ -3,6 +3,8 @@
 //! the few that stay on kubesim say why.
 
 mod harness;
+mod install;
+mod krew;
 
 use std::time::Duration;
 
@@ -800,6 +802,9 @@ async fn kubectl_finds_the_plugin_on_path_and_passes_its_arguments(backend: Back
         ],
         "{run:#?}"
     );
+    // Bare, as the README shows it: the same list.
+    let bare = harness::run(kubectl, &["kubervisor"], home, &env).await;
+    assert_eq!(without_age(bare.ok(), 6), without_age(run.ok(), 6), "{bare:#?}");
     let run = harness::run(kubectl, &["kubervisor", "describe", "web"], home, &env).await;
     assert!(run.ok().contains("web-1"), "{run:#?}");
     let run = harness::run(kubectl, &["kubervisor", "activate", "web"], home, &env).await;

@@ -256,6 +256,15 @@ async fn helm_installs_upgrades_and_uninstalls_on_the_real_control_plane() {
     };
     let (name, ns) = (release.name.as_str(), release.namespace.as_str());
     let chart = chart();
+    // The README's command: with the alerts and the dashboard, on a cluster that has the
+    // Prometheus operator's CRDs.
+    install_prometheus_rule_crd(&admin).await;
+    let monitoring = [
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "dashboards.enabled=true",
+    ];
 
     // Every rendered object is accepted by the API server's own validation first.
     helm_ok(
@@ -270,7 +279,10 @@ async fn helm_installs_upgrades_and_uninstalls_on_the_real_control_plane() {
             "--kubeconfig",
             &kc,
             "--dry-run=server",
-        ],
+        ]
+        .into_iter()
+        .chain(monitoring)
+        .collect::<Vec<_>>(),
     );
     helm_ok(
         &helm_bin,
@@ -286,7 +298,10 @@ async fn helm_installs_upgrades_and_uninstalls_on_the_real_control_plane() {
             "--wait",
             "--timeout",
             "120s",
-        ],
+        ]
+        .into_iter()
+        .chain(monitoring)
+        .collect::<Vec<_>>(),
     );
     let manifest = helm_ok(
         &helm_bin,
@@ -294,7 +309,13 @@ async fn helm_installs_upgrades_and_uninstalls_on_the_real_control_plane() {
         &["get", "manifest", name, "-n", ns, "--kubeconfig", &kc],
     );
     let objects = object_refs(&manifest);
-    assert_eq!(objects.len(), 7, "{objects:?}");
+    assert_eq!(objects.len(), 9, "{objects:?}");
+    for kind in ["prometheusrule/", "configmap/"] {
+        assert!(
+            objects.iter().any(|(object, _)| object.starts_with(kind)),
+            "no {kind} in {objects:?}"
+        );
+    }
     for (object, namespace) in &objects {
         let mut args = vec!["get", object.as_str(), "-o", "name"];
         if let Some(ns) = namespace {

@@ -271,6 +271,8 @@ async fn kubectl_apply_k_deploy_installs_a_working_operator(backend: Backend) {
         "a second apply changed something:\n{again}"
     );
 
+    apply_deploy_monitoring(&kc).await;
+
     // kubesim has no scheduler; a real one places both replicas on nodes.
     if real.is_some() {
         let nodes = kubectl(
@@ -295,6 +297,41 @@ async fn kubectl_apply_k_deploy_installs_a_working_operator(backend: Backend) {
         sim.shutdown().await;
     }
 }
+}
+
+/// The README's next step, `kubectl apply -k deploy/monitoring`, on a cluster with the
+/// Prometheus operator's CRDs: the alerts and the dashboard land in `kubervisor-system`
+/// as the files in the repository say, and applying again changes nothing.
+async fn apply_deploy_monitoring(kc: &Path) {
+    install_prometheus_rule_crd(kc).await;
+    let monitoring = repo().join("deploy/monitoring");
+    let monitoring = monitoring.to_str().unwrap();
+    let out = kubectl(kc, &["apply", "-k", monitoring]).await;
+    for created in [
+        "configmap/kubervisor-dashboard created",
+        "prometheusrule.monitoring.coreos.com/kubervisor created",
+    ] {
+        assert!(out.contains(created), "`{created}` missing from:\n{out}");
+    }
+    let get = |kind: &'static str, name: &'static str| async move {
+        let json = kubectl(kc, &["-n", NAMESPACE, "get", kind, name, "-o", "json"]).await;
+        serde_json::from_str::<Value>(&json).unwrap()
+    };
+    let rule = get("prometheusrule", "kubervisor").await;
+    let alerts = document("charts/kubervisor/files/alerts.yaml");
+    assert_eq!(rule["spec"]["groups"], alerts["groups"]);
+    let dashboard = get("configmap", "kubervisor-dashboard").await;
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let stored: Value =
+        serde_json::from_str(dashboard["data"]["kubervisor.json"].as_str().unwrap()).unwrap();
+    let shipped: Value =
+        serde_json::from_str(&read("charts/kubervisor/files/dashboard.json")).unwrap();
+    assert_eq!(stored, shipped);
+    let again = kubectl(kc, &["apply", "-k", monitoring]).await;
+    assert!(
+        !again.contains(" created") && !again.contains(" configured"),
+        "a second apply of deploy/monitoring changed something:\n{again}"
+    );
 }
 
 /// Runs the binary with the Deployment's arguments and environment, and checks that its

@@ -216,3 +216,21 @@ pub async fn install_crd(admin: &Path) {
     )
     .await;
 }
+
+/// Applies the stand-in for the Prometheus operator's PrometheusRule CRD (what a cluster
+/// with the Prometheus operator has) and waits until it is Established. It stays, as the
+/// KubervisorService CRD does: tests on the shared control plane use it concurrently.
+pub async fn install_prometheus_rule_crd(admin: &Path) {
+    let crd = repo().join("crates/kubervisor/tests/install/prometheusrule-crd.yaml");
+    kubectl(admin, &["apply", "-f", crd.to_str().unwrap()]).await;
+    kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/prometheusrules.monitoring.coreos.com",
+            "--timeout=30s",
+        ],
+    )
+    .await;
+}

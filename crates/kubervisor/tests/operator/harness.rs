@@ -126,8 +126,23 @@ impl Cluster {
         self.stop_replica("e2e").await;
     }
 
+    /// Starts the operator with `/metrics` on a free loopback port, and returns its address.
+    pub async fn start_operator_serving_metrics(&mut self) -> SocketAddr {
+        // Bound and released: the operator binds it again at once.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port");
+        self.start_replica_on("e2e", false, addr).await;
+        addr
+    }
+
     /// Starts one replica of the operator named `identity`, optionally with leader election.
     pub async fn start_replica(&mut self, identity: &str, leader_elect: bool) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.start_replica_on(identity, leader_elect, addr).await;
+    }
+
+    async fn start_replica_on(&mut self, identity: &str, leader_elect: bool, addr: SocketAddr) {
         assert!(
             !self.operators.contains_key(identity),
             "{identity} already running"
@@ -135,7 +150,7 @@ impl Cluster {
         let options = RunOptions {
             kubeconfig: Some(self.kubeconfig.clone()),
             master: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             namespace: Some(self.namespace.clone()),
             install_crd: true,
             leader_elect,
