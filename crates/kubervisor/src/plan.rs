@@ -428,7 +428,8 @@ pub struct State {
     /// The finalizer change asked for, and the resourceVersion it was asked on.
     finalizer_asked: Option<String>,
     /// Each breaker's last evaluation as the status shows it, by breaker.
-    breaker_results: BTreeMap<String, BreakerStatus>,
+    /// A few per resource: a vector, not a map whose nodes hold room for eleven.
+    breaker_results: Vec<BreakerStatus>,
     /// Whether `breaker_results` was taken over from the stored status once.
     breaker_results_read: bool,
     /// Pods whose kill a PodDisruptionBudget refused (reported once), and when to try again.
@@ -545,12 +546,10 @@ impl State {
         if !std::mem::replace(&mut self.breaker_results_read, true) {
             // After a restart, what the status already says needs no rewrite.
             let stored = kvs.status.as_ref().map(|s| s.breakers.clone());
-            for result in stored.unwrap_or_default() {
-                self.breaker_results.insert(result.name.clone(), result);
-            }
+            self.breaker_results = stored.unwrap_or_default();
         }
         self.breaker_results
-            .retain(|name, _| spec.breakers.iter().any(|b| b.name == *name));
+            .retain(|r| spec.breakers.iter().any(|b| b.name == r.name));
         self.stop_note = None;
         let dry_run = spec.dry_run;
         self.phase = Phase::Running { spec, selector };
@@ -808,7 +807,11 @@ impl State {
     /// Keeps a breaker's result for the status; the status is rewritten only when something
     /// other than the evaluation time changed.
     fn record_result(&mut self, mut result: BreakerStatus, now: Timestamp, out: &mut Vec<Effect>) {
-        if let Some(old) = self.breaker_results.get(&result.name) {
+        let index = self
+            .breaker_results
+            .iter()
+            .position(|r| r.name == result.name);
+        if let Some(old) = index.map(|i| &self.breaker_results[i]) {
             let mut timeless = old.clone();
             timeless.last_evaluation_time = None;
             if timeless == result {
@@ -825,7 +828,10 @@ impl State {
             },
         });
         result.last_evaluation_time = Some(Time(now));
-        self.breaker_results.insert(result.name.clone(), result);
+        match index {
+            Some(i) => self.breaker_results[i] = result,
+            None => self.breaker_results.push(result),
+        }
         self.status_dirty = true;
     }
 
@@ -833,7 +839,12 @@ impl State {
     fn breaker_statuses(&self, spec: &ResolvedSpec) -> Vec<BreakerStatus> {
         spec.breakers
             .iter()
-            .filter_map(|b| self.breaker_results.get(&b.name).cloned())
+            .filter_map(|b| {
+                self.breaker_results
+                    .iter()
+                    .find(|r| r.name == b.name)
+                    .cloned()
+            })
             .collect()
     }
 
@@ -945,6 +956,10 @@ impl State {
         let Some((before, cause)) = self.awaiting.remove(pod) else {
             return;
         };
+        if self.awaiting.is_empty() {
+            // A burst of writes (adoption, a mass ejection) leaves room that would stay.
+            self.awaiting.shrink_to_fit();
+        }
         let after = match outcome {
             Written::Done(after) => after,
             Written::Blocked(message) => {
@@ -1103,6 +1118,9 @@ impl State {
                 .chain(&observed.labelled)
                 .any(|p| p.name == *name && p.resource_version == pending.before)
         });
+        if self.pending.is_empty() {
+            self.pending.shrink_to_fit();
+        }
     }
 
     /// The managed pods as decisions must see them, in name order.
