@@ -393,6 +393,9 @@ pub const KILL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// the API server that tells nobody anything new: the same figures are in the metrics.
 pub const STATUS_NUMBERS_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Status writes in flight followed at most: the index may show any of them on the way.
+const STATUS_WRITES_FOLLOWED: usize = 8;
+
 /// Everything one KubervisorService's task knows between two inputs.
 #[derive(Clone, Debug, Default)]
 pub struct State {
@@ -414,9 +417,10 @@ pub struct State {
     floor_notes: BTreeMap<String, Vec<String>>,
     /// The last reason the resource stopped for, reported once while it holds.
     stop_note: Option<(StopReason, String)>,
-    /// The status last written and the status the index showed then, both without probe
-    /// times: while the index still shows the latter, the write is on its way.
-    status_written: Option<(KubervisorServiceStatus, KubervisorServiceStatus)>,
+    /// The status last written, and the statuses the index may show while that write is on
+    /// its way (the one before the first write in flight, and the writes since), all
+    /// without probe times.
+    status_written: Option<(KubervisorServiceStatus, Vec<KubervisorServiceStatus>)>,
     /// When the status was last asked for.
     status_at: Option<Timestamp>,
     /// A status change held back (see [`STATUS_NUMBERS_REFRESH`]) is written at this time.
@@ -1265,7 +1269,7 @@ impl State {
         // shows the status from before that write (other changes, such as the finalizer,
         // may have moved the resource meanwhile), the write is in flight.
         let in_flight = match &self.status_written {
-            Some((written, before)) if *before == stored => Some(written),
+            Some((written, before)) if before.contains(&stored) => Some(written),
             _ => None,
         };
         // A first write still in flight set the start time: keep it, or every later
@@ -1294,7 +1298,18 @@ impl State {
                 return;
             }
         }
-        self.status_written = Some((comparable, stored));
+        // Earlier writes may still show on the way to this one: none of them is news.
+        let before = match self.status_written.take() {
+            Some((written, mut before)) if before.contains(&stored) => {
+                before.push(written);
+                if before.len() > STATUS_WRITES_FOLLOWED {
+                    before.remove(0);
+                }
+                before
+            }
+            _ => vec![stored],
+        };
+        self.status_written = Some((comparable, before));
         self.status_at = Some(now);
         self.status_held_until = None;
         out.push(Effect::Status(Box::new(status)));

@@ -1676,3 +1676,54 @@ fn a_start_up_whose_writes_the_watch_has_not_shown_yet_costs_two_status_writes()
     assert_eq!(writes[0].start_time, writes[1].start_time);
     assert_eq!(writes[1].breakers.len(), 2);
 }
+
+#[test]
+fn an_older_write_showing_while_a_newer_one_is_on_its_way_is_not_news() {
+    let spec = json!({
+        "service": "web",
+        "breakers": [
+            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
+            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
+        ],
+    });
+    let mut h = Harness::new(spec, 10);
+    h.observe();
+    h.findings("breaker-1", Ok(detect::custom(&[])));
+    h.findings("breaker-2", Ok(detect::custom(&[])));
+    let writes: Vec<KubervisorServiceStatus> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Status(s) => Some((**s).clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 2, "Ready, then every breaker's result");
+    // The watch shows the first write only now, the second still on its way.
+    h.now = t0() + SignedDuration::from_secs(1);
+    let before = h.effects.len();
+    h.store_status_from(&writes[0]);
+    assert_eq!(
+        status_writes(&h.effects[before..]),
+        0,
+        "{:#?}",
+        &h.effects[before..]
+    );
+    // Then the second shows: still nothing to write; and a real change is written.
+    h.store_status_from(&writes[1]);
+    h.now = t0() + SignedDuration::from_secs(2);
+    assert_eq!(status_writes(&h.observe()), 0);
+    let effects = h.findings("breaker-1", Ok(detect::custom(&["p3".to_string()])));
+    assert_eq!(status_writes(&effects), 1);
+}
+
+impl Harness {
+    /// The API server shows `status`.
+    fn store_status_from(&mut self, status: &KubervisorServiceStatus) {
+        let entry = self.fleet.kvs.as_mut().unwrap();
+        let mut kvs = (*entry.object).clone();
+        kvs.status = Some(status.clone());
+        entry.object = Arc::new(kvs);
+        self.observe();
+    }
+}
