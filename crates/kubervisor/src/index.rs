@@ -307,8 +307,8 @@ impl Index {
 
     // --- pods
 
-    pub fn apply_pod(&self, pod: &Pod) {
-        let slim = Arc::new(SlimPod::from_pod(pod));
+    pub fn apply_pod(&self, pod: SlimPod) {
+        let slim = Arc::new(pod);
         let namespace = slim.namespace.clone();
         self.write()
             .pods
@@ -318,19 +318,18 @@ impl Index {
         self.touch(&namespace);
     }
 
-    pub fn delete_pod(&self, pod: &Pod) {
-        let namespace = pod.namespace().unwrap_or_default();
-        if let Some(ns) = self.write().pods.get_mut(&namespace) {
-            ns.remove(&pod.name_any());
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        if let Some(ns) = self.write().pods.get_mut(namespace) {
+            ns.remove(name);
         }
-        self.touch(&namespace);
+        self.touch(namespace);
     }
 
-    /// Replaces every pod with a fresh listing.
-    pub fn reset_pods(&self, pods: &[Pod]) {
+    /// Replaces every pod with a fresh listing, already made slim.
+    pub fn reset_pods(&self, pods: Vec<SlimPod>) {
         let mut fresh: HashMap<String, NamespacePods> = HashMap::new();
         for pod in pods {
-            let slim = Arc::new(SlimPod::from_pod(pod));
+            let slim = Arc::new(pod);
             fresh
                 .entry(slim.namespace.clone())
                 .or_default()
@@ -376,8 +375,8 @@ impl Index {
 
     // --- services
 
-    pub fn apply_service(&self, service: &Service) {
-        let slim = Arc::new(SlimService::from_service(service));
+    pub fn apply_service(&self, service: SlimService) {
+        let slim = Arc::new(service);
         let namespace = slim.namespace.clone();
         let key = (namespace.clone(), slim.name.clone());
         let changed = {
@@ -389,21 +388,18 @@ impl Index {
         }
     }
 
-    pub fn delete_service(&self, service: &Service) {
-        let namespace = service.namespace().unwrap_or_default();
+    pub fn delete_service(&self, namespace: &str, name: &str) {
         self.write()
             .services
-            .remove(&(namespace.clone(), service.name_any()));
-        self.touch(&namespace);
+            .remove(&(namespace.to_string(), name.to_string()));
+        self.touch(namespace);
     }
 
-    pub fn reset_services(&self, services: &[Service]) {
+    /// Replaces every Service with a fresh listing, already made slim.
+    pub fn reset_services(&self, services: Vec<SlimService>) {
         let fresh: HashMap<(String, String), Arc<SlimService>> = services
-            .iter()
-            .map(|s| {
-                let slim = SlimService::from_service(s);
-                ((slim.namespace.clone(), slim.name.clone()), Arc::new(slim))
-            })
+            .into_iter()
+            .map(|slim| ((slim.namespace.clone(), slim.name.clone()), Arc::new(slim)))
             .collect();
         let touched: BTreeSet<String> = {
             let mut state = self.write();
@@ -486,6 +482,10 @@ mod tests {
 
     use super::*;
 
+    fn slim(ns: &str, name: &str, labels: &[(&str, &str)], ready: bool) -> SlimPod {
+        SlimPod::from_pod(&pod(ns, name, labels, ready))
+    }
+
     fn pod(ns: &str, name: &str, labels: &[(&str, &str)], ready: bool) -> Pod {
         Pod {
             metadata: ObjectMeta {
@@ -539,10 +539,10 @@ mod tests {
     #[test]
     fn selector_matches_by_label_index_within_the_namespace() {
         let index = Index::default();
-        index.apply_pod(&pod("ns", "a", &[("app", "web"), ("tier", "front")], true));
-        index.apply_pod(&pod("ns", "b", &[("app", "web")], true));
-        index.apply_pod(&pod("ns", "c", &[("app", "api")], true));
-        index.apply_pod(&pod("other", "d", &[("app", "web")], true));
+        index.apply_pod(slim("ns", "a", &[("app", "web"), ("tier", "front")], true));
+        index.apply_pod(slim("ns", "b", &[("app", "web")], true));
+        index.apply_pod(slim("ns", "c", &[("app", "api")], true));
+        index.apply_pod(slim("other", "d", &[("app", "web")], true));
         assert_eq!(
             names(&index.pods_matching("ns", &sel(&[("app", "web")]))),
             ["a", "b"]
@@ -558,8 +558,8 @@ mod tests {
     #[test]
     fn relabelled_pod_moves_between_selectors_and_deleted_pod_disappears() {
         let index = Index::default();
-        index.apply_pod(&pod("ns", "a", &[("app", "web")], true));
-        index.apply_pod(&pod("ns", "a", &[("app", "api")], true));
+        index.apply_pod(slim("ns", "a", &[("app", "web")], true));
+        index.apply_pod(slim("ns", "a", &[("app", "api")], true));
         assert!(
             index
                 .pods_matching("ns", &sel(&[("app", "web")]))
@@ -569,7 +569,7 @@ mod tests {
             names(&index.pods_matching("ns", &sel(&[("app", "api")]))),
             ["a"]
         );
-        index.delete_pod(&pod("ns", "a", &[], true));
+        index.delete_pod("ns", "a");
         assert!(
             index
                 .pods_matching("ns", &sel(&[("app", "api")]))
@@ -580,14 +580,14 @@ mod tests {
     #[test]
     fn relisting_replaces_everything_and_marks_synced_once_all_kinds_listed() {
         let index = Index::default();
-        index.apply_pod(&pod("ns", "stale", &[("app", "web")], true));
-        index.reset_pods(&[pod("ns", "fresh", &[("app", "web")], true)]);
+        index.apply_pod(slim("ns", "stale", &[("app", "web")], true));
+        index.reset_pods(vec![slim("ns", "fresh", &[("app", "web")], true)]);
         assert_eq!(
             names(&index.pods_matching("ns", &sel(&[("app", "web")]))),
             ["fresh"]
         );
         assert!(!*index.subscribe_synced().borrow());
-        index.reset_services(&[]);
+        index.reset_services(Vec::new());
         assert!(!*index.subscribe_synced().borrow());
         index.reset_kvs(Vec::new());
         assert!(*index.subscribe_synced().borrow());
@@ -598,7 +598,7 @@ mod tests {
         let index = Index::default();
         let mut ns = index.subscribe("ns");
         let mut other = index.subscribe("other");
-        index.apply_pod(&pod("ns", "a", &[("app", "web")], true));
+        index.apply_pod(slim("ns", "a", &[("app", "web")], true));
         assert!(ns.has_changed().unwrap());
         assert!(!other.has_changed().unwrap());
         ns.mark_unchanged();

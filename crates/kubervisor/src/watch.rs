@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt};
 use kubervisor_api::KubervisorService;
 use tracing::{info, warn};
 
-use crate::index::{Index, KvsEntry};
+use crate::index::{Index, KvsEntry, SlimPod, SlimService};
 
 /// Which namespaces the operator watches.
 #[derive(Clone, Debug, Default)]
@@ -41,10 +41,11 @@ pub async fn run(client: Client, scope: Scope, index: Arc<Index>) {
         drive(
             "pods",
             watcher::watcher(scope.api::<Pod>(&client), watcher::Config::default()),
+            |p: Pod| SlimPod::from_pod(&p),
             Sink {
-                apply: Box::new(move |p: Pod| a.apply_pod(&p)),
-                delete: Box::new(move |p: Pod| d.delete_pod(&p)),
-                reset: Box::new(move |all: Vec<Pod>| r.reset_pods(&all)),
+                apply: Box::new(move |p| a.apply_pod(p)),
+                delete: Box::new(move |p| d.delete_pod(&p.namespace, &p.name)),
+                reset: Box::new(move |all| r.reset_pods(all)),
             },
         )
     };
@@ -53,10 +54,11 @@ pub async fn run(client: Client, scope: Scope, index: Arc<Index>) {
         drive(
             "services",
             watcher::watcher(scope.api::<Service>(&client), watcher::Config::default()),
+            |s: Service| SlimService::from_service(&s),
             Sink {
-                apply: Box::new(move |s: Service| a.apply_service(&s)),
-                delete: Box::new(move |s: Service| d.delete_service(&s)),
-                reset: Box::new(move |all: Vec<Service>| r.reset_services(&all)),
+                apply: Box::new(move |s| a.apply_service(s)),
+                delete: Box::new(move |s| d.delete_service(&s.namespace, &s.name)),
+                reset: Box::new(move |all| r.reset_services(all)),
             },
         )
     };
@@ -70,35 +72,40 @@ pub async fn run(client: Client, scope: Scope, index: Arc<Index>) {
         drive(
             "kubervisorservices",
             watcher::watcher(api, watcher::Config::default()),
+            KvsEntry::decode,
             Sink {
-                apply: Box::new(move |o: DynamicObject| a.apply_kvs(KvsEntry::decode(o))),
-                delete: Box::new(move |o: DynamicObject| {
-                    d.delete_kvs(&o.namespace().unwrap_or_default(), &o.name_any())
+                apply: Box::new(move |e| a.apply_kvs(e)),
+                delete: Box::new(move |e: KvsEntry| {
+                    d.delete_kvs(
+                        &e.object.namespace().unwrap_or_default(),
+                        &e.object.name_any(),
+                    )
                 }),
-                reset: Box::new(move |all: Vec<DynamicObject>| {
-                    r.reset_kvs(all.into_iter().map(KvsEntry::decode).collect())
-                }),
+                reset: Box::new(move |all| r.reset_kvs(all)),
             },
         )
     };
     futures::join!(pods, services, kvs);
 }
 
-/// Where one watch's events go.
-struct Sink<K> {
-    apply: Box<dyn Fn(K) + Send>,
-    delete: Box<dyn Fn(K) + Send>,
+/// Where one watch's events go, in the index's own (slim) form.
+struct Sink<T> {
+    apply: Box<dyn Fn(T) + Send>,
+    delete: Box<dyn Fn(T) + Send>,
     /// Replaces the whole set after a (re)list.
-    reset: Box<dyn Fn(Vec<K>) + Send>,
+    reset: Box<dyn Fn(Vec<T>) + Send>,
 }
 
-async fn drive<K, S>(what: &'static str, stream: S, sink: Sink<K>)
+/// Feeds one watch into `sink`, each object made slim as soon as it is decoded.
+async fn drive<K, T, S>(what: &'static str, stream: S, slim: fn(K) -> T, sink: Sink<T>)
 where
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
     let mut stream = std::pin::pin!(stream.default_backoff());
-    // A relist is buffered between Init and InitDone so the index swaps it in at once.
-    let mut relist: Vec<K> = Vec::new();
+    // A relist is buffered between Init and InitDone so the index swaps it in at once;
+    // slim, or the listing of 10,000 pods would be held whole (about 8 KB a pod, most of
+    // it managed fields and container specs the index never reads).
+    let mut relist: Vec<T> = Vec::new();
     let mut failing = false;
     while let Some(item) = stream.next().await {
         match item {
@@ -110,11 +117,11 @@ where
                 match event {
                     Event::Apply(o) => {
                         tracing::trace!(watch = what, "applied");
-                        (sink.apply)(o)
+                        (sink.apply)(slim(o))
                     }
-                    Event::Delete(o) => (sink.delete)(o),
-                    Event::Init => relist.clear(),
-                    Event::InitApply(o) => relist.push(o),
+                    Event::Delete(o) => (sink.delete)(slim(o)),
+                    Event::Init => relist = Vec::new(),
+                    Event::InitApply(o) => relist.push(slim(o)),
                     Event::InitDone => (sink.reset)(std::mem::take(&mut relist)),
                 }
             }
