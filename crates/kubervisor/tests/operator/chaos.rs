@@ -77,21 +77,36 @@ async fn guard(
 }
 
 impl Run {
-    /// Names three pods anomalous, a different three each tick, for `ticks` ticks, calling
-    /// `fault` at each; then clears the verdicts.
+    /// Names pods anomalous, different ones each tick: four (one more than the floor lets
+    /// go) on even ticks, two on odd ones (so pods already out are named again while the
+    /// floor would let more go), for `ticks` ticks, calling `fault` at each; then clears
+    /// the verdicts.
     async fn churn(&self, ticks: u32, tick: Duration, mut fault: impl FnMut(u32, &Run)) {
         for i in 0..ticks {
             let i_ = i as usize;
-            let named: Vec<String> = [i_, i_ + 2, i_ + 3]
-                .iter()
-                .map(|k| self.pods[k % PODS].clone())
-                .collect();
+            let picks = if i % 2 == 0 {
+                vec![i_, i_ + 2, i_ + 3, i_ + 5]
+            } else {
+                vec![i_, i_ + 3]
+            };
+            let named: Vec<String> = picks.iter().map(|k| self.pods[k % PODS].clone()).collect();
             self.detector.report(&named);
             fault(i, self);
             // Pacing of the driver: the monitor, not this loop, judges what happens.
             tokio::time::sleep(tick).await;
         }
         self.detector.report(&[]);
+        if let Some(sim) = &self.cluster.sim {
+            sim.faults().clear();
+        }
+    }
+
+    /// Calls `fault` every tick for `ticks` ticks, verdicts unchanged; then clears the faults.
+    async fn churn_faults(&self, ticks: u32, tick: Duration, mut fault: impl FnMut(u32, &Run)) {
+        for i in 0..ticks {
+            fault(i, self);
+            tokio::time::sleep(tick).await;
+        }
         if let Some(sim) = &self.cluster.sim {
             sim.faults().clear();
         }
@@ -117,6 +132,22 @@ impl Run {
             "only {} decision events: the scenario exercised too little",
             report.decisions
         );
+    }
+
+    /// Makes a pod unready or ready again on kubesim, as its readiness probe would (the
+    /// write is sent in the background, so a fault hook can call it).
+    fn set_ready(&self, pod: &str, ready: bool) {
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace);
+        let patch = json!({"metadata": {"annotations": {
+            kubesim::controllers::READY_ANNOTATION: if ready { "true" } else { "false" },
+        }}});
+        let pod = pod.to_string();
+        tokio::spawn(async move {
+            pods.patch(&pod, &Default::default(), &kube::api::Patch::Merge(&patch))
+                .await
+                .expect("the readiness annotation is written");
+        });
     }
 
     fn sim(&self) -> &kubesim::Sim {
@@ -210,6 +241,80 @@ async fn watches_cut_every_few_seconds_and_gone_on_rewatch() {
     })
     .await;
     run.settle_and_judge(Duration::from_secs(10), 8).await;
+}
+
+/// Three pods out for long (period 30 s), then two serving pods turn unready while every
+/// watch is cut and expired every 1.4 s: the floor is restored (two pods given back
+/// early) from what the relists show, within the restore window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_losses_while_watches_are_cut_are_made_good() {
+    let (mut cluster, detector) = fleet(Backend::Kubesim).await;
+    cluster.start_operator().await;
+    let breakers = json!([{
+        "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": FLOOR,
+        "customService": detector.url,
+    }]);
+    cluster
+        .guard(breakers, json!({"mode": "periodic", "period": 30.0}), false)
+        .await;
+    let monitor = Monitor::start(&cluster.kubeconfig, MonitorConfig::web(&cluster.namespace)).await;
+    let pods = cluster.wait_ready_pods("web", PODS).await;
+    let run = Run {
+        cluster,
+        detector,
+        monitor,
+        pods,
+    };
+    run.detector.report(&run.pods[..3]);
+    eventually("three pods out", Duration::from_secs(10), || async {
+        let traffic = run.cluster.traffic("web").await;
+        if count(&traffic, "no") == 3 {
+            Ok(())
+        } else {
+            Err(format!("{traffic:?}"))
+        }
+    })
+    .await;
+    run.churn_faults(8, TICK, |i, run| {
+        let faults = run.sim().faults();
+        faults.expire_next_watches(4);
+        faults.close_watches();
+        if i == 2 {
+            run.pods[3..5].iter().for_each(|p| run.set_ready(p, false));
+        }
+    })
+    .await;
+    eventually(
+        "two FloorRestored events",
+        Duration::from_secs(10),
+        || async {
+            let restored = run.cluster.events_by_reason_on_pods("FloorRestored").await;
+            if restored >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{restored}"))
+            }
+        },
+    )
+    .await;
+    run.detector.report(&[]);
+    run.pods[3..5].iter().for_each(|p| run.set_ready(p, true));
+    let traffic = eventually(
+        "5 pods serving, the last one out for its period",
+        Duration::from_secs(10),
+        || async {
+            let traffic = run.cluster.traffic("web").await;
+            if count(&traffic, "yes") == 5 {
+                Ok(traffic)
+            } else {
+                Err(format!("{traffic:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(traffic.len(), PODS);
+    let report = run.monitor.finish().await;
+    report.assert_clean();
 }
 
 /// Every request takes 1 s: writes, events and watches are late, never wrong. A
@@ -396,7 +501,8 @@ on_both_backends! {
     /// The operator's process SIGKILLed three times during the churn, at moments where
     /// ejections and re-activations are under way, and started again: state lives in the
     /// pods' labels and annotations, so nothing is lost or done twice. A decision due
-    /// while the operator is down waits for its restart (about 1 s).
+    /// while the operator is down waits for its restart (about 1 s); the event of a write
+    /// done just before a kill may die with the process (the monitor is told of kills).
     async fn the_operator_killed_mid_ejection_and_restarted(backend: Backend) {
         let (cluster, detector) = fleet(backend).await;
         let log = cluster.kubeconfig.with_file_name("operator.log");
@@ -413,6 +519,7 @@ on_both_backends! {
         run.churn(16, TICK, |i, run| {
             if [3, 7, 11].contains(&i) {
                 process.take().expect("running").kill();
+                run.monitor.operator_killed();
                 kills += 1;
                 process = Some(OperatorProcess::spawn(&run.cluster, "e2e", false, log.clone()));
             }

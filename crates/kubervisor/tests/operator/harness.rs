@@ -444,6 +444,15 @@ impl Cluster {
             .collect()
     }
 
+    /// How many events of `reason` regard a pod.
+    pub async fn events_by_reason_on_pods(&self, reason: &str) -> usize {
+        self.events_with_reason(reason)
+            .await
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Pod"))
+            .count()
+    }
+
     /// Sets an annotation on one pod (the simulated workload reads them live).
     pub async fn annotate(&self, pod: &str, key: &str, value: &str) {
         let patch = json!({"metadata": {"annotations": {key: value}}});
