@@ -65,6 +65,11 @@ pub struct Effects {
 const WRITES_IN_FLIGHT: usize = 32;
 /// Events waiting to be published at most; past that, new ones are dropped with a warning.
 const EVENTS_QUEUED: usize = 4096;
+/// An event whose creation failed for a passing reason is sent again, waiting this long
+/// first, twice as long each time up to the maximum, for this long at most.
+const EVENT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const EVENT_RETRY_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const EVENT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One event to publish, queued so that a slow events API never delays a decision.
 struct Publication {
@@ -515,9 +520,30 @@ impl Effects {
             ..Event::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let _slot = self.write_slot().await;
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            warn!(reason = text.reason, object = ?regarding.name, error = %e, "could not publish an event");
+        // A decision has exactly one event: one whose creation failed for a passing reason
+        // (the API unreachable, a 5xx, a 429) is sent again under the same name, so an
+        // attempt whose answer was lost shows as AlreadyExists, never as a second event.
+        let mut wait = EVENT_RETRY_FIRST;
+        let deadline = tokio::time::Instant::now() + EVENT_RETRY_FOR;
+        loop {
+            let result = {
+                let _slot = self.write_slot().await;
+                api.create(&PostParams::default(), &event).await
+            };
+            let passing = match &result {
+                Ok(_) => return,
+                Err(kube::Error::Api(status)) if status.code == 409 => return,
+                Err(kube::Error::Api(status)) => status.code >= 500 || status.code == 429,
+                Err(_) => true,
+            };
+            let Err(e) = result else { return };
+            if !passing || tokio::time::Instant::now() + wait > deadline {
+                warn!(reason = text.reason, object = ?regarding.name, error = %e, "could not publish an event");
+                return;
+            }
+            debug!(reason = text.reason, object = ?regarding.name, error = %e, "event not published yet, trying again in {wait:?}");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(EVENT_RETRY_MAX_WAIT);
         }
     }
 }
@@ -590,6 +616,88 @@ fn classify(namespace: &str, name: &str, error: kube::Error) -> Written {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reporter() -> Reporter {
+        Reporter {
+            controller: "kubervisor".into(),
+            instance: Some("test".into()),
+        }
+    }
+
+    fn regarding_pod() -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some("default".into()),
+            name: Some("web-1".into()),
+            ..Default::default()
+        }
+    }
+
+    async fn events_on(sim: &kubesim::Sim) -> Vec<Event> {
+        Api::<Event>::namespaced(sim.client(), "default")
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    #[tokio::test]
+    async fn an_event_refused_by_passing_errors_is_published_once() {
+        let sim = kubesim::Sim::start(kubesim::SimConfig::default())
+            .await
+            .unwrap();
+        let (effects, publisher) = Effects::new(
+            sim.client(),
+            sim.client(),
+            reporter(),
+            Arc::new(Metrics::default()),
+        );
+        sim.faults().fail_next("create", "events", 1, 500);
+        sim.faults().fail_next("create", "events", 1, 503);
+        let text = EventText {
+            warning: false,
+            reason: "PodEjected",
+            action: "Eject",
+            note: "pod web-1 ejected",
+        };
+        effects
+            .create_event(&reporter(), &regarding_pod(), None, &text)
+            .await;
+        let events = events_on(&sim).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].reason.as_deref(), Some("PodEjected"));
+        publisher.abort();
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_event_refused_for_good_is_dropped_at_once() {
+        let sim = kubesim::Sim::start(kubesim::SimConfig::default())
+            .await
+            .unwrap();
+        let (effects, publisher) = Effects::new(
+            sim.client(),
+            sim.client(),
+            reporter(),
+            Arc::new(Metrics::default()),
+        );
+        sim.faults().fail_next("create", "events", 1, 403);
+        let text = EventText {
+            warning: false,
+            reason: "PodEjected",
+            action: "Eject",
+            note: "pod web-1 ejected",
+        };
+        let started = std::time::Instant::now();
+        effects
+            .create_event(&reporter(), &regarding_pod(), None, &text)
+            .await;
+        assert!(started.elapsed() < EVENT_RETRY_FIRST, "not tried again");
+        assert!(events_on(&sim).await.is_empty());
+        publisher.abort();
+        sim.shutdown().await;
+    }
 
     fn slim(
         labels: &[(&str, &str)],

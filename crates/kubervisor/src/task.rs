@@ -12,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use kubervisor_api::pod::{NAME_LABEL, managed_selector};
-use kubervisor_api::{Detection, KubervisorService, ResolvedSpec};
+use kubervisor_api::{Detection, KubervisorService, KubervisorServiceStatus, ResolvedSpec};
 use kubervisor_core::detect::Findings;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -57,6 +57,58 @@ pub struct Context {
 /// Pod writes of one step in flight at once.
 const WRITES_PER_STEP: usize = 16;
 
+type StatusWrite = Option<(Arc<KubervisorService>, Box<KubervisorServiceStatus>)>;
+
+/// Writes one resource's status in the background, the latest asked for only, one write
+/// at a time: a status is a report, and an API that throttles it (429, retried as told)
+/// must not hold up the decisions of the task (it held a due re-activation for 9 s).
+struct StatusWriter {
+    latest: watch::Sender<StatusWrite>,
+    /// Why the last write failed, reported with the next step.
+    failed: Arc<std::sync::Mutex<Option<&'static str>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatusWriter {
+    fn spawn(effects: Effects) -> StatusWriter {
+        let (latest, mut asked) = watch::channel::<StatusWrite>(None);
+        let failed: Arc<std::sync::Mutex<Option<&'static str>>> = Arc::default();
+        let failure = failed.clone();
+        let task = tokio::spawn(
+            async move {
+                while asked.changed().await.is_ok() {
+                    let next = asked.borrow_and_update().clone();
+                    let Some((kvs, status)) = next else { continue };
+                    if let Err(e) = effects.status(&kvs, &status).await {
+                        warn!("{e}");
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some("StatusError");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        StatusWriter {
+            latest,
+            failed,
+            task,
+        }
+    }
+
+    fn write(&self, kvs: Arc<KubervisorService>, status: Box<KubervisorServiceStatus>) {
+        self.latest.send_replace(Some((kvs, status)));
+    }
+
+    fn take_failure(&self) -> Option<&'static str> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 type Query = BoxFuture<'static, (String, Result<Findings, SourceError>, Duration)>;
 
 /// Runs the task of one KubervisorService until the resource is gone; abort it to stop sooner.
@@ -84,11 +136,13 @@ struct Task {
     last_observed: Option<Instant>,
     /// When the activator last ran, on the clock the step sees.
     activator_ran: Option<Timestamp>,
+    status: StatusWriter,
 }
 
 impl Task {
     fn new(ctx: Arc<Context>, namespace: String, name: String) -> Task {
         let changes = ctx.index.subscribe(&namespace);
+        let status = StatusWriter::spawn(ctx.effects.clone());
         Task {
             state: Some(State::new(&namespace, &name)),
             ctx,
@@ -102,6 +156,7 @@ impl Task {
             observe_at: Instant::now(),
             last_observed: None,
             activator_ran: None,
+            status,
         }
     }
 
@@ -335,19 +390,28 @@ impl Task {
             let (state, effects) = plan(state, input, Timestamp::now());
             self.state = Some(state);
             let kvs = self.state().resource().cloned();
-            let (outcomes, failed) =
-                execute(&self.ctx, &self.namespace, &self.name, kvs, effects).await;
-            error = error.or(failed);
+            let (outcomes, failed) = execute(
+                &self.ctx,
+                &self.status,
+                &self.namespace,
+                &self.name,
+                kvs,
+                effects,
+            )
+            .await;
+            error = error.or(failed).or(self.status.take_failure());
             inputs.extend(outcomes);
         }
         error
     }
 }
 
-/// Carries out the effects of one step: pod writes concurrently, the rest in order.
-/// Returns the outcomes of the pod writes, and the reason of a failed status or finalizer write.
+/// Carries out the effects of one step: pod writes concurrently, the status in the
+/// background, the rest in order. Returns the outcomes of the pod writes, and the reason
+/// of a failed finalizer write.
 async fn execute(
     ctx: &Context,
+    status_writer: &StatusWriter,
     namespace: &str,
     name: &str,
     kvs: Option<Arc<KubervisorService>>,
@@ -369,11 +433,8 @@ async fn execute(
                 }
             }
             Effect::Status(status) => {
-                if let Some(kvs) = &kvs
-                    && let Err(e) = ctx.effects.status(kvs, &status).await
-                {
-                    warn!("{e}");
-                    error = Some("StatusError");
+                if let Some(kvs) = &kvs {
+                    status_writer.write(kvs.clone(), status);
                 }
             }
             Effect::AddFinalizer(object) | Effect::RemoveFinalizer(object) => {

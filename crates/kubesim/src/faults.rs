@@ -1,6 +1,12 @@
-//! Fault injection: failing or slowing API requests and dropping watches, for tests.
+//! Fault injection: failing or slowing API requests, dropping watches and expiring the
+//! versions clients re-watch from, for tests.
+//!
+//! A request carrying the header [`OBSERVER_HEADER`] is never faulted: a test's own
+//! observer (an invariant monitor) sees the cluster as it is while the client under test
+//! lives through the faults.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -30,6 +36,9 @@ pub struct FaultDecision {
     pub retry_after: Option<u32>,
 }
 
+/// Requests with this header (any value) are exempt from every fault.
+pub const OBSERVER_HEADER: &str = "x-kubesim-observer";
+
 /// Handle for injecting faults into the API server. `"*"` matches any verb or resource.
 ///
 /// Verbs: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`.
@@ -40,6 +49,8 @@ pub struct Faults {
     fail: Mutex<Vec<FailRule>>,
     latency: Mutex<Vec<LatencyRule>>,
     close: watch::Sender<u64>,
+    /// Watches resuming from a resourceVersion still to be answered 410 Gone.
+    expire: AtomicU32,
 }
 
 impl Default for Faults {
@@ -48,6 +59,7 @@ impl Default for Faults {
             fail: Mutex::new(Vec::new()),
             latency: Mutex::new(Vec::new()),
             close: watch::channel(0).0,
+            expire: AtomicU32::new(0),
         }
     }
 }
@@ -114,8 +126,23 @@ impl Faults {
         self.close.send_modify(|n| *n += 1);
     }
 
-    /// Removes all failure and latency rules.
+    /// The next `count` watches that resume from a resourceVersion are answered 410 Gone
+    /// (an `ERROR` event with reason `Expired`, as the real server answers a compacted
+    /// version): clients must list again. Watches from scratch are served.
+    pub fn expire_next_watches(&self, count: u32) {
+        self.expire.fetch_add(count, Ordering::SeqCst);
+    }
+
+    /// Consumes one pending expiry for a watch resuming from a resourceVersion, if any.
+    pub fn take_watch_expiry(&self) -> bool {
+        self.expire
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Removes all failure and latency rules and pending watch expiries.
     pub fn clear(&self) {
+        self.expire.store(0, Ordering::SeqCst);
         self.fail.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.latency
             .lock()
@@ -172,5 +199,18 @@ mod tests {
         assert_eq!(f.decide("patch", "pods").fail_with, None);
         f.add_latency("*", "leases", Duration::from_millis(5));
         assert_eq!(f.decide("update", "leases").delay, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn watch_expiries_are_consumed_one_per_resumed_watch() {
+        let f = Faults::default();
+        assert!(!f.take_watch_expiry());
+        f.expire_next_watches(2);
+        assert!(f.take_watch_expiry());
+        assert!(f.take_watch_expiry());
+        assert!(!f.take_watch_expiry());
+        f.expire_next_watches(1);
+        f.clear();
+        assert!(!f.take_watch_expiry());
     }
 }

@@ -194,7 +194,12 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
         None => target.info.plural.clone(),
     };
     state.requests.count(verb, &resource);
-    let fault = state.faults.decide(verb, &resource);
+    let observer = parts.headers.contains_key(crate::faults::OBSERVER_HEADER);
+    let fault = if observer {
+        crate::faults::FaultDecision::default()
+    } else {
+        state.faults.decide(verb, &resource)
+    };
     if !fault.delay.is_zero() {
         tokio::time::sleep(fault.delay).await;
     }
@@ -850,8 +855,9 @@ fn watch(
     state: Shared,
     target: &Target,
     query: &HashMap<String, String>,
-    _headers: &HeaderMap,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let observer = headers.contains_key(crate::faults::OBSERVER_HEADER);
     let (labels, fields) = selectors(&target.info, query)?;
     let info = target.info.clone();
     let filter = WatchFilter {
@@ -880,7 +886,17 @@ fn watch(
         .filter(|t| *t > 0)
         .map(Duration::from_secs);
     let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let start = match state.store.watch(&info.key(), since) {
+    let expired = since.is_some() && !observer && state.faults.take_watch_expiry();
+    let start = match state.store.watch(&info.key(), since).and_then(|start| {
+        if expired {
+            Err(ApiError::gone(format!(
+                "too old resource version: {} (injected fault)",
+                since.unwrap_or_default()
+            )))
+        } else {
+            Ok(start)
+        }
+    }) {
         Ok(s) => s,
         Err(e) => {
             // Like the real server: an expired version is an ERROR event on a 200 stream, so clients relist.
@@ -937,7 +953,7 @@ fn watch(
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => return,
-                _ = closer.changed() => return,
+                _ = closer.changed(), if !observer => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     if last_rv != bookmarked_rv {

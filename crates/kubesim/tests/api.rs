@@ -834,6 +834,108 @@ async fn injected_faults_fail_slow_and_drop() {
     sim.shutdown().await;
 }
 
+/// A client whose requests carry the observer header, as a test's invariant monitor's do.
+fn observer_client(sim: &kubesim::Sim) -> kube::Client {
+    let mut config = kube::Config::new(sim.url().parse().unwrap());
+    config.headers.push((
+        http::HeaderName::from_static(kubesim::faults::OBSERVER_HEADER),
+        http::HeaderValue::from_static("1"),
+    ));
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn an_expired_watch_answers_410_once_and_a_fresh_list_serves() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::default_namespaced(sim.client());
+    let list = pods.list(&ListParams::default()).await.unwrap();
+    let version = list.metadata.resource_version.unwrap();
+    sim.faults().expire_next_watches(1);
+    // A watch from scratch is not a resumed one: served.
+    let mut fresh = pods
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let mut resumed = pods
+        .watch(&WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .boxed();
+    match resumed.next().await.unwrap().unwrap() {
+        WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+    // Consumed: the next resumed watch is served and sees a new pod.
+    let mut again = pods
+        .watch(&WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .boxed();
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod_json("e", json!({"app": "x"}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    for stream in [&mut fresh, &mut again] {
+        match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some("e")),
+            other => panic!("expected the new pod, got {other:?}"),
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_observer_is_never_faulted() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::default_namespaced(sim.client());
+    let observed: Api<Pod> = Api::default_namespaced(observer_client(&sim));
+    sim.faults().fail_next("*", "*", 100, 500);
+    sim.faults().expire_next_watches(100);
+    assert_eq!(
+        api_code(pods.list(&ListParams::default()).await.unwrap_err()).0,
+        500
+    );
+    let version = observed
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = observed
+        .watch(&WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .boxed();
+    sim.faults().close_watches();
+    sim.faults().clear();
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod_json("o", json!({"app": "x"}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    // Neither expired nor closed: the observer's stream goes on.
+    match tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some("o")),
+        other => panic!("expected the new pod, got {other:?}"),
+    }
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn endpoints_follow_readiness_and_labels_within_100ms() {
     let sim = sim().await;

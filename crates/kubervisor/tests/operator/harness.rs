@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::Client;
@@ -76,7 +76,14 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
-        let client = sim.client();
+        // The test's own requests are never faulted: it observes, the operator lives
+        // through the faults.
+        let mut config = kube::Config::new(sim.url().parse().expect("a loopback URL"));
+        config.headers.push((
+            http::HeaderName::from_static(kubesim::faults::OBSERVER_HEADER),
+            http::HeaderValue::from_static("test"),
+        ));
+        let client = Client::try_from(config).expect("a plain-HTTP client");
         Cluster {
             sim: Some(sim),
             client,
@@ -132,23 +139,46 @@ impl Cluster {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free loopback port");
-        self.start_replica_on("e2e", false, addr).await;
+        let kubeconfig = self.kubeconfig.clone();
+        self.start_replica_with("e2e", false, &kubeconfig, addr)
+            .await;
         addr
     }
 
     /// Starts one replica of the operator named `identity`, optionally with leader election.
     pub async fn start_replica(&mut self, identity: &str, leader_elect: bool) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        self.start_replica_on(identity, leader_elect, addr).await;
+        let kubeconfig = self.kubeconfig.clone();
+        self.start_replica_via(identity, leader_elect, &kubeconfig)
+            .await;
     }
 
-    async fn start_replica_on(&mut self, identity: &str, leader_elect: bool, addr: SocketAddr) {
+    /// Like [`Cluster::start_replica`], reaching the API through `kubeconfig` (a proxy's).
+    pub async fn start_replica_via(
+        &mut self,
+        identity: &str,
+        leader_elect: bool,
+        kubeconfig: &std::path::Path,
+    ) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.start_replica_with(identity, leader_elect, kubeconfig, addr)
+            .await;
+    }
+
+    /// Starts a replica reaching the API through `kubeconfig` and serving the operator's
+    /// HTTP endpoint on `addr`.
+    async fn start_replica_with(
+        &mut self,
+        identity: &str,
+        leader_elect: bool,
+        kubeconfig: &std::path::Path,
+        addr: SocketAddr,
+    ) {
         assert!(
             !self.operators.contains_key(identity),
             "{identity} already running"
         );
         let options = RunOptions {
-            kubeconfig: Some(self.kubeconfig.clone()),
+            kubeconfig: Some(kubeconfig.to_path_buf()),
             master: None,
             addr,
             namespace: Some(self.namespace.clone()),
@@ -440,6 +470,15 @@ impl Cluster {
             .collect()
     }
 
+    /// How many events of `reason` regard a pod.
+    pub async fn events_by_reason_on_pods(&self, reason: &str) -> usize {
+        self.events_with_reason(reason)
+            .await
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Pod"))
+            .count()
+    }
+
     /// Sets an annotation on one pod (the simulated workload reads them live).
     pub async fn annotate(&self, pod: &str, key: &str, value: &str) {
         let patch = json!({"metadata": {"annotations": {key: value}}});
@@ -499,6 +538,136 @@ impl Cluster {
     pub async fn status(&self, name: &str) -> serde_json::Value {
         let kvs = self.kvs_api().get(name).await.unwrap();
         serde_json::to_value(kvs.status).unwrap()
+    }
+}
+
+/// A TCP proxy in front of the API server, which a test can cut: open connections are
+/// dropped and new ones closed at once, as when the API is unreachable. Works on both
+/// backends (TLS passes through untouched).
+pub struct ApiProxy {
+    /// A copy of the cluster's kubeconfig whose server is the proxy.
+    pub kubeconfig: PathBuf,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    _dir: tempfile::TempDir,
+    task: JoinHandle<()>,
+}
+
+impl ApiProxy {
+    pub async fn start(cluster: &Cluster) -> ApiProxy {
+        let mut config =
+            kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("a kubeconfig");
+        let named = config.clusters.first_mut().expect("a cluster");
+        let server = named
+            .cluster
+            .as_mut()
+            .and_then(|c| c.server.as_mut())
+            .expect("a server");
+        let uri: http::Uri = server.parse().expect("a server URL");
+        let upstream = format!(
+            "{}:{}",
+            uri.host().expect("a host"),
+            uri.port_u16().unwrap_or(443)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        *server = format!(
+            "{}://{}:{port}",
+            uri.scheme_str().unwrap_or("https"),
+            uri.host().unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        // YAML reads JSON.
+        std::fs::write(&kubeconfig, serde_json::to_vec(&config).unwrap()).unwrap();
+        let open = Arc::new(tokio::sync::watch::channel(true).0);
+        let task = tokio::spawn(serve_proxy(listener, upstream, open.clone()));
+        ApiProxy {
+            kubeconfig,
+            open,
+            _dir: dir,
+            task,
+        }
+    }
+
+    /// The API becomes unreachable through this proxy.
+    pub fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for ApiProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_proxy(
+    listener: tokio::net::TcpListener,
+    upstream: String,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((mut client, _)) = listener.accept().await {
+        if !*open.borrow() {
+            continue;
+        }
+        let mut cut = open.subscribe();
+        let upstream = upstream.clone();
+        connections.spawn(async move {
+            let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = cut.wait_for(|open| !*open) => {}
+            }
+        });
+    }
+}
+
+/// The `kubervisor` binary as a child process, for kills without any cleanup (SIGKILL).
+pub struct OperatorProcess {
+    child: tokio::process::Child,
+}
+
+impl OperatorProcess {
+    /// `kubervisor run` against `cluster`, as `identity`.
+    pub fn spawn(cluster: &Cluster, identity: &str, leader_elect: bool, log: PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubervisor"));
+        command
+            .args(["run", "--install-crd", "--addr", "127.0.0.1:0"])
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["--namespace", &cluster.namespace, "--identity", identity])
+            .env("RUST_LOG", "kubervisor=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true);
+        if leader_elect {
+            command.arg("--leader-elect");
+        }
+        let child = command.spawn().expect("the kubervisor binary starts");
+        OperatorProcess { child }
+    }
+
+    /// SIGKILL, and waits (at most 5 s) until the process is gone.
+    pub fn kill(mut self) {
+        self.child.start_kill().expect("the operator is killed");
+        tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
     }
 }
 

@@ -2,8 +2,10 @@
 //! real Prometheus scraping the simulated fleet, or the operator itself for the dashboard
 //! and the alerts.
 
+mod chaos;
 mod faults;
 mod harness;
+mod monitor;
 mod monitoring;
 mod safety;
 mod scenarios;

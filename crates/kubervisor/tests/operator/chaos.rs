@@ -1,0 +1,593 @@
+//! Chaos: the operator keeps its promises while the API, the sources and the operator
+//! itself fail. Each scenario drives a churn of verdicts (pods named anomalous and
+//! cleared again, so ejections and re-activations keep happening), injects its fault,
+//! and has the invariant monitor (`monitor.rs`) judge the whole run: 0 violations.
+//!
+//! Faults injected by kubesim (error bursts, conflicts, 429, watches cut and expired, a
+//! slow API) run on kubesim only; faults made from outside the API server (the API
+//! unreachable through a proxy, hostile sources, the operator killed, the leader cut off)
+//! run on both backends.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{ApiProxy, Backend, Cluster, CustomDetector, OperatorProcess, eventually};
+use crate::monitor::{Limits, Monitor, MonitorConfig};
+use crate::scenarios::{count, wait_ready_reason};
+use kubesim::on_both_backends;
+
+const PODS: usize = 6;
+/// Pods that keep traffic whatever the detector says.
+const FLOOR: u32 = 3;
+
+/// A fleet of six pods guarded by one custom breaker (floor 3, evaluated every 0.3 s)
+/// and a periodic activator (1 s), with the monitor watching.
+struct Run {
+    cluster: Cluster,
+    detector: CustomDetector,
+    monitor: Monitor,
+    pods: Vec<String>,
+}
+
+/// The cluster, the detector and the fleet; the scenario starts its operator(s) before
+/// [`guard`] (the operator installs the CRD the monitor watches).
+async fn fleet(backend: Backend) -> (Cluster, CustomDetector) {
+    let cluster = Cluster::start(backend).await;
+    let detector = CustomDetector::start().await;
+    cluster.deploy("web", PODS as i32, BTreeMap::new()).await;
+    (cluster, detector)
+}
+
+async fn wait_crd(cluster: &Cluster) {
+    eventually("the CRD to be served", Duration::from_secs(20), || async {
+        cluster
+            .kvs_api()
+            .list(&Default::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+async fn guard(
+    cluster: Cluster,
+    detector: CustomDetector,
+    url: &str,
+    config: MonitorConfig,
+) -> Run {
+    let breakers = json!([{
+        "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": FLOOR,
+        "customService": url,
+    }]);
+    cluster
+        .guard(breakers, json!({"mode": "periodic", "period": 1.0}), false)
+        .await;
+    let monitor = Monitor::start(&cluster.kubeconfig, config).await;
+    let pods = cluster.wait_ready_pods("web", PODS).await;
+    Run {
+        cluster,
+        detector,
+        monitor,
+        pods,
+    }
+}
+
+impl Run {
+    /// Names pods anomalous, different ones each tick: four (one more than the floor lets
+    /// go) on even ticks, two on odd ones (so pods already out are named again while the
+    /// floor would let more go), for `ticks` ticks, calling `fault` at each; then clears
+    /// the verdicts.
+    async fn churn(&self, ticks: u32, tick: Duration, mut fault: impl FnMut(u32, &Run)) {
+        for i in 0..ticks {
+            let i_ = i as usize;
+            let picks = if i % 2 == 0 {
+                vec![i_, i_ + 2, i_ + 3, i_ + 5]
+            } else {
+                vec![i_, i_ + 3]
+            };
+            let named: Vec<String> = picks.iter().map(|k| self.pods[k % PODS].clone()).collect();
+            self.detector.report(&named);
+            fault(i, self);
+            // Pacing of the driver: the monitor, not this loop, judges what happens.
+            tokio::time::sleep(tick).await;
+        }
+        self.detector.report(&[]);
+        if let Some(sim) = &self.cluster.sim {
+            sim.faults().clear();
+        }
+    }
+
+    /// Calls `fault` every tick for `ticks` ticks, verdicts unchanged; then clears the faults.
+    async fn churn_faults(&self, ticks: u32, tick: Duration, mut fault: impl FnMut(u32, &Run)) {
+        for i in 0..ticks {
+            fault(i, self);
+            tokio::time::sleep(tick).await;
+        }
+        if let Some(sim) = &self.cluster.sim {
+            sim.faults().clear();
+        }
+    }
+
+    /// Every pod back in traffic, then the monitor's verdict: 0 violations, and some
+    /// decisions made (the scenario exercised something).
+    async fn settle_and_judge(self, within: Duration, min_decisions: usize) {
+        let traffic = eventually("every pod back in traffic", within, || async {
+            let traffic = self.cluster.traffic("web").await;
+            if count(&traffic, "yes") == PODS {
+                Ok(traffic)
+            } else {
+                Err(format!("{traffic:?}"))
+            }
+        })
+        .await;
+        assert_eq!(traffic.len(), PODS);
+        let report = self.monitor.finish().await;
+        report.assert_clean();
+        assert!(
+            report.decisions >= min_decisions,
+            "only {} decision events: the scenario exercised too little",
+            report.decisions
+        );
+    }
+
+    /// Makes a pod unready or ready again on kubesim, as its readiness probe would (the
+    /// write is sent in the background, so a fault hook can call it).
+    fn set_ready(&self, pod: &str, ready: bool) {
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace);
+        let patch = json!({"metadata": {"annotations": {
+            kubesim::controllers::READY_ANNOTATION: if ready { "true" } else { "false" },
+        }}});
+        let pod = pod.to_string();
+        tokio::spawn(async move {
+            pods.patch(&pod, &Default::default(), &kube::api::Patch::Merge(&patch))
+                .await
+                .expect("the readiness annotation is written");
+        });
+    }
+
+    fn sim(&self) -> &kubesim::Sim {
+        self.cluster.sim.as_ref().expect("a kubesim fault")
+    }
+}
+
+fn limits(extra: Duration) -> Limits {
+    let base = Limits::default();
+    Limits {
+        restore_window: base.restore_window + extra,
+        activation_slack: base.activation_slack + extra,
+        ..base
+    }
+}
+
+async fn on_kubesim(limits: Limits) -> Run {
+    let (mut cluster, detector) = fleet(Backend::Kubesim).await;
+    cluster.start_operator().await;
+    let url = detector.url.clone();
+    let config = MonitorConfig {
+        limits,
+        ..MonitorConfig::web(&cluster.namespace)
+    };
+    guard(cluster, detector, &url, config).await
+}
+
+const TICK: Duration = Duration::from_millis(700);
+
+/// Bursts of 500 on pod patches and event creations, and of 503 on the lists that
+/// follow cut watches: a failed pod write is decided again, a failed event is sent again,
+/// nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_500_and_503_on_pod_patches_and_lists() {
+    let run = on_kubesim(Limits::default()).await;
+    run.churn(16, TICK, |i, run| {
+        let faults = run.sim().faults();
+        faults.clear();
+        faults.fail_next("patch", "pods", 2, 500);
+        faults.fail_next("create", "events", 2, 500);
+        if i % 3 == 0 {
+            faults.fail_next("list", "*", 2, 503);
+            faults.expire_next_watches(3);
+            faults.close_watches();
+        }
+    })
+    .await;
+    run.settle_and_judge(Duration::from_secs(10), 8).await;
+}
+
+/// 409 Conflict on pod patches: the pod is read again and decided again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_on_pod_patches() {
+    let run = on_kubesim(Limits::default()).await;
+    run.churn(16, TICK, |_, run| {
+        run.sim().faults().fail_next("patch", "pods", 3, 409);
+    })
+    .await;
+    run.settle_and_judge(Duration::from_secs(10), 8).await;
+}
+
+/// Bursts of three 429 with `Retry-After: 1` on any request every 2.8 s, and status
+/// writes throttled all along: the operator waits as told (a write refused three times
+/// waits 3 s, so the slack grows by as much), and a throttled status write, a mere
+/// report, never holds up a decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_with_retry_after() {
+    let run = on_kubesim(limits(Duration::from_secs(3))).await;
+    run.churn(16, TICK, |i, run| {
+        let faults = run.sim().faults();
+        faults.fail_next_retry_after("patch", "kubervisorservices/status", 2, 429, 1);
+        if i % 4 == 0 {
+            faults.fail_next_retry_after("*", "*", 3, 429, 1);
+        }
+    })
+    .await;
+    run.settle_and_judge(Duration::from_secs(15), 8).await;
+}
+
+/// Every watch stream cut every 1.4 s, and the re-watches answered 410 Gone: the
+/// operator's index relists and decides on what it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_cut_every_few_seconds_and_gone_on_rewatch() {
+    let run = on_kubesim(Limits::default()).await;
+    run.churn(16, TICK, |i, run| {
+        if i % 2 == 1 {
+            let faults = run.sim().faults();
+            faults.expire_next_watches(4);
+            faults.close_watches();
+        }
+    })
+    .await;
+    run.settle_and_judge(Duration::from_secs(10), 8).await;
+}
+
+/// Three pods out for long (period 30 s), then two serving pods turn unready while every
+/// watch is cut and expired every 1.4 s: the floor is restored (two pods given back
+/// early) from what the relists show, within the restore window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_losses_while_watches_are_cut_are_made_good() {
+    let (mut cluster, detector) = fleet(Backend::Kubesim).await;
+    cluster.start_operator().await;
+    let breakers = json!([{
+        "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": FLOOR,
+        "customService": detector.url,
+    }]);
+    cluster
+        .guard(breakers, json!({"mode": "periodic", "period": 30.0}), false)
+        .await;
+    let monitor = Monitor::start(&cluster.kubeconfig, MonitorConfig::web(&cluster.namespace)).await;
+    let pods = cluster.wait_ready_pods("web", PODS).await;
+    let run = Run {
+        cluster,
+        detector,
+        monitor,
+        pods,
+    };
+    run.detector.report(&run.pods[..3]);
+    eventually("three pods out", Duration::from_secs(10), || async {
+        let traffic = run.cluster.traffic("web").await;
+        if count(&traffic, "no") == 3 {
+            Ok(())
+        } else {
+            Err(format!("{traffic:?}"))
+        }
+    })
+    .await;
+    run.churn_faults(8, TICK, |i, run| {
+        let faults = run.sim().faults();
+        faults.expire_next_watches(4);
+        faults.close_watches();
+        if i == 2 {
+            run.pods[3..5].iter().for_each(|p| run.set_ready(p, false));
+        }
+    })
+    .await;
+    eventually(
+        "two FloorRestored events",
+        Duration::from_secs(10),
+        || async {
+            let restored = run.cluster.events_by_reason_on_pods("FloorRestored").await;
+            if restored >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{restored}"))
+            }
+        },
+    )
+    .await;
+    run.detector.report(&[]);
+    run.pods[3..5].iter().for_each(|p| run.set_ready(p, true));
+    let traffic = eventually(
+        "5 pods serving, the last one out for its period",
+        Duration::from_secs(10),
+        || async {
+            let traffic = run.cluster.traffic("web").await;
+            if count(&traffic, "yes") == 5 {
+                Ok(traffic)
+            } else {
+                Err(format!("{traffic:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(traffic.len(), PODS);
+    let report = run.monitor.finish().await;
+    report.assert_clean();
+}
+
+/// Every request takes 1 s: writes, events and watches are late, never wrong. A
+/// re-activation waits for its write (1 s) after the activator's tick; the slack allows
+/// two requests more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_answering_in_one_second() {
+    let run = on_kubesim(Limits {
+        // Events go out one request at a time: 2 s per decision.
+        settle: Duration::from_secs(30),
+        ..limits(Duration::from_secs(2))
+    })
+    .await;
+    run.sim()
+        .faults()
+        .add_latency("*", "*", Duration::from_secs(1));
+    run.churn(8, Duration::from_millis(1500), |_, _| {}).await;
+    run.settle_and_judge(Duration::from_secs(20), 4).await;
+}
+
+on_both_backends! {
+    /// The API unreachable for 5 s in the middle of the churn (every connection of the
+    /// operator dropped and refused): nothing is decided on a stale view, and what fell
+    /// due meanwhile is done once the API is back; windows and slack grow by the outage.
+    async fn the_api_unreachable_for_five_seconds(backend: Backend) {
+        let outage = Duration::from_secs(5);
+        let (mut cluster, detector) = fleet(backend).await;
+        let proxy = ApiProxy::start(&cluster).await;
+        cluster.start_replica_via("e2e", false, &proxy.kubeconfig).await;
+        let url = detector.url.clone();
+        let config = MonitorConfig {
+            limits: limits(outage + Duration::from_secs(1)),
+            ..MonitorConfig::web(&cluster.namespace)
+        };
+        let run = guard(cluster, detector, &url, config).await;
+        let cut_at = Arc::new(Mutex::new(None::<Instant>));
+        run.churn(18, TICK, |i, _| {
+            let mut cut = cut_at.lock().unwrap();
+            if i == 4 {
+                proxy.cut();
+                *cut = Some(Instant::now());
+            }
+            if cut.is_some_and(|at| at.elapsed() >= outage) {
+                proxy.restore();
+                *cut = None;
+            }
+        })
+        .await;
+        proxy.restore();
+        run.settle_and_judge(Duration::from_secs(20), 6).await;
+    }
+}
+
+/// How a hostile custom detector answers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Answer {
+    /// A PodList of the pods it is told.
+    Honest,
+    InvalidJson,
+    ServiceUnavailable,
+    /// After 2 s, past the operator's 1 s timeout for custom detectors.
+    Slow,
+    /// Names pods that are not the Service's.
+    Strangers,
+}
+
+struct HostileDetector {
+    url: String,
+    answer: Arc<Mutex<(Answer, Vec<String>)>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl HostileDetector {
+    async fn start() -> HostileDetector {
+        use axum::response::IntoResponse;
+        let answer: Arc<Mutex<(Answer, Vec<String>)>> =
+            Arc::new(Mutex::new((Answer::Honest, Vec::new())));
+        let state = answer.clone();
+        let app = axum::Router::new().route(
+            "/faulty",
+            axum::routing::get(move || {
+                let state = state.clone();
+                async move {
+                    let (answer, names) = state.lock().unwrap().clone();
+                    let list = |names: &[String]| {
+                        let items: Vec<serde_json::Value> = names
+                            .iter()
+                            .map(|n| json!({"metadata": {"name": n}}))
+                            .collect();
+                        axum::Json(json!({"apiVersion": "v1", "kind": "PodList", "items": items}))
+                            .into_response()
+                    };
+                    match answer {
+                        Answer::Honest => list(&names),
+                        Answer::InvalidJson => {
+                            (axum::http::StatusCode::OK, "{\"items\": [{\"metadata\": ")
+                                .into_response()
+                        }
+                        Answer::ServiceUnavailable => {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+                        }
+                        Answer::Slow => {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            list(&names)
+                        }
+                        Answer::Strangers => list(&[
+                            "web-stranger-1".to_string(),
+                            "kube-apiserver".to_string(),
+                            "other-app-0".to_string(),
+                        ]),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/faulty", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HostileDetector {
+            url,
+            answer,
+            _server: server,
+        }
+    }
+
+    fn set(&self, answer: Answer, names: &[String]) {
+        *self.answer.lock().unwrap() = (answer, names.to_vec());
+    }
+}
+
+on_both_backends! {
+    /// A custom detector that names pods while answering invalid JSON, 503, too slowly,
+    /// or names pods outside the Service: nothing is ejected, the breaker reports a
+    /// `SourceError`; an honest answer afterwards ejects as usual.
+    async fn a_hostile_custom_detector_ejects_nothing(backend: Backend) {
+        let (mut cluster, detector) = fleet(backend).await;
+        cluster.start_operator().await;
+        let hostile = HostileDetector::start().await;
+        let config = MonitorConfig::web(&cluster.namespace);
+        let run = guard(cluster, detector, &hostile.url, config).await;
+        let named = run.pods[..2].to_vec();
+        for answer in [Answer::InvalidJson, Answer::ServiceUnavailable, Answer::Slow] {
+            hostile.set(answer, &named);
+            eventually(
+                &format!("a SourceError for {answer:?}"),
+                Duration::from_secs(10),
+                || async {
+                    let status = run.cluster.status("web").await;
+                    let result = &status["breakers"][0];
+                    if result["result"] == "SourceError" { Ok(()) } else { Err(status.to_string()) }
+                },
+            )
+            .await;
+            assert_eq!(count(&run.cluster.traffic("web").await, "yes"), PODS, "{answer:?}");
+        }
+        hostile.set(Answer::Strangers, &named);
+        eventually("the strangers judged, none managed", Duration::from_secs(10), || async {
+            let status = run.cluster.status("web").await;
+            let result = &status["breakers"][0];
+            if result["result"] == "Ok" && result["anomalous"] == 3 && result["ejected"] == 0 {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        })
+        .await;
+        assert_eq!(count(&run.cluster.traffic("web").await, "yes"), PODS);
+        assert!(run.cluster.events("PodEjected").await.is_empty());
+        // Still working: an honest answer ejects.
+        hostile.set(Answer::Honest, &named);
+        eventually("the two named pods ejected", Duration::from_secs(10), || async {
+            let traffic = run.cluster.traffic("web").await;
+            if count(&traffic, "no") == 2 { Ok(()) } else { Err(format!("{traffic:?}")) }
+        })
+        .await;
+        hostile.set(Answer::Honest, &[]);
+        wait_ready_reason(&run.cluster, "Running").await;
+        run.settle_and_judge(Duration::from_secs(10), 4).await;
+    }
+}
+
+on_both_backends! {
+    /// The operator's process SIGKILLed three times during the churn, at moments where
+    /// ejections and re-activations are under way, and started again: state lives in the
+    /// pods' labels and annotations, so nothing is lost or done twice. A decision due
+    /// while the operator is down waits for its restart (about 1 s); the event of a write
+    /// done just before a kill may die with the process (the monitor is told of kills).
+    async fn the_operator_killed_mid_ejection_and_restarted(backend: Backend) {
+        let (cluster, detector) = fleet(backend).await;
+        let log = cluster.kubeconfig.with_file_name("operator.log");
+        let process = OperatorProcess::spawn(&cluster, "e2e", false, log.clone());
+        wait_crd(&cluster).await;
+        let url = detector.url.clone();
+        let config = MonitorConfig {
+            limits: limits(Duration::from_secs(3)),
+            ..MonitorConfig::web(&cluster.namespace)
+        };
+        let run = guard(cluster, detector, &url, config).await;
+        let mut process = Some(process);
+        let mut kills = 0;
+        run.churn(16, TICK, |i, run| {
+            if [3, 7, 11].contains(&i) {
+                process.take().expect("running").kill();
+                run.monitor.operator_killed();
+                kills += 1;
+                process = Some(OperatorProcess::spawn(&run.cluster, "e2e", false, log.clone()));
+            }
+        })
+        .await;
+        assert_eq!(kills, 3);
+        let result = std::panic::AssertUnwindSafe(run.settle_and_judge(Duration::from_secs(15), 8));
+        if let Err(panic) = futures::FutureExt::catch_unwind(result).await {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+on_both_backends! {
+    /// Two replicas with leader election, each reaching the API through its own proxy;
+    /// the leader's is cut mid-churn. The leader steps down before its lease can expire,
+    /// the standby takes over only once it has (client-go's 15 s), and then acts; nothing
+    /// is written by a replica that does not hold the Lease. Pods due meanwhile wait for
+    /// the takeover, so the activation slack grows by the lease duration.
+    async fn the_leader_cut_off_from_the_api_and_the_standby_takes_over(backend: Backend) {
+        let (mut cluster, detector) = fleet(backend).await;
+        let (a, b) = (ApiProxy::start(&cluster).await, ApiProxy::start(&cluster).await);
+        cluster.start_replica_via("replica-a", true, &a.kubeconfig).await;
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(cluster.client.clone(), &cluster.namespace);
+        eventually("replica-a to hold the Lease", Duration::from_secs(10), || async {
+            let holder = leases
+                .get_opt("kubervisor")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity);
+            if holder.as_deref() == Some("replica-a") { Ok(()) } else { Err(format!("{holder:?}")) }
+        })
+        .await;
+        cluster.start_replica_via("replica-b", true, &b.kubeconfig).await;
+        let url = detector.url.clone();
+        let config = MonitorConfig {
+            lease: Some("kubervisor".into()),
+            limits: limits(Duration::from_secs(17)),
+            ..MonitorConfig::web(&cluster.namespace)
+        };
+        let run = guard(cluster, detector, &url, config).await;
+        run.churn(30, TICK, |i, _| {
+            if i == 3 {
+                a.cut();
+            }
+        })
+        .await;
+        let by_b = run.cluster.events("PodEjected").await;
+        let instances: Vec<String> = {
+            let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+                kube::Api::namespaced(run.cluster.client.clone(), &run.cluster.namespace);
+            let list = events.list(&Default::default()).await.unwrap().items;
+            list.into_iter()
+                .filter(|e| e.reason.as_deref() == Some("PodEjected"))
+                .filter_map(|e| e.reporting_instance)
+                .collect()
+        };
+        assert!(
+            instances.iter().any(|i| i == "replica-a") && instances.iter().any(|i| i == "replica-b"),
+            "both replicas acted in turn: {instances:?} ({} ejections)",
+            by_b.len()
+        );
+        // Back on the network, the old leader stays a standby.
+        a.restore();
+        run.settle_and_judge(Duration::from_secs(15), 8).await;
+    }
+}
