@@ -44,8 +44,11 @@ fi
 # The parsers of untrusted input, fuzzed for a short bounded time each (longer runs by
 # hand: scripts/fuzz.sh 600). Needs a nightly toolchain, which cannot be installed here
 # when missing: then it is skipped, loudly.
+# The smoke run uses the unoptimised build: after a change it rebuilds the project's crates
+# in about a minute, where the optimised build takes several.
 fuzz_status=0
-bash scripts/fuzz.sh "${KUBERVISOR_FUZZ_SECONDS:-15}" || fuzz_status=$?
+KUBERVISOR_FUZZ_BUILD=${KUBERVISOR_FUZZ_BUILD:-dev} \
+    bash scripts/fuzz.sh "${KUBERVISOR_FUZZ_SECONDS:-15}" || fuzz_status=$?
 if [ "$fuzz_status" -eq 2 ]; then
     echo "WARNING: no nightly toolchain: the fuzz targets were not run" >&2
 elif [ "$fuzz_status" -ne 0 ]; then
