@@ -407,6 +407,9 @@ pub struct State {
     pending: HashMap<String, Pending>,
     /// Writes asked for and not yet come back, by pod.
     awaiting: HashMap<String, (Arc<SlimPod>, Cause)>,
+    /// Pods a write found changed since they were read, with the version it was made on:
+    /// nothing more is written on that version, only on the one the watch brings next.
+    stale: HashMap<String, String>,
     /// Last error of each breaker's source.
     source_errors: BTreeMap<String, String>,
     /// Breakers in panic, with the numbers of the evaluation that entered it.
@@ -985,8 +988,15 @@ impl State {
                 }
                 return;
             }
-            // Stale or failed: the pod is decided again on the next input.
-            Written::Stale(_) | Written::Failed(_) => return,
+            // Decided again on a newer version, once the watch shows it: deciding again at
+            // once on this one would only meet the same conflict, as fast as the API answers.
+            Written::Stale(_) => {
+                self.stale
+                    .insert(before.name.clone(), before.resource_version.clone());
+                return;
+            }
+            // Decided again on the next input.
+            Written::Failed(_) => return,
         };
         self.kill_blocked.remove(pod);
         // A write on top of a write the index has not shown yet: the index still holds the
@@ -1052,7 +1062,9 @@ impl State {
         cause: Cause,
         out: &mut Vec<Effect>,
     ) {
-        if self.awaiting.contains_key(&pod.name) {
+        if self.awaiting.contains_key(&pod.name)
+            || self.stale.get(&pod.name) == Some(&pod.resource_version)
+        {
             return;
         }
         self.awaiting.insert(pod.name.clone(), (pod.clone(), cause));
@@ -1121,6 +1133,13 @@ impl State {
                 .iter()
                 .chain(&observed.labelled)
                 .any(|p| p.name == *name && p.resource_version == pending.before)
+        });
+        self.stale.retain(|name, version| {
+            observed
+                .managed
+                .iter()
+                .chain(&observed.labelled)
+                .any(|p| p.name == *name && p.resource_version == *version)
         });
         if self.pending.is_empty() {
             self.pending.shrink_to_fit();

@@ -163,12 +163,17 @@ fn sync_readiness(store: &Store, pods: &ResourceInfo, pod: &Value) {
     if let Some(start) = pod.pointer("/status/startTime") {
         status["startTime"] = start.clone();
     }
+    // On the version read: the conditions list is written whole, and a readiness gate's
+    // condition set meanwhile by someone else must not be overwritten with the old list
+    // (a real kubelet patches only its own conditions). On a conflict, the change that
+    // caused it comes through the watch and readiness is synced again from it.
+    let rv = str_at(pod, "/metadata/resourceVersion").unwrap_or_default();
     let _ = store.patch(
         pods,
         namespace_of(pod),
         name_of(pod),
         PatchKind::Merge,
-        &json!({"status": status}),
+        &json!({"metadata": {"resourceVersion": rv}, "status": status}),
         Sub::Status,
     );
 }

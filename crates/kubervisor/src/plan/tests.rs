@@ -233,7 +233,14 @@ impl Fleet {
     fn apply(&mut self, write: &PodWrite) -> Written {
         let name = &write.pod.name;
         if let Some(n) = self.conflicts.get_mut(name).filter(|n| **n > 0) {
+            // Someone else wrote the pod: the API server holds a newer version, which the
+            // watch shows on the next observation.
             *n -= 1;
+            self.version += 1;
+            let version = self.version.to_string();
+            if let Some(pod) = self.pods.get_mut(name) {
+                pod.resource_version = version;
+            }
             return Written::Stale(format!("pod {name} changed since it was read"));
         }
         let Some(current) = self.pods.get(name) else {
@@ -1726,4 +1733,36 @@ impl Harness {
         entry.object = Arc::new(kvs);
         self.observe();
     }
+}
+
+#[test]
+fn a_write_found_stale_is_not_made_again_on_the_same_version() {
+    let mut h = gated(1, 0, 3);
+    h.observe();
+    assert_eq!(h.fleet.pods["p0"].traffic_condition, Some(true));
+    // Someone sets p0's gate condition False, and keeps writing the pod: the API server
+    // answers that it changed, and the watch has not shown the newer version yet.
+    let p0 = h.fleet.pods.get_mut("p0").unwrap();
+    p0.traffic_condition = Some(false);
+    p0.resource_version = "500".into();
+    h.fleet.conflicts.insert("p0".into(), 1000);
+    let on_p0 = |effects: &[Effect]| {
+        pod_writes(effects)
+            .iter()
+            .filter(|(pod, _)| *pod == "p0")
+            .count()
+    };
+    let effects = h.observe();
+    assert_eq!(
+        on_p0(&effects),
+        1,
+        "one attempt on the version read, not a loop"
+    );
+    // Other inputs on the same observation do not try again...
+    h.now = t0() + SignedDuration::from_secs(1);
+    assert_eq!(on_p0(&h.feed(Input::ActivatorDue)), 0);
+    // ...the next version the watch brings does, and sets the gate again.
+    h.fleet.conflicts.clear();
+    let effects = h.observe();
+    assert_eq!(gate_writes(&effects), [("p0", true)], "{effects:?}");
 }
