@@ -408,7 +408,8 @@ pub struct State {
     /// Writes asked for and not yet come back, by pod.
     awaiting: HashMap<String, (Arc<SlimPod>, Cause)>,
     /// Pods a write found changed since they were read, with the version it was made on:
-    /// nothing more is written on that version, only on the one the watch brings next.
+    /// the outcomes of writes do not bring a write on that version again (that would meet
+    /// the same conflict as fast as the API answers); the next input from outside does.
     stale: HashMap<String, String>,
     /// Last error of each breaker's source.
     source_errors: BTreeMap<String, String>,
@@ -486,6 +487,9 @@ impl State {
     }
 
     fn step(&mut self, input: Input, now: Timestamp, out: &mut Vec<Effect>) {
+        if !matches!(input, Input::Written { .. }) {
+            self.stale.clear();
+        }
         match input {
             Input::Observed(observed) => {
                 self.observed = observed;
@@ -988,8 +992,8 @@ impl State {
                 }
                 return;
             }
-            // Decided again on a newer version, once the watch shows it: deciding again at
-            // once on this one would only meet the same conflict, as fast as the API answers.
+            // Decided again on the next input from outside, normally with the newer version
+            // the watch brings; not at once on this one.
             Written::Stale(_) => {
                 self.stale
                     .insert(before.name.clone(), before.resource_version.clone());
@@ -1133,13 +1137,6 @@ impl State {
                 .iter()
                 .chain(&observed.labelled)
                 .any(|p| p.name == *name && p.resource_version == pending.before)
-        });
-        self.stale.retain(|name, version| {
-            observed
-                .managed
-                .iter()
-                .chain(&observed.labelled)
-                .any(|p| p.name == *name && p.resource_version == *version)
         });
         if self.pending.is_empty() {
             self.pending.shrink_to_fit();
