@@ -372,10 +372,29 @@ fn reasons(effects: &[Effect]) -> Vec<&'static str> {
     events(effects).into_iter().map(|(r, _, _)| r).collect()
 }
 
+/// The statuses written, in order.
+fn statuses(effects: &[Effect]) -> Vec<&KubervisorServiceStatus> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Status(s) => Some(&**s),
+            _ => None,
+        })
+        .collect()
+}
+
 fn last_status(effects: &[Effect]) -> Option<&KubervisorServiceStatus> {
-    effects.iter().rev().find_map(|e| match e {
-        Effect::Status(s) => Some(&**s),
-        _ => None,
+    statuses(effects).pop()
+}
+
+/// Two custom-detector breakers evaluated every 5 s.
+fn two_custom_breakers() -> serde_json::Value {
+    json!({
+        "service": "web",
+        "breakers": [
+            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
+            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
+        ],
     })
 }
 
@@ -1166,10 +1185,7 @@ impl Harness {
 }
 
 fn status_writes(effects: &[Effect]) -> usize {
-    effects
-        .iter()
-        .filter(|e| matches!(e, Effect::Status(_)))
-        .count()
+    statuses(effects).len()
 }
 
 #[test]
@@ -1338,13 +1354,7 @@ fn after_a_restart_the_stored_results_need_no_rewrite() {
 
 #[test]
 fn two_quiet_custom_breakers_cost_no_status_write_per_tick() {
-    let spec = json!({
-        "service": "web",
-        "breakers": [
-            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
-            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
-        ],
-    });
+    let spec = two_custom_breakers();
     let mut h = Harness::running(spec, 10);
     h.store_status();
     for breaker in ["breaker-1", "breaker-2"] {
@@ -1653,13 +1663,7 @@ proptest::proptest! {
 
 #[test]
 fn a_start_up_whose_writes_the_watch_has_not_shown_yet_costs_two_status_writes() {
-    let spec = json!({
-        "service": "web",
-        "breakers": [
-            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
-            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
-        ],
-    });
+    let spec = two_custom_breakers();
     // The watch shows none of the status writes: each step computes the status anew, at a
     // later time, and must still see that the write on its way says the same.
     let mut h = Harness::new(spec, 10);
@@ -1671,14 +1675,7 @@ fn a_start_up_whose_writes_the_watch_has_not_shown_yet_costs_two_status_writes()
     }
     h.now = t0() + SignedDuration::from_secs(3);
     h.observe();
-    let writes: Vec<&KubervisorServiceStatus> = h
-        .effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Status(s) => Some(&**s),
-            _ => None,
-        })
-        .collect();
+    let writes = statuses(&h.effects);
     assert_eq!(writes.len(), 2, "{writes:#?}");
     assert_eq!(writes[0].start_time, writes[1].start_time);
     assert_eq!(writes[1].breakers.len(), 2);
@@ -1686,25 +1683,12 @@ fn a_start_up_whose_writes_the_watch_has_not_shown_yet_costs_two_status_writes()
 
 #[test]
 fn an_older_write_showing_while_a_newer_one_is_on_its_way_is_not_news() {
-    let spec = json!({
-        "service": "web",
-        "breakers": [
-            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1"},
-            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2"},
-        ],
-    });
+    let spec = two_custom_breakers();
     let mut h = Harness::new(spec, 10);
     h.observe();
     h.findings("breaker-1", Ok(detect::custom(&[])));
     h.findings("breaker-2", Ok(detect::custom(&[])));
-    let writes: Vec<KubervisorServiceStatus> = h
-        .effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Status(s) => Some((**s).clone()),
-            _ => None,
-        })
-        .collect();
+    let writes: Vec<KubervisorServiceStatus> = statuses(&h.effects).into_iter().cloned().collect();
     assert_eq!(writes.len(), 2, "Ready, then every breaker's result");
     // The watch shows the first write only now, the second still on its way.
     h.now = t0() + SignedDuration::from_secs(1);
