@@ -642,8 +642,8 @@ mod tests {
             .items
     }
 
-    #[tokio::test]
-    async fn an_event_refused_by_passing_errors_is_published_once() {
+    /// Effects writing to a fresh kubesim, and its event publisher.
+    async fn with_sim() -> (kubesim::Sim, Effects, tokio::task::JoinHandle<()>) {
         let sim = kubesim::Sim::start(kubesim::SimConfig::default())
             .await
             .unwrap();
@@ -653,14 +653,22 @@ mod tests {
             reporter(),
             Arc::new(Metrics::default()),
         );
+        (sim, effects, publisher)
+    }
+
+    const EJECTED: EventText<'static> = EventText {
+        warning: false,
+        reason: "PodEjected",
+        action: "Eject",
+        note: "pod web-1 ejected",
+    };
+
+    #[tokio::test]
+    async fn an_event_refused_by_passing_errors_is_published_once() {
+        let (sim, effects, publisher) = with_sim().await;
         sim.faults().fail_next("create", "events", 1, 500);
         sim.faults().fail_next("create", "events", 1, 503);
-        let text = EventText {
-            warning: false,
-            reason: "PodEjected",
-            action: "Eject",
-            note: "pod web-1 ejected",
-        };
+        let text = EJECTED;
         effects
             .create_event(&reporter(), &regarding_pod(), None, &text)
             .await;
@@ -673,22 +681,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_refused_for_good_is_dropped_at_once() {
-        let sim = kubesim::Sim::start(kubesim::SimConfig::default())
-            .await
-            .unwrap();
-        let (effects, publisher) = Effects::new(
-            sim.client(),
-            sim.client(),
-            reporter(),
-            Arc::new(Metrics::default()),
-        );
+        let (sim, effects, publisher) = with_sim().await;
         sim.faults().fail_next("create", "events", 1, 403);
-        let text = EventText {
-            warning: false,
-            reason: "PodEjected",
-            action: "Eject",
-            note: "pod web-1 ejected",
-        };
+        let text = EJECTED;
         let started = std::time::Instant::now();
         effects
             .create_event(&reporter(), &regarding_pod(), None, &text)
