@@ -212,6 +212,11 @@ fn admission_rules(spec: &mut Value) {
     );
     extend(
         spec,
+        &format!("{breaker}.continuousOutlier.minDeviationPercent"),
+        json!({"minimum": 0}),
+    );
+    extend(
+        spec,
         &format!("{breaker}.continuousOutlier.minimumHosts"),
         json!({"minimum": 1}),
     );

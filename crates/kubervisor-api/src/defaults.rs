@@ -23,6 +23,9 @@ pub const DEFAULT_MINIMUM_HOSTS: u32 = 5;
 pub const DEFAULT_REQUEST_VOLUME: u32 = 100;
 /// Default `continuousOutlier.maxZScore`, the usual cut-off of the modified z-score.
 pub const DEFAULT_MAX_Z_SCORE: f64 = 3.5;
+/// Default `continuousOutlier.minDeviationPercent`: a pod closer than this to the fleet's
+/// median is never an outlier, however small the fleet's spread.
+pub const DEFAULT_MIN_DEVIATION_PERCENT: f64 = 10.0;
 /// Default activator `period`, in seconds.
 pub const DEFAULT_ACTIVATOR_PERIOD: f64 = 10.0;
 /// Default activator `maxRetryCount`.
@@ -65,6 +68,9 @@ impl KubervisorServiceSpec {
             }
             if let Some(outlier) = &mut breaker.continuous_outlier {
                 outlier.max_z_score.get_or_insert(DEFAULT_MAX_Z_SCORE);
+                outlier
+                    .min_deviation_percent
+                    .get_or_insert(DEFAULT_MIN_DEVIATION_PERCENT);
                 outlier.direction.get_or_insert(OutlierDirection::Both);
                 outlier.minimum_hosts.get_or_insert(DEFAULT_MINIMUM_HOSTS);
             }
@@ -219,6 +225,7 @@ impl Detection {
                 promql: o.prom_ql.clone(),
                 pod_name_key: o.pod_name_key.clone(),
                 max_z_score: o.max_z_score.expect("defaulted"),
+                min_deviation_percent: o.min_deviation_percent.expect("defaulted"),
                 direction: o.direction.expect("defaulted"),
                 minimum_hosts: o.minimum_hosts.expect("defaulted"),
             })
@@ -331,6 +338,8 @@ pub struct OutlierRule {
     pub promql: String,
     pub pod_name_key: String,
     pub max_z_score: f64,
+    /// A pod is an outlier only when |value − median| ≥ this % of |median|.
+    pub min_deviation_percent: f64,
     pub direction: OutlierDirection,
     pub minimum_hosts: u32,
 }

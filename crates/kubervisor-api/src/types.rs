@@ -289,6 +289,12 @@ pub struct ContinuousOutlier {
     /// (default 3.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_z_score: Option<f64>,
+    /// A pod is an outlier only when its value is also at least this far from the fleet's
+    /// median, in percent of the median (default 10; 0 judges by the z-score alone). When
+    /// the healthy pods' values are nearly equal their MAD is tiny, and sampling noise
+    /// alone would score high.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_deviation_percent: Option<f64>,
     /// Which side of the fleet is anomalous: `above`, `below` or `both` (default both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<OutlierDirection>,

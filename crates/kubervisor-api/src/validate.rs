@@ -296,6 +296,14 @@ fn validate_breaker(c: &mut Collector, at: &str, breaker: &BreakerStrategy) {
         let at = format!("{at}.continuousOutlier");
         c.query(&at, &o.prometheus_service, &o.prom_ql, &o.pod_name_key);
         c.positive(format!("{at}.maxZScore"), o.max_z_score);
+        if let Some(min) = o.min_deviation_percent
+            && !(min >= 0.0 && min.is_finite())
+        {
+            c.error(
+                format!("{at}.minDeviationPercent"),
+                format!("must be a finite number of at least 0, got {min}"),
+            );
+        }
         c.at_least_one(format!("{at}.minimumHosts"), o.minimum_hosts);
     }
     if let Some(url) = &breaker.custom_service {

@@ -364,10 +364,11 @@ fn success_rate_outlier_gets_envoy_defaults_and_checks_its_fields() {
 fn continuous_outlier_gets_defaults_and_a_known_direction() {
     assert_errors(
         &with_breaker(&format!(
-            "name: o\ncontinuousOutlier: {{{P}, maxZScore: -1, minimumHosts: 0}}"
+            "name: o\ncontinuousOutlier: {{{P}, maxZScore: -1, minDeviationPercent: -5, minimumHosts: 0}}"
         )),
         &[
             "spec.breakers[1].continuousOutlier.maxZScore: must be a finite number greater than 0, got -1",
+            "spec.breakers[1].continuousOutlier.minDeviationPercent: must be a finite number of at least 0, got -5",
             "spec.breakers[1].continuousOutlier.minimumHosts: must be at least 1",
         ],
     );
@@ -386,8 +387,13 @@ fn continuous_outlier_gets_defaults_and_a_known_direction() {
         panic!("{:?}", spec.breakers[1].detection)
     };
     assert_eq!(
-        (rule.max_z_score, rule.direction, rule.minimum_hosts),
-        (3.5, kubervisor_api::OutlierDirection::Both, 5)
+        (
+            rule.max_z_score,
+            rule.min_deviation_percent,
+            rule.direction,
+            rule.minimum_hosts
+        ),
+        (3.5, 10.0, kubervisor_api::OutlierDirection::Both, 5)
     );
 }
 

@@ -578,7 +578,8 @@ pub fn success_rate_outlier(rule: &SuccessRateRule, samples: &[DiscreteSample]) 
 }
 
 /// `continuousOutlier`: a pod is anomalous when its modified z-score against the fleet
-/// (see [`RobustSpread::z_score`]) exceeds `maxZScore` in the rule's direction; worst
+/// (see [`RobustSpread::z_score`]) exceeds `maxZScore` in the rule's direction and its
+/// value is at least `minDeviationPercent` % of the median away from the median; worst
 /// (highest |score|) first.
 pub fn continuous_outlier(rule: &OutlierRule, samples: &[ContinuousSample]) -> Findings {
     let mut findings = Findings::default();
@@ -602,13 +603,16 @@ pub fn continuous_outlier(rule: &OutlierRule, samples: &[ContinuousSample]) -> F
         mean_ad: spread.mean_ad,
     };
     findings.statistic = Some(statistic);
+    // However small the fleet's spread, a pod this close to the median is not an outlier.
+    let min_deviation = rule.min_deviation_percent / 100.0 * spread.median.abs();
     for (pod, value) in values {
         let z_score = spread.z_score(value);
-        let anomalous = match rule.direction {
-            OutlierDirection::Above => z_score > rule.max_z_score,
-            OutlierDirection::Below => z_score < -rule.max_z_score,
-            OutlierDirection::Both => z_score.abs() > rule.max_z_score,
-        };
+        let anomalous = (value - spread.median).abs() >= min_deviation
+            && match rule.direction {
+                OutlierDirection::Above => z_score > rule.max_z_score,
+                OutlierDirection::Below => z_score < -rule.max_z_score,
+                OutlierDirection::Both => z_score.abs() > rule.max_z_score,
+            };
         if anomalous {
             findings.anomalies.push(Anomaly {
                 pod,
@@ -1071,6 +1075,7 @@ mod tests {
             promql: "q".into(),
             pod_name_key: "pod".into(),
             max_z_score: 3.5,
+            min_deviation_percent: 10.0,
             direction,
             minimum_hosts,
         }
@@ -1096,6 +1101,29 @@ mod tests {
         );
         let findings = continuous_outlier(&orule(OutlierDirection::Below, 5), &p99s());
         assert!(findings.anomalies.is_empty());
+    }
+
+    #[test]
+    fn outlier_spares_a_pod_close_to_the_median_of_a_uniform_fleet() {
+        // Seven p99s within 0.1 ms of 30 ms and one 2 ms (6.7 %) above: the MAD is tiny,
+        // so the odd pod scores far past maxZScore, but it is within 10 % of the median.
+        let mut samples: Vec<ContinuousSample> = (0..7)
+            .map(|i| c(&format!("p{i}"), 0.02995 + 0.00001 * f64::from(i)))
+            .collect();
+        samples.push(c("odd", 0.032));
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 5), &samples);
+        assert!(findings.anomalies.is_empty(), "{:?}", findings.anomalies);
+        assert_eq!(findings.healthy.len(), 8);
+        let by_score_alone = OutlierRule {
+            min_deviation_percent: 0.0,
+            ..orule(OutlierDirection::Both, 5)
+        };
+        let findings = continuous_outlier(&by_score_alone, &samples);
+        assert_eq!(names(&findings), ["odd"]);
+        // 20 % above the median is past both bounds.
+        samples.push(c("slow", 0.036));
+        let findings = continuous_outlier(&orule(OutlierDirection::Both, 5), &samples);
+        assert_eq!(names(&findings), ["slow"]);
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn outlier_rule(max_z_score: f64, direction: OutlierDirection, minimum_hosts: u3
         promql: "q".into(),
         pod_name_key: "pod".into(),
         max_z_score,
+        min_deviation_percent: 0.0,
         direction,
         minimum_hosts,
     }
@@ -244,15 +245,21 @@ proptest! {
     }
 
     // continuousOutlier: anomalous exactly when the modified z-score is past maxZScore in the
-    // rule's direction; nothing is judged under minimumHosts; worst first.
+    // rule's direction and the value is at least minDeviationPercent of the median away
+    // from it; nothing is judged under minimumHosts; worst first.
     #[test]
     fn outlier_follows_the_modified_z_score(
         fleet in arb_fleet(14),
         max_z in prop::sample::select(vec![1.0, 2.0, 3.5]),
+        min_deviation_percent in prop::sample::select(vec![0.0, 10.0, 50.0]),
         direction in arb_direction(),
         minimum_hosts in 1u32..7,
     ) {
-        let findings = continuous_outlier(&outlier_rule(max_z, direction, minimum_hosts), &fleet);
+        let rule = OutlierRule {
+            min_deviation_percent,
+            ..outlier_rule(max_z, direction, minimum_hosts)
+        };
+        let findings = continuous_outlier(&rule, &fleet);
         assert_partition(&findings, fleet.len())?;
         assert_ordered(&findings)?;
         if fleet.len() < minimum_hosts as usize {
@@ -267,7 +274,9 @@ proptest! {
         };
         for s in &fleet {
             let z = spread.z_score(s.value);
-            let expected = match direction {
+            let far = (s.value - spread.median).abs()
+                >= min_deviation_percent / 100.0 * spread.median.abs();
+            let expected = far && match direction {
                 OutlierDirection::Above => z > max_z,
                 OutlierDirection::Below => z < -max_z,
                 OutlierDirection::Both => z.abs() > max_z,
@@ -277,6 +286,40 @@ proptest! {
         for a in &findings.anomalies {
             prop_assert!(a.score.is_finite() && a.score > max_z);
         }
+    }
+
+    // minDeviationPercent: in a fleet of nearly equal values (tiny MAD), a pod closer to
+    // the median than the bound is never an outlier although its z-score is far past
+    // maxZScore; past the bound it is.
+    #[test]
+    fn a_pod_near_the_median_of_a_uniform_fleet_is_not_an_outlier(
+        n in 5usize..20,
+        base in 0.001f64..1000.0,
+        jitter in prop::collection::vec(-1000i32..1000, 20),
+        min_deviation_percent in 1.0f64..50.0,
+        share in 0.05f64..0.95,
+        sign in prop::sample::select(vec![-1.0, 1.0]),
+    ) {
+        // Healthy values within ±1e-5 of base: the MAD is at most base × 1e-5.
+        let mut fleet: Vec<ContinuousSample> = (0..n)
+            .map(|i| sample(format!("pod-{i:02}"), base * (1.0 + f64::from(jitter[i]) * 1e-8)))
+            .collect();
+        let offset = sign * share * min_deviation_percent / 100.0;
+        fleet.push(sample("odd".into(), base * (1.0 + offset)));
+        let rule = OutlierRule {
+            min_deviation_percent,
+            ..outlier_rule(3.5, OutlierDirection::Both, 5)
+        };
+        let values: Vec<f64> = fleet.iter().map(|s| s.value).collect();
+        let spread = RobustSpread::of(&values).expect("a fleet");
+        prop_assume!(spread.z_score(base * (1.0 + offset)).abs() > 3.5);
+        let findings = continuous_outlier(&rule, &fleet);
+        prop_assert!(findings.anomalies.is_empty(), "{:?}", findings.anomalies);
+        // Twice the bound away, the same pod is an outlier.
+        fleet.pop();
+        fleet.push(sample("odd".into(), base * (1.0 + sign * 2.0 * min_deviation_percent / 100.0)));
+        let findings = continuous_outlier(&rule, &fleet);
+        prop_assert_eq!(anomalous(&findings), vec!["odd"]);
     }
 
     // The MAD-zero fallback: when more than half the fleet is equal, one pod far from them

@@ -173,6 +173,7 @@ async fn continuous_outlier_on_the_p99_ejects_exactly_the_slow_pod_of_eight() {
         promql: P99.into(),
         pod_name_key: "pod".into(),
         max_z_score: 3.5,
+        min_deviation_percent: 10.0,
         direction: OutlierDirection::Both,
         minimum_hosts: 5,
     });

@@ -392,9 +392,11 @@ impl Replayable for Outlier {
         detect::continuous_outlier(&self.0, &continuous_samples(history, now))
     }
     fn quantity(&self, history: &History, now: Timestamp) -> Vec<(String, f64)> {
-        // |z| > −1 always: every judged pod is anomalous with its signed z-score.
+        // |z| > −1 always and no minimum deviation: every judged pod is anomalous with its
+        // signed z-score.
         let rule = OutlierRule {
             max_z_score: -1.0,
+            min_deviation_percent: 0.0,
             direction: OutlierDirection::Both,
             ..self.0.clone()
         };

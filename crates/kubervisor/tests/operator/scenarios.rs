@@ -758,11 +758,10 @@ mod prometheus {
                     "prometheusService": prometheus.address(),
                     "promQL": "histogram_quantile(0.99, sum by (pod, le) (rate(http_request_duration_seconds_bucket{service=\"web\"}[20s])))",
                     "podNamekey": "pod",
-                    "direction": "above",
                     // The healthy pods' p99s are nearly equal, so their MAD is tiny and
-                    // sampling noise alone can score a few units (more on a loaded
-                    // machine); the slow pod scores in the hundreds.
-                    "maxZScore": 100
+                    // sampling noise alone scores past the default maxZScore; the default
+                    // minDeviationPercent (10) spares them. The slow pod is 6× the median.
+                    "direction": "above"
                 }
             }]);
             cluster
