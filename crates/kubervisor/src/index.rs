@@ -18,6 +18,9 @@ use kubervisor_api::{KubervisorService, TrafficControl};
 use kubervisor_core::PodView;
 use tokio::sync::watch;
 
+/// `kubectl apply`'s record of the last applied object.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// What decisions need of a pod.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SlimPod {
@@ -208,7 +211,13 @@ pub struct KvsEntry {
 impl KvsEntry {
     /// Reads a watched object leniently: one unreadable resource must not stop the others.
     pub fn decode(object: kube::api::DynamicObject) -> KvsEntry {
-        let metadata = object.metadata.clone();
+        let mut metadata = object.metadata.clone();
+        // Kept for as long as the resource exists, and read by nobody here: the field
+        // managers' trees and `kubectl apply`'s copy of the whole object.
+        metadata.managed_fields = None;
+        if let Some(annotations) = &mut metadata.annotations {
+            annotations.remove(LAST_APPLIED_ANNOTATION);
+        }
         let value = serde_json::json!({
             "apiVersion": kubervisor_api::API_VERSION,
             "kind": kubervisor_api::KIND,
@@ -534,6 +543,36 @@ mod tests {
         assert!(slim.running && slim.ready && !slim.terminating);
         assert_eq!(slim.annotations, sel(&[("breaker/retryCount", "2")]));
         assert_eq!(slim.view().marks.retries(), Some(2));
+    }
+
+    #[test]
+    fn a_kubervisorservice_is_kept_without_managed_fields_or_the_last_applied_copy() {
+        let object: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": kubervisor_api::API_VERSION,
+            "kind": kubervisor_api::KIND,
+            "metadata": {
+                "name": "web",
+                "namespace": "shop",
+                "resourceVersion": "7",
+                "annotations": {
+                    LAST_APPLIED_ANNOTATION: "{\"a\":\"copy of the whole object\"}",
+                    "team": "checkout",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
+            },
+            "spec": {"breakers": []},
+        }))
+        .unwrap();
+        let entry = KvsEntry::decode(object);
+        assert_eq!(entry.decode_error, None);
+        let metadata = &entry.object.metadata;
+        assert_eq!(metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(metadata.managed_fields, None);
+        assert_eq!(
+            metadata.annotations,
+            Some(BTreeMap::from([("team".to_string(), "checkout".to_string())]))
+        );
     }
 
     #[test]
