@@ -97,6 +97,18 @@ impl MarksIn {
     }
 }
 
+/// A map of strings the pod contract can be read from: a pod's labels or annotations as
+/// the API gives them, or as a consumer keeps them.
+pub trait StrMap {
+    fn get_str(&self, key: &str) -> Option<&str>;
+}
+
+impl StrMap for BTreeMap<String, String> {
+    fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 impl PodMarks {
     /// Reads the marks from a pod's labels and annotations.
     pub fn read(
@@ -107,27 +119,27 @@ impl PodMarks {
     }
 
     /// Reads the marks with the traffic state and the breaker where `marks_in` says.
-    pub fn read_in(
+    pub fn read_in<M: StrMap>(
         marks_in: MarksIn,
-        labels: Option<&BTreeMap<String, String>>,
-        annotations: Option<&BTreeMap<String, String>>,
+        labels: Option<&M>,
+        annotations: Option<&M>,
     ) -> PodMarks {
-        let label = |key: &str| labels.and_then(|l| l.get(key));
-        let annotation = |key: &str| annotations.and_then(|a| a.get(key));
+        let label = |key: &str| labels.and_then(|l| l.get_str(key));
+        let annotation = |key: &str| annotations.and_then(|a| a.get_str(key));
         let kind = marks_in.as_str();
         let state_map = match marks_in {
             MarksIn::Labels => labels,
             MarksIn::Annotations => annotations,
         };
-        let state = |key: &str| state_map.and_then(|m| m.get(key));
+        let state = |key: &str| state_map.and_then(|m| m.get_str(key));
         PodMarks {
             traffic: state(TRAFFIC_LABEL).map(|v| {
                 Traffic::parse(v).ok_or_else(|| {
                     format!("{kind} {TRAFFIC_LABEL}={v:?} is not one of yes, no, pause")
                 })
             }),
-            owner: label(NAME_LABEL).cloned(),
-            strategy: state(STRATEGY_LABEL).cloned(),
+            owner: label(NAME_LABEL).map(str::to_string),
+            strategy: state(STRATEGY_LABEL).map(str::to_string),
             marks_in,
             break_at: annotation(BREAK_AT_ANNOTATION).map(|v| {
                 v.parse::<Timestamp>().map_err(|e| {

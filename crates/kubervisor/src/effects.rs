@@ -130,7 +130,7 @@ pub fn eject_ops(
 pub fn from_ejected_ops(pod: &SlimPod, marks_in: MarksIn, to: Traffic) -> Vec<PatchOperation> {
     let mut ops = vec![test(mark(marks_in, TRAFFIC_LABEL), Traffic::No.as_str())];
     if let Some(at) = pod.annotations.get(BREAK_AT_ANNOTATION) {
-        ops.push(test(annotation(BREAK_AT_ANNOTATION), at.as_str()));
+        ops.push(test(annotation(BREAK_AT_ANNOTATION), at));
     }
     ops.push(replace(mark(marks_in, TRAFFIC_LABEL), to.as_str()));
     ops
@@ -141,7 +141,7 @@ pub fn from_ejected_ops(pod: &SlimPod, marks_in: MarksIn, to: Traffic) -> Vec<Pa
 pub fn forget_ops(pod: &SlimPod, marks_in: MarksIn) -> Vec<PatchOperation> {
     let mut ops = vec![test(mark(marks_in, TRAFFIC_LABEL), Traffic::Yes.as_str())];
     if let Some(at) = pod.annotations.get(BREAK_AT_ANNOTATION) {
-        ops.push(test(annotation(BREAK_AT_ANNOTATION), at.as_str()));
+        ops.push(test(annotation(BREAK_AT_ANNOTATION), at));
     }
     ops.push(replace(annotation(RETRY_COUNT_ANNOTATION), "0"));
     ops
@@ -166,7 +166,7 @@ pub fn adopt_ops(pod: &SlimPod, marks_in: MarksIn, kvs: &str) -> Vec<PatchOperat
                 ),
             }
         }
-        Some(value) => ops.push(test(mark(marks_in, TRAFFIC_LABEL), value.as_str())),
+        Some(value) => ops.push(test(mark(marks_in, TRAFFIC_LABEL), value)),
     }
     ops.push(add(label(NAME_LABEL), kvs));
     ops

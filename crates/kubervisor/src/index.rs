@@ -18,6 +18,8 @@ use kubervisor_api::{KubervisorService, TrafficControl};
 use kubervisor_core::PodView;
 use tokio::sync::watch;
 
+use crate::labels::Labels;
+
 /// `kubectl apply`'s record of the last applied object.
 const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -28,9 +30,9 @@ pub struct SlimPod {
     pub name: String,
     pub uid: String,
     pub resource_version: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Only the annotations of the pod contract.
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Labels,
     /// Whether the pod has any annotation at all (a JSON Patch must create the map if not).
     pub has_annotations: bool,
     pub running: bool,
@@ -66,7 +68,7 @@ impl SlimPod {
                 ]
                 .contains(&k.as_str())
             })
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let traffic_gate = pod
             .spec
@@ -78,7 +80,7 @@ impl SlimPod {
             name: pod.name_any(),
             uid: pod.uid().unwrap_or_default(),
             resource_version: pod.resource_version().unwrap_or_default(),
-            labels: pod.labels().clone(),
+            labels: Labels::from_map(pod.labels()),
             annotations,
             has_annotations: !pod.annotations().is_empty(),
             running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
@@ -137,43 +139,62 @@ impl SlimService {
     }
 }
 
+/// Pod names, each shared with the index's map of pods.
+type PodNames = BTreeSet<Arc<str>>;
+
 #[derive(Default)]
 struct NamespacePods {
-    pods: BTreeMap<String, Arc<SlimPod>>,
-    /// (label key, value) → pod names.
-    by_label: HashMap<(String, String), BTreeSet<String>>,
+    pods: BTreeMap<Arc<str>, Arc<SlimPod>>,
+    /// label key → label value → names of the pods with that label (each name shared
+    /// with `pods`, keys and values with the pods' labels).
+    by_label: HashMap<Arc<str>, HashMap<Arc<str>, PodNames>>,
 }
 
 impl NamespacePods {
     fn insert(&mut self, pod: Arc<SlimPod>) {
+        let name: Arc<str> = match self.pods.get_key_value(pod.name.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(pod.name.as_str()),
+        };
         self.remove(&pod.name);
-        for (k, v) in &pod.labels {
+        for (k, v) in pod.labels.pairs() {
             self.by_label
-                .entry((k.clone(), v.clone()))
+                .entry(k.clone())
                 .or_default()
-                .insert(pod.name.clone());
+                .entry(v.clone())
+                .or_default()
+                .insert(name.clone());
         }
-        self.pods.insert(pod.name.clone(), pod);
+        self.pods.insert(name, pod);
     }
 
     fn remove(&mut self, name: &str) -> Option<Arc<SlimPod>> {
         let old = self.pods.remove(name)?;
-        for (k, v) in &old.labels {
-            let key = (k.clone(), v.clone());
-            if let Some(names) = self.by_label.get_mut(&key) {
+        for (k, v) in old.labels.iter() {
+            let Some(values) = self.by_label.get_mut(k) else {
+                continue;
+            };
+            if let Some(names) = values.get_mut(v) {
                 names.remove(name);
                 if names.is_empty() {
-                    self.by_label.remove(&key);
+                    values.remove(v);
                 }
+            }
+            if values.is_empty() {
+                self.by_label.remove(k);
             }
         }
         Some(old)
     }
 
     fn matching(&self, selector: &BTreeMap<String, String>) -> Vec<Arc<SlimPod>> {
-        let mut sets: Vec<&BTreeSet<String>> = Vec::with_capacity(selector.len());
+        let mut sets: Vec<&PodNames> = Vec::with_capacity(selector.len());
         for (k, v) in selector {
-            match self.by_label.get(&(k.clone(), v.clone())) {
+            match self
+                .by_label
+                .get(k.as_str())
+                .and_then(|values| values.get(v.as_str()))
+            {
                 Some(names) => sets.push(names),
                 None => return Vec::new(),
             }
@@ -541,7 +562,10 @@ mod tests {
     fn slim_pod_keeps_only_what_decisions_need() {
         let slim = SlimPod::from_pod(&pod("ns", "a", &[("app", "web")], true));
         assert!(slim.running && slim.ready && !slim.terminating);
-        assert_eq!(slim.annotations, sel(&[("breaker/retryCount", "2")]));
+        assert_eq!(
+            slim.annotations.to_map(),
+            sel(&[("breaker/retryCount", "2")])
+        );
         assert_eq!(slim.view().marks.retries(), Some(2));
     }
 
@@ -571,7 +595,10 @@ mod tests {
         assert_eq!(metadata.managed_fields, None);
         assert_eq!(
             metadata.annotations,
-            Some(BTreeMap::from([("team".to_string(), "checkout".to_string())]))
+            Some(BTreeMap::from([(
+                "team".to_string(),
+                "checkout".to_string()
+            )]))
         );
     }
 

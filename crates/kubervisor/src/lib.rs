@@ -9,6 +9,7 @@ pub mod effects;
 #[cfg(feature = "demo")]
 pub mod harness;
 pub mod index;
+pub mod labels;
 pub mod leader;
 pub mod operator;
 pub mod plan;

@@ -307,6 +307,7 @@ async fn return_freed_memory() {
     let mut ticks = tokio::time::interval(Duration::from_secs(10));
     loop {
         ticks.tick().await;
+        crate::labels::sweep();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
         unsafe {
@@ -329,7 +330,7 @@ impl Drop for Supervised {
 /// Hands back pods whose KubervisorService no longer exists (deleted while its finalizer was forced off).
 async fn release_orphans(ctx: &Context) {
     for pod in ctx.index.pods_with_label(NAME_LABEL) {
-        let owner = &pod.labels[NAME_LABEL];
+        let owner = pod.labels.get(NAME_LABEL).unwrap_or_default();
         if pod.terminating || ctx.index.kvs(&pod.namespace, owner).is_some() {
             continue;
         }

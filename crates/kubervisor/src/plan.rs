@@ -1162,9 +1162,7 @@ impl State {
                 } else {
                     &mut Arc::make_mut(pod).labels
                 };
-                state
-                    .entry(TRAFFIC_LABEL.to_string())
-                    .or_insert_with(|| Traffic::Yes.as_str().to_string());
+                state.insert_if_absent(TRAFFIC_LABEL, Traffic::Yes.as_str());
             }
         }
         pods.sort_by(|a, b| a.name.cmp(&b.name));

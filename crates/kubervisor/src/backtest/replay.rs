@@ -17,6 +17,7 @@ use super::detector::Replayable;
 use super::history::{History, instant_count};
 use crate::effects::{Written, adopt_ops, eject_ops, forget_ops, from_ejected_ops, release_ops};
 use crate::index::{KvsEntry, SlimPod, SlimService};
+use crate::labels::Labels;
 use crate::plan::{DecisionKind, Effect, FINALIZER, Input, Note, Observed, PodChange, State, plan};
 
 /// The label the simulated Service selects its pods by.
@@ -258,11 +259,12 @@ impl Fleet {
             {
                 self.version += 1;
                 let labels = [
-                    (FLEET_LABEL.to_string(), "yes".to_string()),
-                    (NAME_LABEL.to_string(), self.name.clone()),
-                    (TRAFFIC_LABEL.to_string(), Traffic::Yes.as_str().to_string()),
+                    (FLEET_LABEL, "yes"),
+                    (NAME_LABEL, self.name.as_str()),
+                    (TRAFFIC_LABEL, Traffic::Yes.as_str()),
                 ]
-                .into();
+                .into_iter()
+                .collect();
                 self.pods.insert(
                     pod.clone(),
                     Arc::new(SlimPod {
@@ -271,7 +273,7 @@ impl Fleet {
                         uid: pod.clone(),
                         resource_version: self.version.to_string(),
                         labels,
-                        annotations: BTreeMap::new(),
+                        annotations: Labels::default(),
                         has_annotations: false,
                         running: true,
                         ready: true,
@@ -344,12 +346,12 @@ impl Fleet {
         if let Err(e) = json_patch::patch(&mut doc, &ops) {
             return Written::Stale(format!("pod {}: {e}", pod.name));
         }
-        let strings = |value: &Value| -> BTreeMap<String, String> {
+        let strings = |value: &Value| -> Labels {
             value
                 .as_object()
                 .map(|map| {
                     map.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -468,7 +470,7 @@ impl Sim {
             // without parsing every mark of every pod at every instant.
             let serving_capable = pod.running && pod.ready && !pod.terminating;
             ready += usize::from(serving_capable);
-            let traffic = pod.labels.get(TRAFFIC_LABEL).map(String::as_str);
+            let traffic = pod.labels.get(TRAFFIC_LABEL);
             if serving_capable && traffic == Some(Traffic::Yes.as_str()) {
                 with_traffic += 1;
                 if let Some(since) = self.out_since.remove(name) {

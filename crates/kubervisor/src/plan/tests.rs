@@ -10,6 +10,7 @@ use kubervisor_core::detect::{self, Findings};
 use serde_json::json;
 
 use super::*;
+use crate::labels::Labels;
 use crate::source::Request;
 
 const NS: &str = "shop";
@@ -25,8 +26,8 @@ fn pod(name: &str) -> SlimPod {
         name: name.into(),
         uid: format!("uid-{name}"),
         resource_version: "1".into(),
-        labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
-        annotations: BTreeMap::new(),
+        labels: [("app", "web")].into_iter().collect(),
+        annotations: Labels::default(),
         has_annotations: false,
         running: true,
         ready: true,
@@ -150,7 +151,7 @@ impl Harness {
                 Some(sel) => pods(&|p| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v))),
                 None => Vec::new(),
             },
-            labelled: pods(&|p| p.labels.get(NAME_LABEL).map(String::as_str) == Some("web")),
+            labelled: pods(&|p| p.labels.get(NAME_LABEL) == Some("web")),
             service: self.fleet.service.clone().map(Arc::new),
             kvs: Some(kvs),
         }
@@ -210,12 +211,7 @@ impl Harness {
         self.fleet
             .pods
             .values()
-            .map(|p| {
-                (
-                    p.name.as_str(),
-                    p.labels.get(TRAFFIC_LABEL).map_or("-", String::as_str),
-                )
-            })
+            .map(|p| (p.name.as_str(), p.labels.get(TRAFFIC_LABEL).unwrap_or("-")))
             .collect()
     }
 
@@ -251,7 +247,7 @@ impl Fleet {
         }
         let mut pod = current.clone();
         // The traffic state and the breaker, where this mode keeps them.
-        fn state(pod: &mut SlimPod, marks_in: MarksIn) -> &mut BTreeMap<String, String> {
+        fn state(pod: &mut SlimPod, marks_in: MarksIn) -> &mut Labels {
             match marks_in {
                 MarksIn::Labels => &mut pod.labels,
                 MarksIn::Annotations => &mut pod.annotations,
@@ -260,16 +256,14 @@ impl Fleet {
         let marks_in = write.marks_in;
         match &write.change {
             PodChange::Adopt => {
-                state(&mut pod, marks_in)
-                    .entry(TRAFFIC_LABEL.into())
-                    .or_insert_with(|| "yes".into());
-                pod.labels.insert(NAME_LABEL.into(), "web".into());
+                state(&mut pod, marks_in).insert_if_absent(TRAFFIC_LABEL, "yes");
+                pod.labels.insert(NAME_LABEL, "web");
             }
             PodChange::Release => {
                 if pod.traffic_gate {
                     pod.traffic_condition = Some(true);
                 } else {
-                    pod.labels.insert(TRAFFIC_LABEL.into(), "yes".into());
+                    pod.labels.insert(TRAFFIC_LABEL, "yes");
                 }
                 pod.labels.remove(NAME_LABEL);
                 pod.labels.remove(STRATEGY_LABEL);
@@ -280,38 +274,21 @@ impl Fleet {
                 retry_count,
                 at,
             } => {
-                assert_eq!(
-                    state(&mut pod, marks_in)
-                        .get(TRAFFIC_LABEL)
-                        .map(String::as_str),
-                    Some("yes")
-                );
-                state(&mut pod, marks_in).insert(TRAFFIC_LABEL.into(), "no".into());
-                state(&mut pod, marks_in).insert(STRATEGY_LABEL.into(), breaker.clone());
+                assert_eq!(state(&mut pod, marks_in).get(TRAFFIC_LABEL), Some("yes"));
+                state(&mut pod, marks_in).insert(TRAFFIC_LABEL, "no");
+                state(&mut pod, marks_in).insert(STRATEGY_LABEL, breaker.clone());
+                pod.annotations.insert(BREAK_AT_ANNOTATION, at.to_string());
                 pod.annotations
-                    .insert(BREAK_AT_ANNOTATION.into(), at.to_string());
-                pod.annotations
-                    .insert(RETRY_COUNT_ANNOTATION.into(), retry_count.to_string());
+                    .insert(RETRY_COUNT_ANNOTATION, retry_count.to_string());
                 pod.has_annotations = true;
             }
             PodChange::Reinstate { to } => {
-                assert_eq!(
-                    state(&mut pod, marks_in)
-                        .get(TRAFFIC_LABEL)
-                        .map(String::as_str),
-                    Some("no")
-                );
-                state(&mut pod, marks_in).insert(TRAFFIC_LABEL.into(), to.as_str().into());
+                assert_eq!(state(&mut pod, marks_in).get(TRAFFIC_LABEL), Some("no"));
+                state(&mut pod, marks_in).insert(TRAFFIC_LABEL, to.as_str());
             }
             PodChange::ForgetRetries => {
-                assert_eq!(
-                    state(&mut pod, marks_in)
-                        .get(TRAFFIC_LABEL)
-                        .map(String::as_str),
-                    Some("yes")
-                );
-                pod.annotations
-                    .insert(RETRY_COUNT_ANNOTATION.into(), "0".into());
+                assert_eq!(state(&mut pod, marks_in).get(TRAFFIC_LABEL), Some("yes"));
+                pod.annotations.insert(RETRY_COUNT_ANNOTATION, "0");
             }
             PodChange::SetGate(serve) => {
                 assert!(
@@ -530,7 +507,7 @@ fn a_pod_leaving_the_selector_gets_its_traffic_back() {
         .get_mut("p1")
         .unwrap()
         .labels
-        .insert("app".into(), "other".into());
+        .insert("app", "other");
     let effects = h.observe();
     assert_eq!(pod_writes(&effects), [("p1", &PodChange::Release)]);
     assert!(!h.fleet.pods["p1"].labels.contains_key(NAME_LABEL));
@@ -604,9 +581,9 @@ fn two_of_five_faulty_with_min_three_ejects_two() {
         dry_run: false
     }));
     let p1 = &h.fleet.pods["p1"];
-    assert_eq!(p1.labels[STRATEGY_LABEL], "faulty");
-    assert_eq!(p1.annotations[RETRY_COUNT_ANNOTATION], "1");
-    assert_eq!(p1.annotations[BREAK_AT_ANNOTATION], t0().to_string());
+    assert_eq!(&p1.labels[STRATEGY_LABEL], "faulty");
+    assert_eq!(&p1.annotations[RETRY_COUNT_ANNOTATION], "1");
+    assert_eq!(&p1.annotations[BREAK_AT_ANNOTATION], t0().to_string());
 }
 
 #[test]
@@ -764,7 +741,7 @@ fn retry_and_kill_waits_longer_each_time_then_kills() {
     assert_eq!(h.with_traffic("yes"), ["p0", "p1", "p2"]);
     h.observe();
     h.report(&["p0"]);
-    assert_eq!(h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "2");
+    assert_eq!(&h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "2");
     h.observe();
     // Ejected twice > maxRetryCount 1: killed at once.
     let effects = h.at(10);
@@ -890,13 +867,12 @@ fn after_a_restart_ejected_pods_are_handled_from_their_annotations() {
     // Ejected by an earlier run of the operator, 20 s ago.
     let earlier = t0() - SignedDuration::from_secs(20);
     let p1 = h.fleet.pods.get_mut("p1").unwrap();
-    p1.labels.insert(TRAFFIC_LABEL.into(), "no".into());
-    p1.labels.insert(NAME_LABEL.into(), "web".into());
-    p1.labels.insert(STRATEGY_LABEL.into(), "faulty".into());
+    p1.labels.insert(TRAFFIC_LABEL, "no");
+    p1.labels.insert(NAME_LABEL, "web");
+    p1.labels.insert(STRATEGY_LABEL, "faulty");
     p1.annotations
-        .insert(BREAK_AT_ANNOTATION.into(), earlier.to_string());
-    p1.annotations
-        .insert(RETRY_COUNT_ANNOTATION.into(), "1".into());
+        .insert(BREAK_AT_ANNOTATION, earlier.to_string());
+    p1.annotations.insert(RETRY_COUNT_ANNOTATION, "1");
     h.observe();
     assert_eq!(
         h.with_traffic("no"),
@@ -916,10 +892,9 @@ fn after_a_restart_ejected_pods_are_handled_from_their_annotations() {
 fn a_pod_with_unreadable_marks_is_counted_unknown_and_left_alone() {
     let mut h = Harness::new(custom(0, 0, json!(null)), 2);
     let p1 = h.fleet.pods.get_mut("p1").unwrap();
-    p1.labels.insert(TRAFFIC_LABEL.into(), "no".into());
-    p1.labels.insert(NAME_LABEL.into(), "web".into());
-    p1.annotations
-        .insert(BREAK_AT_ANNOTATION.into(), "yesterday".into());
+    p1.labels.insert(TRAFFIC_LABEL, "no");
+    p1.labels.insert(NAME_LABEL, "web");
+    p1.annotations.insert(BREAK_AT_ANNOTATION, "yesterday");
     let effects = h.observe();
     assert_eq!(
         last_status(&effects)
@@ -981,7 +956,7 @@ fn outside_losses_below_the_floor_bring_ejected_pods_back_in_one_pass() {
         "pod p0 re-admitted early: 2 of 4 pods serve, fewer than the floor 4 of breaker faulty"
     );
     assert_eq!(
-        h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "1",
+        &h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "1",
         "the count is kept"
     );
     assert!(effects.contains(&Effect::CountDecision {
@@ -1120,7 +1095,7 @@ fn retries_are_forgotten_once_a_pod_served_forget_after() {
     assert!(h.at(109).is_empty());
     let effects = h.at(110);
     assert_eq!(reasons(&effects), ["RetriesForgotten"]);
-    assert_eq!(h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "0");
+    assert_eq!(&h.fleet.pods["p0"].annotations[RETRY_COUNT_ANNOTATION], "0");
     h.observe();
     assert_eq!(h.state().activator_due(), None, "nothing left to forget");
 }
@@ -1410,7 +1385,7 @@ fn readiness_gate_mode_ejects_through_the_condition_and_never_relabels() {
         [("p0", true), ("p1", true), ("p2", true)]
     );
     for pod in h.fleet.pods.values() {
-        assert_eq!(pod.annotations[TRAFFIC_LABEL], "yes");
+        assert_eq!(&pod.annotations[TRAFFIC_LABEL], "yes");
         assert!(!pod.labels.contains_key(TRAFFIC_LABEL), "{:?}", pod.labels);
         assert!(pod.ready);
     }
@@ -1422,8 +1397,8 @@ fn readiness_gate_mode_ejects_through_the_condition_and_never_relabels() {
     assert_eq!(gate_writes(&effects), [("p0", false)]);
     let p0 = &h.fleet.pods["p0"];
     assert_eq!(p0.labels, labels_before, "no label changes on ejection");
-    assert_eq!(p0.annotations[TRAFFIC_LABEL], "no");
-    assert_eq!(p0.annotations[STRATEGY_LABEL], "faulty");
+    assert_eq!(&p0.annotations[TRAFFIC_LABEL], "no");
+    assert_eq!(&p0.annotations[STRATEGY_LABEL], "faulty");
     assert_eq!(p0.traffic_condition, Some(false));
     assert!(!p0.ready, "the gate makes the pod unready");
 
