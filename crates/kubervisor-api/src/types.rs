@@ -110,25 +110,25 @@ pub struct BreakerStrategy {
     pub min_pods_available_ratio: Option<u32>,
     /// Judge pods by the share of a discrete value (such as an HTTP code) outside a list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discrete_value_out_of_list: Option<DiscreteValueOutOfList>,
+    pub discrete_value_out_of_list: Option<Box<DiscreteValueOutOfList>>,
     /// Judge pods by how far a continuous value deviates from the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub continuous_value_deviation: Option<ContinuousValueDeviation>,
+    pub continuous_value_deviation: Option<Box<ContinuousValueDeviation>>,
     /// Ask an HTTP service (`host[:port][/path]` or a URL) which pods are anomalous.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_service: Option<String>,
     /// Judge each pod's value against fixed bounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_threshold: Option<ValueThreshold>,
+    pub value_threshold: Option<Box<ValueThreshold>>,
     /// Judge the slope of each pod's value over a time window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_trend: Option<ValueTrend>,
+    pub value_trend: Option<Box<ValueTrend>>,
     /// Judge each pod's success rate against the fleet's, as Envoy's outlier detection does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub success_rate_outlier: Option<SuccessRateOutlier>,
+    pub success_rate_outlier: Option<Box<SuccessRateOutlier>>,
     /// Judge each pod's raw value against the fleet's by the modified z-score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub continuous_outlier: Option<ContinuousOutlier>,
+    pub continuous_outlier: Option<Box<ContinuousOutlier>>,
     /// How the pods this breaker ejected come back (default: the resource's defaultActivator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activator: Option<ActivatorStrategy>,

@@ -79,7 +79,9 @@ impl StatusWriter {
                 while asked.changed().await.is_ok() {
                     let next = asked.borrow_and_update().clone();
                     let Some((kvs, status)) = next else { continue };
-                    if let Err(e) = effects.status(&kvs, &status).await {
+                    // Boxed: the writer waits most of its life, and would otherwise
+                    // hold room for a whole request while it does.
+                    if let Err(e) = Box::pin(effects.status(&kvs, &status)).await {
                         warn!("{e}");
                         *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some("StatusError");
                     }
