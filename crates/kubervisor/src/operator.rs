@@ -1,7 +1,7 @@
 //! `kubervisor run`: the watches, one supervisor per KubervisorService, the HTTP
 //! endpoint and, optionally, leader election.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -254,27 +254,34 @@ async fn manage(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
     loop {
         let is_leading = *leading.borrow_and_update();
         if is_leading {
-            let present = ctx.index.all_kvs();
+            let present: BTreeSet<(String, String)> = ctx
+                .index
+                .all_kvs()
+                .iter()
+                .map(|entry| {
+                    (
+                        entry.object.namespace().unwrap_or_default(),
+                        entry.object.name_any(),
+                    )
+                })
+                .collect();
             let mut keys = BTreeMap::new();
-            for entry in &present {
-                let key = (
-                    entry.object.namespace().unwrap_or_default(),
-                    entry.object.name_any(),
-                );
+            for key in &present {
                 *keys.entry(key.0.clone()).or_insert(0) += 1;
                 let running = supervisors
-                    .get(&key)
+                    .get(key)
                     .is_some_and(|s| !s.handle.is_finished());
                 if !running {
                     debug!(kvs = %format!("{}/{}", key.0, key.1), "starting its task");
                     let handle = tokio::spawn(task::run(ctx.clone(), key.0.clone(), key.1.clone()));
-                    supervisors.insert(key, Supervised { handle });
+                    supervisors.insert(key.clone(), Supervised { handle });
                 }
             }
-            supervisors.retain(|(ns, name), s| {
-                let keep = present.iter().any(|e| {
-                    e.object.namespace().as_deref() == Some(ns) && e.object.name_any() == *name
-                });
+            // One lookup per running task: this runs at every change of any resource
+            // (each status written), so a scan of all resources per task was quadratic.
+            supervisors.retain(|key, s| {
+                let keep = present.contains(key);
+                let (ns, name) = key;
                 if !keep {
                     s.handle.abort();
                     ctx.metrics.forget(ns, name);
