@@ -1,11 +1,13 @@
 //! One shared watch per resource type, feeding the index.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use kubervisor_api::KubervisorService;
@@ -88,6 +90,27 @@ pub async fn run(client: Client, scope: Scope, index: Arc<Index>) {
     futures::join!(pods, services, kvs);
 }
 
+/// The cap on the wait between two attempts of a failed watch, before jitter (which adds
+/// up to as much again). kube-runtime's default doubles up to 30 s, plus as much jitter:
+/// after the API had been unreachable for half a minute, the next attempt could come a
+/// minute later, with the index blind and everything due waiting meanwhile. A failed
+/// attempt costs the API server one refused request per watch (three per replica), so
+/// retrying every few seconds is cheap.
+pub const WATCH_RETRY_CAP: Duration = Duration::from_secs(3);
+
+/// Delays between the attempts of a failed watch: from 0.8 s, doubling up to
+/// [`WATCH_RETRY_CAP`], each with up to as much again of jitter; back to 0.8 s after two
+/// minutes without failure.
+fn retry_delays() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(WATCH_RETRY_CAP)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(delays.into(), Duration::from_secs(120))
+}
+
 /// Where one watch's events go, in the index's own (slim) form.
 struct Sink<T> {
     apply: Box<dyn Fn(T) + Send>,
@@ -101,7 +124,7 @@ async fn drive<K, T, S>(what: &'static str, stream: S, slim: fn(K) -> T, sink: S
 where
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
-    let mut stream = std::pin::pin!(stream.default_backoff());
+    let mut stream = std::pin::pin!(stream.backoff(retry_delays()));
     // A relist is buffered between Init and InitDone so the index swaps it in at once;
     // slim, or the listing of 10,000 pods would be held whole (about 8 KB a pod, most of
     // it managed fields and container specs the index never reads).
@@ -143,5 +166,23 @@ fn hint(what: &str, error: &watcher::Error) -> &'static str {
         " (check the operator's RBAC permissions)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_watch_is_tried_again_within_twice_the_cap() {
+        let delays: Vec<Duration> = retry_delays().take(200).collect();
+        assert_eq!(delays.len(), 200, "the retries never stop");
+        let longest = delays.iter().max().unwrap();
+        assert!(*longest <= 2 * WATCH_RETRY_CAP, "{longest:?}");
+        assert!(
+            *longest >= WATCH_RETRY_CAP,
+            "{longest:?}: the cap is reached"
+        );
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(800)));
     }
 }

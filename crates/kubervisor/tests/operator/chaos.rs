@@ -341,11 +341,11 @@ async fn a_slow_api_answering_in_one_second() {
 }
 
 on_both_backends! {
-    /// The API unreachable for 5 s in the middle of the churn (every connection of the
+    /// The API unreachable for 30 s in the middle of the churn (every connection of the
     /// operator dropped and refused): nothing is decided on a stale view, and what fell
     /// due meanwhile is done once the API is back; windows and slack grow by the outage.
-    async fn the_api_unreachable_for_five_seconds(backend: Backend) {
-        let outage = Duration::from_secs(5);
+    async fn the_api_unreachable_for_thirty_seconds(backend: Backend) {
+        let outage = Duration::from_secs(30);
         let (mut cluster, detector) = fleet(backend).await;
         let proxy = ApiProxy::start(&cluster).await;
         cluster.start_replica_via("e2e", false, &proxy.kubeconfig).await;
@@ -356,7 +356,9 @@ on_both_backends! {
         };
         let run = guard(cluster, detector, &url, config).await;
         let cut_at = Arc::new(Mutex::new(None::<Instant>));
-        run.churn(18, TICK, |i, _| {
+        // Four ticks before the cut, the outage, and ten after it.
+        let ticks = 14 + (outage.as_millis() / TICK.as_millis()) as u32;
+        run.churn(ticks, TICK, |i, _| {
             let mut cut = cut_at.lock().unwrap();
             if i == 4 {
                 proxy.cut();
