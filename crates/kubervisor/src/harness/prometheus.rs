@@ -74,9 +74,13 @@ impl PrometheusOptions {
 /// A running Prometheus, killed when dropped.
 pub struct PrometheusProcess {
     child: Child,
+    binary: PathBuf,
+    port: u16,
     url: String,
     dir: TempDir,
     http: HttpClient,
+    /// Starts so far, to name each start's log.
+    starts: u32,
 }
 
 impl PrometheusProcess {
@@ -107,9 +111,12 @@ impl PrometheusProcess {
             let child = spawn(&binary, &config_path, dir.path(), port, &log_path)?;
             let mut process = PrometheusProcess {
                 child,
+                binary: binary.clone(),
+                port,
                 url: format!("http://127.0.0.1:{port}"),
                 dir,
                 http: http.clone(),
+                starts: attempt as u32,
             };
             match process.wait_ready(&log_path).await {
                 Ok(()) => return Ok(process),
@@ -206,6 +213,32 @@ impl PrometheusProcess {
     /// Kills Prometheus and waits until it has exited.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Kills Prometheus (SIGKILL) and waits until it has exited; [`Self::start_again`]
+    /// brings it back.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts Prometheus again on the same address, configuration and data directory,
+    /// as a Prometheus that restarts with its volume comes back, and waits until it is
+    /// ready.
+    pub async fn start_again(&mut self) -> Result<(), HarnessError> {
+        let _ = self.child.kill().await;
+        self.starts += 1;
+        let log_path = self
+            .dir
+            .path()
+            .join(format!("prometheus-{}.log", self.starts));
+        self.child = spawn(
+            &self.binary,
+            &self.dir.path().join("prometheus.yml"),
+            self.dir.path(),
+            self.port,
+            &log_path,
+        )?;
+        self.wait_ready(&log_path).await
     }
 
     async fn wait_ready(&mut self, log_path: &Path) -> Result<(), HarnessError> {

@@ -598,3 +598,88 @@ on_both_backends! {
         run.settle_and_judge(Duration::from_secs(15), 8).await;
     }
 }
+
+on_both_backends! {
+    /// Prometheus killed (SIGKILL) in the middle of a churn of error rates and started
+    /// again 8 s later on the same address and data, as a restarted pod with its volume:
+    /// while it is down the breaker reports `SourceError` and ejects nothing, the
+    /// activator still gives pods back on time, and decisions resume once it answers.
+    async fn prometheus_killed_and_started_again(backend: Backend) {
+        const ERRORS: &str = "sim.kubervisor.io/error-rate";
+        let outage = Duration::from_secs(8);
+        let (cluster, mut prometheus, _dir, pods) =
+            crate::scenarios::prometheus::cluster_with_prometheus(backend, PODS as i32).await;
+        let breakers = json!([{
+            "name": "errors", "evaluationPeriod": 1, "minPodsAvailableCount": FLOOR,
+            "discreteValueOutOfList": {
+                "prometheusService": prometheus.address(),
+                "promQL": "sum by (code, pod) (increase(http_requests_total{service=\"web\"}[3s]))",
+                "key": "code", "podNamekey": "pod", "goodValues": ["200"],
+                "tolerance": 50, "minActivity": 10
+            }
+        }]);
+        cluster
+            .guard(breakers, json!({"mode": "periodic", "period": 2.0}), false)
+            .await;
+        let config = MonitorConfig {
+            limits: limits(Duration::from_secs(1)),
+            ..MonitorConfig::web(&cluster.namespace)
+        };
+        let monitor = Monitor::start(&cluster.kubeconfig, config).await;
+        cluster.wait_ready_pods("web", PODS).await;
+        // Two pods fail at a time, different ones every 3 s; Prometheus is down from the
+        // fourth round to the sixth.
+        for round in 0..10usize {
+            for (k, pod) in pods.iter().enumerate() {
+                let bad = k == round % PODS || k == (round + 3) % PODS;
+                cluster
+                    .annotate(pod, ERRORS, if bad { "0.8" } else { "0" })
+                    .await;
+            }
+            if round == 3 {
+                prometheus.kill().await;
+                eventually(
+                    "the breaker to report the source error",
+                    outage,
+                    || async {
+                        let status = cluster.status("web").await;
+                        let result = &status["breakers"][0]["result"];
+                        if result == "SourceError" {
+                            Ok(())
+                        } else {
+                            Err(status.to_string())
+                        }
+                    },
+                )
+                .await;
+                tokio::time::sleep(outage.saturating_sub(Duration::from_secs(3))).await;
+                prometheus
+                    .start_again()
+                    .await
+                    .expect("Prometheus starts again on its address");
+            } else {
+                // Pacing of the driver: the monitor, not this loop, judges what happens.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }
+        for pod in &pods {
+            cluster.annotate(pod, ERRORS, "0").await;
+        }
+        eventually("every pod back in traffic", Duration::from_secs(30), || async {
+            let traffic = cluster.traffic("web").await;
+            if count(&traffic, "yes") == PODS {
+                Ok(())
+            } else {
+                Err(format!("{traffic:?}"))
+            }
+        })
+        .await;
+        let report = monitor.finish().await;
+        report.assert_clean();
+        assert!(
+            report.decisions >= 4,
+            "only {} decision events: the scenario exercised too little",
+            report.decisions
+        );
+    }
+}

@@ -578,7 +578,7 @@ on_both_backends! {
     }
 }
 
-mod prometheus {
+pub(crate) mod prometheus {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -593,7 +593,7 @@ mod prometheus {
 
     /// A cluster whose pods a real Prometheus scrapes every second: kubesim's own
     /// workload, or on the real control plane the same workload as a client of its API.
-    async fn cluster_with_prometheus(
+    pub(crate) async fn cluster_with_prometheus(
         backend: Backend,
         replicas: i32,
     ) -> (Cluster, PrometheusProcess, tempfile::TempDir, Vec<String>) {
