@@ -267,8 +267,9 @@ impl<'de, S: Sink<'de>> Visitor<'de> for DataVisitor<'_, '_, S> {
                         return Err(give_up());
                     }
                 }
-                // Prometheus names the type first; a result read before it is left alone.
-                Some(1) if result_type && !result => {
+                // Prometheus names the type first, but JSON writers that sort keys do not:
+                // a result read before its type counts only once the type is the one expected.
+                Some(1) if !result => {
                     result = true;
                     map.next_value_seed(ResultVisitor {
                         wanted: self.wanted,
@@ -281,7 +282,11 @@ impl<'de, S: Sink<'de>> Visitor<'de> for DataVisitor<'_, '_, S> {
                 }
             }
         }
-        if result { Ok(()) } else { Err(give_up()) }
+        if result_type && result {
+            Ok(())
+        } else {
+            Err(give_up())
+        }
     }
 }
 

@@ -172,7 +172,7 @@ fn answer(
         let text: Vec<String> = all.into_iter().map(|(s, _)| s).collect();
         (format!("[{}]", text.join(",")), ok)
     });
-    let body = (result, 0..20u8).prop_map(move |((result, ok), shape)| match shape {
+    let body = (result, 0..21u8).prop_map(move |((result, ok), shape)| match shape {
         0..=11 => (
             format!(r#"{{"status":"success","data":{{"resultType":"{result_type}","result":{result}}}}}"#),
             ok,
@@ -183,13 +183,18 @@ fn answer(
         ),
         15 => (
             format!(r#"{{"status":"success","data":{{"result":{result},"resultType":"{result_type}"}}}}"#),
-            false,
+            ok,
         ),
         16 => (
             format!(r#"{{"status":"success","data":{{"resultType":"{other_type}","result":{result}}}}}"#),
             false,
         ),
+        // The type after a result of the other shape.
         17 => (
+            format!(r#"{{"status":"success","data":{{"result":{result},"resultType":"{other_type}"}}}}"#),
+            false,
+        ),
+        18 => (
             r#"{"status":"error","errorType":"bad_data","error":"parse error: \"x\""}"#.to_string(),
             false,
         ),
@@ -406,4 +411,26 @@ fn errors_come_from_the_full_parser_naming_the_series_and_the_field() {
             .contains(r#"series {code="200", pod="a"} has no float value"#),
         "{histogram}"
     );
+}
+
+#[test]
+fn answers_written_with_sorted_keys_are_read_in_one_pass() {
+    // serde_json's own writer sorts keys: the result comes before its type.
+    let body = serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"code": "500", "pod": "a"}, "value": [1, "9"]},
+        {"metric": {"code": "200", "pod": "a"}, "value": [1, "1"]},
+    ]}})
+    .to_string();
+    assert!(body.starts_with(r#"{"data":{"result":"#), "{body}");
+    let detection = Detection::Discrete(DiscreteRule {
+        prometheus_service: "p:9090".into(),
+        promql: "q".into(),
+        key: "code".into(),
+        pod_name_key: "pod".into(),
+        values: values(),
+        tolerance_percent: 50,
+        min_activity: 1,
+    });
+    let findings = judge_in_one_pass(StatusCode::OK, body.as_bytes(), &detection).unwrap();
+    assert_eq!(findings.anomalies[0].pod, "a");
 }
