@@ -414,6 +414,12 @@ impl<'r, 'a> Tallies<'r, 'a> {
         }
     }
 
+    /// Forgets every sample, keeping the room: for a reader that starts an answer over.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.pods.clear();
+    }
+
     fn tally_of(&mut self, pod: Cow<'a, str>) -> &mut Tally {
         // Answers usually list a pod's series together: the last pod is checked first.
         let last = self.pods.len().wrapping_sub(1);

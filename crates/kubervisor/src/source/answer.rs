@@ -29,15 +29,32 @@ pub(crate) struct Wanted<'r> {
     pub key: Option<&'r str>,
 }
 
-/// Reads an instant query's answer: `sample(pod, key, value)` per series, in answer order.
+/// Where the series of an instant vector go.
+pub(crate) trait VectorSink<'de> {
+    /// A series: its pod, its key when wanted, its value.
+    fn sample(&mut self, pod: Cow<'de, str>, key: Option<Cow<'de, str>>, value: f64);
+    /// Forgets every series handed over so far: the answer is read again.
+    fn restart(&mut self);
+}
+
+/// Reads an instant query's answer into `sink`, series by series in answer order.
 /// False when the reader does not vouch for the answer (see the module's comment).
-pub(crate) fn read_vector<'de>(
+pub(crate) fn read_vector<'de, S: VectorSink<'de>>(
     status: StatusCode,
     body: &'de [u8],
     wanted: Wanted<'_>,
-    sample: impl FnMut(Cow<'de, str>, Option<Cow<'de, str>>, f64),
+    sink: &mut S,
 ) -> bool {
-    read(status, body, wanted, &mut Vector(sample))
+    if !status.is_success() {
+        return false;
+    }
+    if let Ok(text) = std::str::from_utf8(body) {
+        if compact::read_vector(text, wanted, sink).is_some() {
+            return true;
+        }
+        sink.restart();
+    }
+    read(status, body, wanted, &mut Vector(sink))
 }
 
 /// Reads a range query's answer: `series(pod, key, points)` per series, in answer order.
@@ -77,9 +94,9 @@ trait Sink<'de> {
     fn take(&mut self, pod: Cow<'de, str>, key: Option<Cow<'de, str>>, data: Self::Data);
 }
 
-struct Vector<F>(F);
+struct Vector<'s, S>(&'s mut S);
 
-impl<'de, F: FnMut(Cow<'de, str>, Option<Cow<'de, str>>, f64)> Sink<'de> for Vector<F> {
+impl<'de, S: VectorSink<'de>> Sink<'de> for Vector<'_, S> {
     const RESULT_TYPE: &'static str = "vector";
     const DATA_FIELD: &'static str = "value";
     type Data = f64;
@@ -91,7 +108,7 @@ impl<'de, F: FnMut(Cow<'de, str>, Option<Cow<'de, str>>, f64)> Sink<'de> for Vec
     }
 
     fn take(&mut self, pod: Cow<'de, str>, key: Option<Cow<'de, str>>, value: f64) {
-        (self.0)(pod, key, value)
+        self.0.sample(pod, key, value)
     }
 }
 
@@ -498,5 +515,219 @@ impl<'de> Visitor<'de> for PointsVisitor {
             points.push(point);
         }
         Ok(points)
+    }
+}
+
+/// The compact form in which Prometheus writes an instant vector, read byte by byte: about
+/// twice as fast as the serde reader on large answers. It accepts only plain answers (the
+/// fields Prometheus writes, strings without escapes, numbers without exponents) and
+/// leaves anything else to the serde reader.
+mod compact {
+    use std::borrow::Cow;
+
+    use super::{VectorSink, Wanted};
+    use crate::source::prometheus::sample_value;
+
+    /// The longest number read here: always within f64's range, as serde_json requires.
+    const MAX_NUMBER: usize = 30;
+
+    pub(super) fn read_vector<'de, S: VectorSink<'de>>(
+        text: &'de str,
+        wanted: Wanted<'_>,
+        sink: &mut S,
+    ) -> Option<()> {
+        let mut scan = Scan { text, at: 0 };
+        let (mut status, mut data) = (false, false);
+        scan.object(|scan, field| match field {
+            "status" if !status => {
+                status = true;
+                (scan.string()? == "success").then_some(())
+            }
+            "data" if !data => {
+                data = true;
+                scan.data(wanted, sink)
+            }
+            _ => None,
+        })?;
+        scan.skip_whitespace();
+        (status && data && scan.at == text.len()).then_some(())
+    }
+
+    struct Scan<'de> {
+        text: &'de str,
+        at: usize,
+    }
+
+    impl<'de> Scan<'de> {
+        fn skip_whitespace(&mut self) {
+            let bytes = self.text.as_bytes();
+            while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(self.at) {
+                self.at += 1;
+            }
+        }
+
+        fn peek(&mut self) -> Option<u8> {
+            self.skip_whitespace();
+            self.text.as_bytes().get(self.at).copied()
+        }
+
+        fn eat(&mut self, byte: u8) -> Option<()> {
+            (self.peek()? == byte).then(|| self.at += 1)
+        }
+
+        /// A string without escapes or control characters.
+        fn string(&mut self) -> Option<&'de str> {
+            self.eat(b'"')?;
+            let rest = &self.text.as_bytes()[self.at..];
+            let end = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            if rest[end] != b'"' {
+                return None;
+            }
+            let string = self.text.get(self.at..self.at + end)?;
+            self.at += end + 1;
+            Some(string)
+        }
+
+        /// A JSON number without an exponent, skipped.
+        fn number(&mut self) -> Option<()> {
+            self.skip_whitespace();
+            let bytes = &self.text.as_bytes()[self.at..];
+            let digits = |from: usize| {
+                from + bytes[from..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count()
+            };
+            let mut end = usize::from(bytes.first() == Some(&b'-'));
+            end = match bytes.get(end)? {
+                b'0' => end + 1,
+                b'1'..=b'9' => digits(end + 1),
+                _ => return None,
+            };
+            if bytes.get(end) == Some(&b'.') {
+                let fraction = digits(end + 1);
+                if fraction == end + 1 {
+                    return None;
+                }
+                end = fraction;
+            }
+            if matches!(bytes.get(end), Some(b'e' | b'E')) || end > MAX_NUMBER {
+                return None;
+            }
+            self.at += end;
+            Some(())
+        }
+
+        /// An object whose members `member` reads, given each name.
+        fn object(
+            &mut self,
+            mut member: impl FnMut(&mut Self, &'de str) -> Option<()>,
+        ) -> Option<()> {
+            self.eat(b'{')?;
+            if self.peek()? == b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                let name = self.string()?;
+                self.eat(b':')?;
+                member(self, name)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        fn data<S: VectorSink<'de>>(&mut self, wanted: Wanted<'_>, sink: &mut S) -> Option<()> {
+            let (mut result_type, mut result) = (false, false);
+            self.object(|scan, field| match field {
+                "resultType" if !result_type => {
+                    result_type = true;
+                    (scan.string()? == "vector").then_some(())
+                }
+                "result" if !result => {
+                    result = true;
+                    scan.result(wanted, sink)
+                }
+                _ => None,
+            })?;
+            (result_type && result).then_some(())
+        }
+
+        fn result<S: VectorSink<'de>>(&mut self, wanted: Wanted<'_>, sink: &mut S) -> Option<()> {
+            self.eat(b'[')?;
+            if self.peek()? == b']' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                self.series(wanted, sink)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        fn series<S: VectorSink<'de>>(&mut self, wanted: Wanted<'_>, sink: &mut S) -> Option<()> {
+            let (mut labels, mut value) = (None, None);
+            self.object(|scan, field| match field {
+                "metric" if labels.is_none() => {
+                    labels = Some(scan.labels(wanted)?);
+                    Some(())
+                }
+                "value" if value.is_none() => {
+                    value = Some(scan.value()?);
+                    Some(())
+                }
+                _ => None,
+            })?;
+            let (Some(pod), key) = labels? else {
+                return None;
+            };
+            if wanted.key.is_some() && key.is_none() {
+                return None;
+            }
+            let key = key.map(Cow::Borrowed);
+            sink.sample(Cow::Borrowed(pod), key, value?);
+            Some(())
+        }
+
+        /// The pod and key labels; a label given twice keeps its last value.
+        fn labels(&mut self, wanted: Wanted<'_>) -> Option<(Option<&'de str>, Option<&'de str>)> {
+            let (mut pod, mut key) = (None, None);
+            self.object(|scan, name| {
+                let value = scan.string()?;
+                if name == wanted.pod {
+                    pod = Some(value);
+                }
+                if wanted.key == Some(name) {
+                    key = Some(value);
+                }
+                Some(())
+            })?;
+            Some((pod, key))
+        }
+
+        /// `[time, "value"]`: the value as Prometheus writes it.
+        fn value(&mut self) -> Option<f64> {
+            self.eat(b'[')?;
+            self.number()?;
+            self.eat(b',')?;
+            let value = sample_value(self.string()?)?;
+            self.eat(b']')?;
+            Some(value)
+        }
     }
 }

@@ -9,6 +9,7 @@ mod custom;
 mod prometheus;
 mod transport;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -587,13 +588,7 @@ fn judge_in_one_pass(status: StatusCode, body: &[u8], detection: &Detection) -> 
     };
     let values = |pod_name_key| {
         let mut samples = Vec::with_capacity(series);
-        answer::read_vector(status, body, pod(pod_name_key), |pod, _, value| {
-            samples.push(ContinuousSample {
-                pod: pod.into_owned(),
-                value,
-            })
-        })
-        .then_some(samples)
+        answer::read_vector(status, body, pod(pod_name_key), &mut samples).then_some(samples)
     };
     match detection {
         Detection::Discrete(rule) => {
@@ -602,10 +597,8 @@ fn judge_in_one_pass(status: StatusCode, body: &[u8], detection: &Detection) -> 
                 pod: &rule.pod_name_key,
                 key: Some(&rule.key),
             };
-            answer::read_vector(status, body, wanted, |pod, key, value| {
-                tallies.add(pod, key.as_deref().unwrap_or_default(), value)
-            })
-            .then(|| detect::discrete_tallied(rule, tallies))
+            answer::read_vector(status, body, wanted, &mut tallies)
+                .then(|| detect::discrete_tallied(rule, tallies))
         }
         Detection::SuccessRate(rule) => {
             let mut tallies = Tallies::for_success_rate(rule, series / 2);
@@ -613,10 +606,8 @@ fn judge_in_one_pass(status: StatusCode, body: &[u8], detection: &Detection) -> 
                 pod: &rule.pod_name_key,
                 key: Some(&rule.key),
             };
-            answer::read_vector(status, body, wanted, |pod, key, value| {
-                tallies.add(pod, key.as_deref().unwrap_or_default(), value)
-            })
-            .then(|| detect::success_rate_outlier_tallied(rule, tallies))
+            answer::read_vector(status, body, wanted, &mut tallies)
+                .then(|| detect::success_rate_outlier_tallied(rule, tallies))
         }
         Detection::Continuous(rule) => {
             values(&rule.pod_name_key).map(|samples| detect::continuous(rule, &samples))
@@ -638,6 +629,29 @@ fn judge_in_one_pass(status: StatusCode, body: &[u8], detection: &Detection) -> 
             .then(|| detect::trend(rule, &all))
         }
         Detection::Custom(_) => None,
+    }
+}
+
+impl<'a> answer::VectorSink<'a> for Tallies<'_, 'a> {
+    fn sample(&mut self, pod: Cow<'a, str>, key: Option<Cow<'a, str>>, value: f64) {
+        self.add(pod, key.as_deref().unwrap_or_default(), value)
+    }
+
+    fn restart(&mut self) {
+        self.clear()
+    }
+}
+
+impl<'a> answer::VectorSink<'a> for Vec<ContinuousSample> {
+    fn sample(&mut self, pod: Cow<'a, str>, _: Option<Cow<'a, str>>, value: f64) {
+        self.push(ContinuousSample {
+            pod: pod.into_owned(),
+            value,
+        })
+    }
+
+    fn restart(&mut self) {
+        self.clear()
     }
 }
 

@@ -61,7 +61,12 @@ const TIMES: &[(&str, bool)] = &[
     ("1.5", true),
     ("1700000000.123", true),
     ("1015", true),
+    ("-0.5", true),
+    ("1e3", true),
     ("\"1\"", false),
+    ("1e400", false),
+    ("01", false),
+    ("1.", false),
 ];
 
 /// A piece of JSON and whether the reader must vouch for it (nothing unusual in it).
@@ -107,17 +112,35 @@ fn values_field() -> impl Strategy<Value = Part> {
     ]
 }
 
-/// One series; `key` is the key label the rule needs, if any.
-fn series(matrix: bool, pod_label: &'static str, key: Option<&'static str>) -> BoxedStrategy<Part> {
+/// Whether a name or value is written without escapes (the compact reader's answers).
+fn plain(raw: &str) -> bool {
+    !raw.contains('\\')
+}
+
+/// One series; `key` is the key label the rule needs, if any; `escapes` allows them.
+fn series(
+    matrix: bool,
+    pod_label: &'static str,
+    key: Option<&'static str>,
+    escapes: bool,
+) -> BoxedStrategy<Part> {
+    let names: Vec<usize> = (0..NAMES.len())
+        .filter(|&i| escapes || plain(NAMES[i].0))
+        .collect();
+    let values: Vec<usize> = (0..VALUES.len())
+        .filter(|&i| escapes || plain(VALUES[i]))
+        .collect();
+    let name = prop::sample::select(names);
+    let value = prop::sample::select(values);
     let data = if matrix {
         values_field().boxed()
     } else {
         value_field().boxed()
     };
     (
-        prop::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..4),
-        prop::option::weighted(0.99, 0..VALUES.len()),
-        prop::option::weighted(0.99, 0..VALUES.len()),
+        prop::collection::vec((name, value.clone()), 0..4),
+        prop::option::weighted(0.99, value.clone()),
+        prop::option::weighted(0.99, value),
         data,
         any::<bool>(),
         prop_oneof![
@@ -167,12 +190,16 @@ fn answer(
 ) -> impl Strategy<Value = (u16, String, bool)> {
     let result_type = if matrix { "matrix" } else { "vector" };
     let other_type = if matrix { "vector" } else { "matrix" };
-    let result = prop::collection::vec(series(matrix, pod_label, key), 0..12).prop_map(|all| {
-        let ok = all.iter().all(|(_, ok)| *ok);
-        let text: Vec<String> = all.into_iter().map(|(s, _)| s).collect();
-        (format!("[{}]", text.join(",")), ok)
-    });
-    let body = (result, 0..21u8).prop_map(move |((result, ok), shape)| match shape {
+    let result = any::<bool>()
+        .prop_flat_map(move |escapes| {
+            prop::collection::vec(series(matrix, pod_label, key, escapes), 0..12)
+        })
+        .prop_map(|all| {
+            let ok = all.iter().all(|(_, ok)| *ok);
+            let text: Vec<String> = all.into_iter().map(|(s, _)| s).collect();
+            (format!("[{}]", text.join(",")), ok)
+        });
+    let body = (result, 0..22u8).prop_map(move |((result, ok), shape)| match shape {
         0..=11 => (
             format!(r#"{{"status":"success","data":{{"resultType":"{result_type}","result":{result}}}}}"#),
             ok,
@@ -187,6 +214,11 @@ fn answer(
         ),
         16 => (
             format!(r#"{{"status":"success","data":{{"resultType":"{other_type}","result":{result}}}}}"#),
+            false,
+        ),
+        // A field given twice.
+        19 => (
+            format!(r#"{{"status":"success","data":{{"resultType":"{result_type}","result":{result}}},"status":"success"}}"#),
             false,
         ),
         // The type after a result of the other shape.
