@@ -425,14 +425,14 @@ impl<'r, 'a> Tallies<'r, 'a> {
         let last = self.pods.len().wrapping_sub(1);
         let at = match self.pods.get(last) {
             Some((name, _)) if *name == pod => last,
-            _ => match self.index.get(&pod) {
-                Some(&at) => at,
-                None => {
-                    self.index.insert(pod.clone(), self.pods.len());
+            _ => {
+                let next = self.pods.len();
+                let at = *self.index.entry(pod.clone()).or_insert(next);
+                if at == next {
                     self.pods.push((pod, Tally::default()));
-                    self.pods.len() - 1
                 }
-            },
+                at
+            }
         };
         &mut self.pods[at].1
     }

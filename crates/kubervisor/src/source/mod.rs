@@ -562,8 +562,9 @@ fn prometheus_request(endpoint: &Endpoint, promql: &str) -> Request {
     }
 }
 
-/// A guess of the room per series in an answer, to size the accumulators from the body.
-const BYTES_PER_SERIES: usize = 64;
+/// About the room of a series with a few short labels in an answer, to size the
+/// accumulators from the body (`{"metric":{"code":"200","pod":"web-…"},"value":[…,"1"]}`).
+const BYTES_PER_SERIES: usize = 80;
 
 /// One evaluation's findings from a source's answer: read in one pass for the rule, or,
 /// when that reader gives up, by the full parser, whose errors show the whole series.
