@@ -4,11 +4,14 @@
 //! the rule has one, and the value (instant vector) or values (range matrix). Label values
 //! are borrowed from the body, and nothing of a series outlives the call that hands it on.
 //!
-//! The reader vouches only for answers it understands completely. On anything else (an
+//! Two readers, tried in turn: a byte scanner for the plain form in which Prometheus writes
+//! instant vectors (`compact`), then a serde visitor for any other spelling of the same
+//! JSON. Each vouches only for answers it understands completely. On anything else (an
 //! error answer, a missing label, a value that is not a number, a shape Prometheus does
-//! not write) it gives up, and the caller reads the body again with the full parser of
-//! `prometheus.rs`, whose errors show the whole series. The two agree on every answer the
-//! reader accepts (a property test holds them to it), so findings and errors are the same.
+//! not write) both give up, and the caller reads the body again with the full parser of
+//! `prometheus.rs`, whose errors show the whole series. The readers agree with the full
+//! parser on every answer they accept (a property test holds them to it), so findings and
+//! errors are the same.
 
 use std::borrow::Cow;
 use std::fmt;
