@@ -38,6 +38,9 @@ fn decide(c: &mut Criterion) {
     group.bench_function("parse_detect_plan", |b| {
         b.iter(|| decide::parse_and_decide(&fixture.rule, &fixture.body, &fixture.pods))
     });
+    group.bench_function("parse_detect_plan_unordered", |b| {
+        b.iter(|| decide::parse_and_decide(&fixture.rule, &fixture.unordered_body, &fixture.pods))
+    });
     group.bench_function("http_transfer_only", |b| {
         b.iter(|| runtime.block_on(raw.fetch()))
     });

@@ -38,6 +38,9 @@ pub struct Fixture {
     pub pods: Vec<PodView>,
     /// The same samples as a Prometheus `/api/v1/query` answer.
     pub body: Bytes,
+    /// The same answer with its series in a fixed pseudo-random order: Prometheus does not
+    /// sort instant vectors, nor keep a pod's series together.
+    pub unordered_body: Bytes,
 }
 
 impl Fixture {
@@ -73,7 +76,7 @@ impl Fixture {
                 marks: PodMarks::read(Some(&labels), None),
             })
             .collect();
-        let result: Vec<Value> = samples
+        let mut result: Vec<Value> = samples
             .iter()
             .map(|s| {
                 json!({
@@ -82,7 +85,14 @@ impl Fixture {
                 })
             })
             .collect();
-        let body = json!({"status": "success", "data": {"resultType": "vector", "result": result}});
+        let answer = |result: &[Value]| {
+            let body =
+                json!({"status": "success", "data": {"resultType": "vector", "result": result}});
+            Bytes::from(body.to_string())
+        };
+        let body = answer(&result);
+        shuffle(&mut result);
+        let unordered_body = answer(&result);
         Fixture {
             rule: DiscreteRule {
                 prometheus_service: String::new(),
@@ -95,7 +105,8 @@ impl Fixture {
             },
             samples,
             pods: views,
-            body: Bytes::from(body.to_string()),
+            body,
+            unordered_body,
         }
     }
 
@@ -109,6 +120,18 @@ impl Fixture {
             prometheus_service: format!("http://{addr}"),
             ..self.rule.clone()
         }
+    }
+}
+
+/// A Fisher-Yates shuffle with a fixed linear congruential generator: the same order on
+/// every run.
+fn shuffle<T>(items: &mut [T]) {
+    let mut state: u64 = 42;
+    for i in (1..items.len()).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        items.swap(i, (state >> 33) as usize % (i + 1));
     }
 }
 
@@ -286,6 +309,10 @@ pub async fn run(pods: usize, iterations: usize) -> anyhow::Result<Value> {
         parse_and_decide(&fixture.rule, &fixture.body, &fixture.pods)
     })
     .await;
+    let parse_decide_unordered = time(warmup, iterations, || async {
+        parse_and_decide(&fixture.rule, &fixture.unordered_body, &fixture.pods)
+    })
+    .await;
     let transfer = time(warmup, iterations, || raw.fetch()).await;
     let fetch_parse = time(warmup, iterations, || fetch_samples(&sources, &rule)).await;
     let end_to_end = time(warmup, iterations, || {
@@ -305,6 +332,7 @@ pub async fn run(pods: usize, iterations: usize) -> anyhow::Result<Value> {
         "engine_parts_ms": {"detect_discrete": detect_only.to_json(), "plan_ejections": plan_only.to_json()},
         "parse_detect_ms": parse_detect.to_json(),
         "parse_detect_plan_ms": parse_decide.to_json(),
+        "parse_detect_plan_unordered_ms": parse_decide_unordered.to_json(),
         "http_transfer_only_ms": transfer.to_json(),
         "fetch_and_parse_ms": fetch_parse.to_json(),
         "parse_estimate_p50_ms": round(parse_estimate),
@@ -340,6 +368,10 @@ pub async fn run(pods: usize, iterations: usize) -> anyhow::Result<Value> {
         ("  plan_ejections", &plan_only),
         ("parse + detect (findings_from_answer)", &parse_detect),
         ("parse + detect + plan (the target)", &parse_decide),
+        (
+            "  the same, series in random order",
+            &parse_decide_unordered,
+        ),
         ("HTTP transfer of the answer only", &transfer),
         ("fetch + full parse (discrete_samples)", &fetch_parse),
         ("fetch + parse + detect + plan (Sources)", &end_to_end),
