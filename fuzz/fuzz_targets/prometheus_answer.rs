@@ -1,7 +1,9 @@
-//! The Prometheus HTTP API answer parser: any body, with a success or an error status.
+//! The Prometheus HTTP API answer parser: any body, with a success or an error status,
+//! read both in full and in one pass for a breaker's rule.
 #![no_main]
 
-use kubervisor::source::{Request, parse_prometheus_answer};
+use kubervisor::source::{Request, findings_from_answer, parse_prometheus_answer};
+use kubervisor_api::{Detection, DiscreteRule, ValueList};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,11 +19,26 @@ fuzz_target!(|data: &[u8]| {
         base: "http://prometheus:9090".into(),
         promql: "up".into(),
     };
-    match parse_prometheus_answer(&request, status, body) {
+    let parsed = parse_prometheus_answer(&request, status, body);
+    match &parsed {
         Ok(result) => {
             let _ = format!("{result:?}");
         }
         // Every error renders to a message naming the request.
+        Err(error) => assert!(error.to_string().contains("prometheus:9090")),
+    }
+    let detection = Detection::Discrete(DiscreteRule {
+        prometheus_service: "prometheus:9090".into(),
+        promql: "up".into(),
+        key: "code".into(),
+        pod_name_key: "pod".into(),
+        values: ValueList::Good(["200".to_string()].into()),
+        tolerance_percent: 50,
+        min_activity: 1,
+    });
+    match findings_from_answer(&request, status, body, &detection) {
+        // The one-pass reader never accepts what the full parser refuses.
+        Ok(_) => assert!(parsed.is_ok(), "judged an answer the full parser refuses"),
         Err(error) => assert!(error.to_string().contains("prometheus:9090")),
     }
 });

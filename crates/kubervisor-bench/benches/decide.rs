@@ -1,5 +1,5 @@
-//! The decision engine on 100 000 series (50 000 pods × 2 codes), and the same result
-//! fetched and parsed from a Prometheus-shaped answer on loopback.
+//! The decision engine on 100 000 series (50 000 pods × 2 codes), the same result read
+//! from the bytes of a Prometheus answer, and fetched and parsed from it on loopback.
 //!
 //! `cargo bench -p kubervisor-bench --bench decide`
 
@@ -31,6 +31,15 @@ fn decide(c: &mut Criterion) {
     });
     group.bench_function("plan_ejections", |b| {
         b.iter(|| plan_ejections(decide::BREAKER, decide::limits(), &fixture.pods, &findings))
+    });
+    group.bench_function("parse_and_detect", |b| {
+        b.iter(|| decide::parse_and_detect(&fixture.rule, &fixture.body))
+    });
+    group.bench_function("parse_detect_plan", |b| {
+        b.iter(|| decide::parse_and_decide(&fixture.rule, &fixture.body, &fixture.pods))
+    });
+    group.bench_function("parse_detect_plan_unordered", |b| {
+        b.iter(|| decide::parse_and_decide(&fixture.rule, &fixture.unordered_body, &fixture.pods))
     });
     group.bench_function("http_transfer_only", |b| {
         b.iter(|| runtime.block_on(raw.fetch()))

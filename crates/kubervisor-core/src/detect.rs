@@ -1,6 +1,7 @@
 //! Detectors: from the samples of one evaluation to findings per pod.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use kubervisor_api::{
@@ -311,14 +312,26 @@ impl Findings {
 /// `min_activity` observations is not judged; a pod is anomalous when
 /// bad / total > tolerance / 100, compared without any rounding.
 pub fn discrete(rule: &DiscreteRule, samples: &[DiscreteSample]) -> Findings {
-    let mut findings = Findings::default();
-    for (pod, tally) in tally(&rule.key, &rule.values, samples) {
+    let mut tallies = Tallies::for_discrete(rule, samples.len());
+    for sample in samples {
+        tallies.add(Cow::Borrowed(&sample.pod), &sample.key, sample.value);
+    }
+    discrete_tallied(rule, tallies)
+}
+
+/// [`discrete`] on tallies already summed, for instance while an answer was read.
+pub fn discrete_tallied(rule: &DiscreteRule, tallies: Tallies<'_, '_>) -> Findings {
+    let mut findings = Findings {
+        healthy: Vec::with_capacity(tallies.pods.len()),
+        ..Findings::default()
+    };
+    for (pod, tally) in tallies.pods {
         let total = tally.good + tally.bad;
         if let Some(why) = tally.invalid {
-            findings.not_judged.push((pod.to_string(), why));
+            findings.not_judged.push((pod.into_owned(), why));
         } else if total < f64::from(rule.min_activity) {
             findings.not_judged.push((
-                pod.to_string(),
+                pod.into_owned(),
                 format!(
                     "{} observations, fewer than minActivity {}",
                     fmt_count(total),
@@ -328,7 +341,7 @@ pub fn discrete(rule: &DiscreteRule, samples: &[DiscreteSample]) -> Findings {
         } else if tally.bad * 100.0 > f64::from(rule.tolerance_percent) * total {
             let ratio = tally.bad / total;
             findings.anomalies.push(Anomaly {
-                pod: pod.to_string(),
+                pod: pod.into_owned(),
                 score: ratio,
                 evidence: Evidence::BadRatio {
                     key: rule.key.clone(),
@@ -338,7 +351,7 @@ pub fn discrete(rule: &DiscreteRule, samples: &[DiscreteSample]) -> Findings {
                 },
             });
         } else {
-            findings.healthy.push(pod.to_string());
+            findings.healthy.push(pod.into_owned());
         }
     }
     findings.finish()
@@ -352,30 +365,84 @@ struct Tally {
     invalid: Option<String>,
 }
 
-/// Sums each pod's samples into good and bad; a non-finite or negative count marks the
-/// pod invalid.
-fn tally<'a>(
-    key: &str,
-    values: &ValueList,
-    samples: &'a [DiscreteSample],
-) -> BTreeMap<&'a str, Tally> {
-    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
-    for sample in samples {
-        let tally = tallies.entry(sample.pod.as_str()).or_default();
-        if !sample.value.is_finite() || sample.value < 0.0 {
-            tally.invalid.get_or_insert_with(|| {
-                format!(
-                    "sample {key}={:?} has value {}, not a finite count",
-                    sample.key, sample.value
-                )
-            });
-        } else if values.is_good(&sample.key) {
-            tally.good += sample.value;
-        } else {
-            tally.bad += sample.value;
+/// Per-pod good and bad counts of a keyed query (`discreteValueOutOfList`,
+/// `successRateOutlier`), summed sample by sample: the detector's accumulators, which a
+/// reader can fill while it reads an answer. Pods keep the order they first appear in;
+/// their names are borrowed (`'a`) where the caller can lend them.
+pub struct Tallies<'r, 'a> {
+    key: &'r str,
+    values: &'r ValueList,
+    /// Position of each pod in `pods`.
+    index: HashMap<Cow<'a, str>, usize>,
+    pods: Vec<(Cow<'a, str>, Tally)>,
+}
+
+impl<'r, 'a> Tallies<'r, 'a> {
+    /// Room for about `pods` pods up front: no growth while an answer is read.
+    fn new(key: &'r str, values: &'r ValueList, pods: usize) -> Self {
+        Tallies {
+            key,
+            values,
+            index: HashMap::with_capacity(pods),
+            pods: Vec::with_capacity(pods),
         }
     }
-    tallies
+
+    /// Tallies for a `discreteValueOutOfList` rule, with room for about `pods` pods.
+    pub fn for_discrete(rule: &'r DiscreteRule, pods: usize) -> Self {
+        Tallies::new(&rule.key, &rule.values, pods)
+    }
+
+    /// Tallies for a `successRateOutlier` rule, with room for about `pods` pods.
+    pub fn for_success_rate(rule: &'r SuccessRateRule, pods: usize) -> Self {
+        Tallies::new(&rule.key, &rule.values, pods)
+    }
+
+    /// Counts one sample: `key` is the value of the rule's key label. A non-finite or
+    /// negative count marks the pod invalid.
+    pub fn add(&mut self, pod: Cow<'a, str>, key: &str, value: f64) {
+        let (label, values) = (self.key, self.values);
+        let tally = self.tally_of(pod);
+        if !value.is_finite() || value < 0.0 {
+            tally.invalid.get_or_insert_with(|| {
+                format!("sample {label}={key:?} has value {value}, not a finite count")
+            });
+        } else if values.is_good(key) {
+            tally.good += value;
+        } else {
+            tally.bad += value;
+        }
+    }
+
+    /// Forgets every sample, keeping the room: for a reader that starts an answer over.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.pods.clear();
+    }
+
+    fn tally_of(&mut self, pod: Cow<'a, str>) -> &mut Tally {
+        // Answers usually list a pod's series together: the last pod is checked first.
+        let last = self.pods.len().wrapping_sub(1);
+        let at = match self.pods.get(last) {
+            Some((name, _)) if *name == pod => last,
+            _ => {
+                let next = self.pods.len();
+                let at = *self.index.entry(pod.clone()).or_insert(next);
+                if at == next {
+                    self.pods.push((pod, Tally::default()));
+                }
+                at
+            }
+        };
+        &mut self.pods[at].1
+    }
+
+    /// The pods in name order, as the fleet statistics are summed.
+    fn sorted(self) -> Vec<(Cow<'a, str>, Tally)> {
+        let mut pods = self.pods;
+        pods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        pods
+    }
 }
 
 /// One value per pod: a pod with a non-finite value or several series is not judged.
@@ -516,10 +583,19 @@ pub fn trend(rule: &TrendRule, series: &[TrendSeries]) -> Findings {
 /// observations are not judged; with fewer than `minimumHosts` pods left nobody is; a pod
 /// is anomalous when its success rate is < mean − stdevFactor × stdev (population stdev).
 pub fn success_rate_outlier(rule: &SuccessRateRule, samples: &[DiscreteSample]) -> Findings {
+    let mut tallies = Tallies::for_success_rate(rule, samples.len());
+    for sample in samples {
+        tallies.add(Cow::Borrowed(&sample.pod), &sample.key, sample.value);
+    }
+    success_rate_outlier_tallied(rule, tallies)
+}
+
+/// [`success_rate_outlier`] on tallies already summed, for instance while an answer was read.
+pub fn success_rate_outlier_tallied(rule: &SuccessRateRule, tallies: Tallies<'_, '_>) -> Findings {
     let mut findings = Findings::default();
     let mut rates: Vec<(String, f64)> = Vec::new();
     let mut volumes: BTreeMap<String, f64> = BTreeMap::new();
-    for (pod, tally) in tally(&rule.key, &rule.values, samples) {
+    for (pod, tally) in tallies.sorted() {
         let total = tally.good + tally.bad;
         if let Some(why) = tally.invalid {
             findings.not_judged.push((pod.to_string(), why));

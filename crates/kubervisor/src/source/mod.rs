@@ -4,10 +4,12 @@
 //! same time (same endpoint, same PromQL) share one HTTP exchange. Every failure is an error
 //! value, never an empty or a full set of anomalies: the caller ejects nothing because of it.
 
+mod answer;
 mod custom;
 mod prometheus;
 mod transport;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,15 +20,18 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use http::{HeaderValue, Method, StatusCode, header};
 use kubervisor_api::{ContinuousRule, CustomRule, Detection, DiscreteRule, TrendRule};
-use kubervisor_core::detect::{self, ContinuousSample, DiscreteSample, Findings, TrendSeries};
+use kubervisor_core::detect::{
+    self, ContinuousSample, DiscreteSample, Findings, Tallies, TrendSeries,
+};
 
 use kubervisor_api::address::AddressError;
 pub use kubervisor_api::address::Endpoint;
 pub use prometheus::{Labels, QueryResult, Sample, Series};
 
+use answer::Wanted;
 use prometheus::DisplayLabels;
 pub(crate) use transport::HttpClient;
-use transport::{Roots, TransportError};
+use transport::{Answer, Roots, TransportError};
 
 /// Largest answer read from a source by default (`--source-max-body-mib`): a runaway
 /// query, a flood of series or a hostile detector cannot exhaust the operator's memory.
@@ -68,6 +73,20 @@ pub fn parse_prometheus_answer(
 ) -> Result<QueryResult, SourceError> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     prometheus::parse_answer(request, status, body)
+}
+
+/// Judges a source's answer for one breaker's detection as the operator does, without the
+/// transfer: the answer to the detection's query (`/api/v1/query`, or `query_range` for a
+/// `valueTrend`) or a custom detector's `PodList`. For benchmarks and fuzzing; `request`
+/// names it in errors.
+pub fn findings_from_answer(
+    request: &Request,
+    status: u16,
+    body: &[u8],
+    detection: &Detection,
+) -> Result<Findings, SourceError> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    judge_answer(request, status, body, detection)
 }
 
 /// Reads a custom detector's `PodList` answer as the operator does: the anomalous pods.
@@ -172,7 +191,7 @@ impl SourceError {
     }
 }
 
-type Flight = Shared<BoxFuture<'static, Result<QueryResult, SourceError>>>;
+type Flight = Shared<BoxFuture<'static, Result<Answer, SourceError>>>;
 
 /// The metric sources of the controller: cheap to clone, shared by every breaker.
 #[derive(Clone)]
@@ -249,51 +268,30 @@ impl Sources {
         evaluation_period: Duration,
     ) -> Result<Findings, SourceError> {
         let timeout = self.query_timeout(evaluation_period);
-        match detection {
-            Detection::Discrete(rule) => {
-                let samples = self.discrete_samples(rule, timeout).await?;
-                Ok(detect::discrete(rule, &samples))
-            }
-            Detection::Continuous(rule) => {
-                let samples = self.continuous_samples(rule, timeout).await?;
-                Ok(detect::continuous(rule, &samples))
-            }
-            Detection::Custom(rule) => Ok(detect::custom(&self.custom_pods(rule).await?)),
-            Detection::Threshold(rule) => {
-                let query = (
-                    rule.prometheus_service.as_str(),
-                    rule.promql.as_str(),
-                    rule.pod_name_key.as_str(),
-                );
-                let samples = self.values(query, timeout).await?;
-                Ok(detect::threshold(rule, &samples))
-            }
-            Detection::Outlier(rule) => {
-                let query = (
-                    rule.prometheus_service.as_str(),
-                    rule.promql.as_str(),
-                    rule.pod_name_key.as_str(),
-                );
-                let samples = self.values(query, timeout).await?;
-                Ok(detect::continuous_outlier(rule, &samples))
-            }
-            Detection::SuccessRate(rule) => {
-                let query = (
-                    rule.prometheus_service.as_str(),
-                    rule.promql.as_str(),
-                    rule.pod_name_key.as_str(),
-                );
-                let samples = self.keyed(query, &rule.key, timeout).await?;
-                Ok(detect::success_rate_outlier(rule, &samples))
-            }
+        let (base, promql) = match detection {
+            Detection::Custom(rule) => return Ok(detect::custom(&self.custom_pods(rule).await?)),
+            Detection::Discrete(r) => (&r.prometheus_service, &r.promql),
+            Detection::Continuous(r) => (&r.prometheus_service, &r.promql),
+            Detection::Threshold(r) => (&r.prometheus_service, &r.promql),
+            Detection::Outlier(r) => (&r.prometheus_service, &r.promql),
+            Detection::SuccessRate(r) => (&r.prometheus_service, &r.promql),
+            Detection::Trend(r) => (&r.prometheus_service, &r.promql),
+        };
+        let endpoint = Endpoint::prometheus(base)?;
+        let request = prometheus_request(&endpoint, promql);
+        let answer = match detection {
             Detection::Trend(rule) => {
                 let step = trend_step(rule.window, evaluation_period);
-                let series = self
-                    .trend_series(rule, jiff::Timestamp::now(), step, timeout)
-                    .await?;
-                Ok(detect::trend(rule, &series))
+                let (start, end) = trend_range(rule, jiff::Timestamp::now());
+                self.range_answer(&endpoint, promql, (start, end, step), timeout)
+                    .await?
             }
-        }
+            _ => {
+                self.prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
+                    .await?
+            }
+        };
+        judge_answer(&request, answer.status, &answer.body, detection)
     }
 
     /// The series of a `valueTrend` query over the window ending at `end`, one per pod.
@@ -305,39 +303,13 @@ impl Sources {
         timeout: Duration,
     ) -> Result<Vec<TrendSeries>, SourceError> {
         let endpoint = Endpoint::prometheus(&rule.prometheus_service)?;
-        let request = Request::Prometheus {
-            base: endpoint.to_string(),
-            promql: rule.promql.clone(),
-        };
-        let window =
-            jiff::SignedDuration::try_from(rule.window).unwrap_or(jiff::SignedDuration::MAX);
-        let start = end.checked_sub(window).unwrap_or(jiff::Timestamp::MIN);
-        let result = self
-            .query_range(
-                &rule.prometheus_service,
-                &rule.promql,
-                start,
-                end,
-                step,
-                timeout,
-            )
+        let request = prometheus_request(&endpoint, &rule.promql);
+        let (start, end) = trend_range(rule, end);
+        let answer = self
+            .range_answer(&endpoint, &rule.promql, (start, end, step), timeout)
             .await?;
-        let QueryResult::Matrix(series) = result else {
-            return Err(request.decode(format!(
-                "the range query returned a {}, expected a matrix with one series per pod (label `{}`)",
-                result.type_name(),
-                rule.pod_name_key
-            )));
-        };
-        series
-            .into_iter()
-            .map(|s| {
-                Ok(TrendSeries {
-                    pod: required_label(&request, &s.labels, &rule.pod_name_key, "podNamekey")?,
-                    points: s.values,
-                })
-            })
-            .collect()
+        let result = prometheus::parse_answer(&request, answer.status, &answer.body)?;
+        trend_of(&request, result, &rule.pod_name_key)
     }
 
     /// The samples of a `discreteValueOutOfList` query: one per series, with pod and key labels.
@@ -357,33 +329,12 @@ impl Sources {
     /// One sample per series of an instant query, with its pod and key labels.
     async fn keyed(
         &self,
-        query: (&str, &str, &str),
+        (base, promql, pod_key): (&str, &str, &str),
         key: &str,
         timeout: Duration,
     ) -> Result<Vec<DiscreteSample>, SourceError> {
-        self.per_pod(query, timeout, |request, pod, sample| {
-            Ok(DiscreteSample {
-                pod,
-                key: required_label(request, &sample.labels, key, "key")?,
-                value: sample.value,
-            })
-        })
-        .await
-    }
-
-    /// One value per series of an instant query, with its pod label.
-    async fn values(
-        &self,
-        query: (&str, &str, &str),
-        timeout: Duration,
-    ) -> Result<Vec<ContinuousSample>, SourceError> {
-        self.per_pod(query, timeout, |_, pod, sample| {
-            Ok(ContinuousSample {
-                pod,
-                value: sample.value,
-            })
-        })
-        .await
+        let (request, samples) = self.instant_vector(base, promql, timeout, pod_key).await?;
+        keyed_samples(&request, &samples, pod_key, key)
     }
 
     /// The samples of a `continuousValueDeviation` query: one per series, with the pod label.
@@ -392,30 +343,15 @@ impl Sources {
         rule: &ContinuousRule,
         timeout: Duration,
     ) -> Result<Vec<ContinuousSample>, SourceError> {
-        let query = (
-            rule.prometheus_service.as_str(),
-            rule.promql.as_str(),
-            rule.pod_name_key.as_str(),
-        );
-        self.values(query, timeout).await
-    }
-
-    /// Runs an instant query `(prometheusService, promQL, podNamekey)` and builds one
-    /// sample per series from its pod label and the series.
-    async fn per_pod<T>(
-        &self,
-        (base, promql, pod_key): (&str, &str, &str),
-        timeout: Duration,
-        build: impl Fn(&Request, String, &Sample) -> Result<T, SourceError>,
-    ) -> Result<Vec<T>, SourceError> {
-        let (request, samples) = self.instant_vector(base, promql, timeout, pod_key).await?;
-        samples
-            .iter()
-            .map(|sample| {
-                let pod = required_label(&request, &sample.labels, pod_key, "podNamekey")?;
-                build(&request, pod, sample)
-            })
-            .collect()
+        let (request, samples) = self
+            .instant_vector(
+                &rule.prometheus_service,
+                &rule.promql,
+                timeout,
+                &rule.pod_name_key,
+            )
+            .await?;
+        value_samples(&request, &samples, &rule.pod_name_key)
     }
 
     /// The pods a custom detector reports anomalous: GET, 200 and a `PodList`, or an error.
@@ -438,14 +374,7 @@ impl Sources {
             )
             .await
             .map_err(|e| transport_error(&request, e, timeout))?;
-        if answer.status != StatusCode::OK {
-            return Err(SourceError::Http {
-                request,
-                status: answer.status.as_u16(),
-                body: prometheus::excerpt(&answer.body),
-            });
-        }
-        custom::parse_pod_list(&request, &answer.body)
+        custom_answer(&request, answer.status, &answer.body)
     }
 
     /// An instant query (`/api/v1/query`) at the current time.
@@ -456,8 +385,11 @@ impl Sources {
         timeout: Duration,
     ) -> Result<QueryResult, SourceError> {
         let endpoint = Endpoint::prometheus(base)?;
-        self.prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
-            .await
+        let answer = self
+            .prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
+            .await?;
+        let request = prometheus_request(&endpoint, promql);
+        prometheus::parse_answer(&request, answer.status, &answer.body)
     }
 
     /// A range query (`/api/v1/query_range`) from `start` to `end` every `step`.
@@ -471,13 +403,28 @@ impl Sources {
         timeout: Duration,
     ) -> Result<QueryResult, SourceError> {
         let endpoint = Endpoint::prometheus(base)?;
+        let answer = self
+            .range_answer(&endpoint, promql, (start, end, step), timeout)
+            .await?;
+        let request = prometheus_request(&endpoint, promql);
+        prometheus::parse_answer(&request, answer.status, &answer.body)
+    }
+
+    /// The answer to a range query from `start` to `end` every `step`, not yet read.
+    async fn range_answer(
+        &self,
+        endpoint: &Endpoint,
+        promql: &str,
+        (start, end, step): (jiff::Timestamp, jiff::Timestamp, Duration),
+        timeout: Duration,
+    ) -> Result<Answer, SourceError> {
         let seconds = |t: jiff::Timestamp| format!("{}", t.as_millisecond() as f64 / 1000.0);
         let params = [
             ("start", seconds(start)),
             ("end", seconds(end)),
             ("step", format!("{}", step.as_secs_f64())),
         ];
-        self.prometheus(&endpoint, "/api/v1/query_range", promql, &params, timeout)
+        self.prometheus(endpoint, "/api/v1/query_range", promql, &params, timeout)
             .await
     }
 
@@ -489,30 +436,16 @@ impl Sources {
         pod_label: &str,
     ) -> Result<(Request, Vec<Sample>), SourceError> {
         let endpoint = Endpoint::prometheus(base)?;
-        let request = Request::Prometheus {
-            base: endpoint.to_string(),
-            promql: promql.to_string(),
-        };
-        let result = self
+        let request = prometheus_request(&endpoint, promql);
+        let answer = self
             .prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
             .await?;
-        match result {
-            // No series is "no data": nothing is judged, so nothing is ejected.
-            QueryResult::Vector(samples) => Ok((request, samples)),
-            QueryResult::Matrix(_) => Err(request.decode(
-                "the query returned a matrix, expected a vector: drop the range selector `[…]` at its end or wrap it in a function such as increase() or rate()".into(),
-            )),
-            other => {
-                let reason = format!(
-                    "the query returned a {}, expected a vector with one series per pod (label `{pod_label}`)",
-                    other.type_name()
-                );
-                Err(request.decode(reason))
-            }
-        }
+        let result = prometheus::parse_answer(&request, answer.status, &answer.body)?;
+        Ok((request.clone(), vector_of(&request, result, pod_label)?))
     }
 
     /// Sends a Prometheus API request, sharing it with identical requests already under way.
+    /// The answer is not read here: each breaker reads what its rule needs.
     async fn prometheus(
         &self,
         endpoint: &Endpoint,
@@ -520,12 +453,9 @@ impl Sources {
         promql: &str,
         params: &[(&str, String)],
         timeout: Duration,
-    ) -> Result<QueryResult, SourceError> {
+    ) -> Result<Answer, SourceError> {
         let url = endpoint.join(api_path);
-        let request = Request::Prometheus {
-            base: endpoint.to_string(),
-            promql: promql.to_string(),
-        };
+        let request = prometheus_request(endpoint, promql);
         let mut pairs: Vec<(&str, &str)> = vec![("query", promql)];
         pairs.extend(params.iter().map(|(name, value)| (*name, value.as_str())));
         let form = prometheus::form_encode(&pairs);
@@ -590,14 +520,13 @@ impl Inner {
         body: String,
         request: &Request,
         timeout: Duration,
-    ) -> Result<QueryResult, SourceError> {
+    ) -> Result<Answer, SourceError> {
         let mut headers = vec![(header::ACCEPT, HeaderValue::from_static("application/json"))];
         if let Some(authorization) = &self.authorization {
             headers.push((header::AUTHORIZATION, authorization.clone()));
         }
         let form = Some(("application/x-www-form-urlencoded", body));
-        let answer = self
-            .http
+        self.http
             .send(
                 Method::POST,
                 url,
@@ -607,8 +536,7 @@ impl Inner {
                 self.settings.max_body,
             )
             .await
-            .map_err(|e| transport_error(request, e, timeout))?;
-        prometheus::parse_answer(request, answer.status, &answer.body)
+            .map_err(|e| transport_error(request, e, timeout))
     }
 }
 
@@ -618,6 +546,257 @@ pub fn trend_step(window: Duration, evaluation_period: Duration) -> Duration {
     (window / 20)
         .max(evaluation_period)
         .max(Duration::from_secs(1))
+}
+
+/// The window of a `valueTrend` range query ending at `end`.
+fn trend_range(rule: &TrendRule, end: jiff::Timestamp) -> (jiff::Timestamp, jiff::Timestamp) {
+    let window = jiff::SignedDuration::try_from(rule.window).unwrap_or(jiff::SignedDuration::MAX);
+    let start = end.checked_sub(window).unwrap_or(jiff::Timestamp::MIN);
+    (start, end)
+}
+
+fn prometheus_request(endpoint: &Endpoint, promql: &str) -> Request {
+    Request::Prometheus {
+        base: endpoint.to_string(),
+        promql: promql.to_string(),
+    }
+}
+
+/// About the room of a series with a few short labels in an answer, to size the
+/// accumulators from the body (`{"metric":{"code":"200","pod":"web-…"},"value":[…,"1"]}`).
+const BYTES_PER_SERIES: usize = 80;
+
+/// One evaluation's findings from a source's answer: read in one pass for the rule, or,
+/// when that reader gives up, by the full parser, whose errors show the whole series.
+fn judge_answer(
+    request: &Request,
+    status: StatusCode,
+    body: &[u8],
+    detection: &Detection,
+) -> Result<Findings, SourceError> {
+    match judge_in_one_pass(status, body, detection) {
+        Some(findings) => Ok(findings),
+        None => judge_parsed(request, status, body, detection),
+    }
+}
+
+/// The findings of an answer the one-pass reader vouches for; None otherwise.
+fn judge_in_one_pass(status: StatusCode, body: &[u8], detection: &Detection) -> Option<Findings> {
+    let series = body.len() / BYTES_PER_SERIES;
+    let pod = |pod_name_key| Wanted {
+        pod: pod_name_key,
+        key: None,
+    };
+    let values = |pod_name_key| {
+        let mut samples = Vec::with_capacity(series);
+        answer::read_vector(status, body, pod(pod_name_key), &mut samples).then_some(samples)
+    };
+    match detection {
+        Detection::Discrete(rule) => {
+            let mut tallies = Tallies::for_discrete(rule, series / 2);
+            let wanted = Wanted {
+                pod: &rule.pod_name_key,
+                key: Some(&rule.key),
+            };
+            answer::read_vector(status, body, wanted, &mut tallies)
+                .then(|| detect::discrete_tallied(rule, tallies))
+        }
+        Detection::SuccessRate(rule) => {
+            let mut tallies = Tallies::for_success_rate(rule, series / 2);
+            let wanted = Wanted {
+                pod: &rule.pod_name_key,
+                key: Some(&rule.key),
+            };
+            answer::read_vector(status, body, wanted, &mut tallies)
+                .then(|| detect::success_rate_outlier_tallied(rule, tallies))
+        }
+        Detection::Continuous(rule) => {
+            values(&rule.pod_name_key).map(|samples| detect::continuous(rule, &samples))
+        }
+        Detection::Threshold(rule) => {
+            values(&rule.pod_name_key).map(|samples| detect::threshold(rule, &samples))
+        }
+        Detection::Outlier(rule) => {
+            values(&rule.pod_name_key).map(|samples| detect::continuous_outlier(rule, &samples))
+        }
+        Detection::Trend(rule) => {
+            let mut all = Vec::new();
+            answer::read_matrix(status, body, pod(&rule.pod_name_key), |pod, _, points| {
+                all.push(TrendSeries {
+                    pod: pod.into_owned(),
+                    points,
+                })
+            })
+            .then(|| detect::trend(rule, &all))
+        }
+        Detection::Custom(_) => None,
+    }
+}
+
+impl<'a> answer::VectorSink<'a> for Tallies<'_, 'a> {
+    fn sample(&mut self, pod: Cow<'a, str>, key: Option<Cow<'a, str>>, value: f64) {
+        self.add(pod, key.as_deref().unwrap_or_default(), value)
+    }
+
+    fn restart(&mut self) {
+        self.clear()
+    }
+}
+
+impl<'a> answer::VectorSink<'a> for Vec<ContinuousSample> {
+    fn sample(&mut self, pod: Cow<'a, str>, _: Option<Cow<'a, str>>, value: f64) {
+        self.push(ContinuousSample {
+            pod: pod.into_owned(),
+            value,
+        })
+    }
+
+    fn restart(&mut self) {
+        self.clear()
+    }
+}
+
+/// The findings of an answer read by the full parser: the reference the one-pass reader
+/// agrees with, and the source of every error message.
+fn judge_parsed(
+    request: &Request,
+    status: StatusCode,
+    body: &[u8],
+    detection: &Detection,
+) -> Result<Findings, SourceError> {
+    if let Detection::Custom(_) = detection {
+        return Ok(detect::custom(&custom_answer(request, status, body)?));
+    }
+    let result = prometheus::parse_answer(request, status, body)?;
+    match detection {
+        Detection::Discrete(rule) => {
+            let samples = vector_of(request, result, &rule.pod_name_key)?;
+            let samples = keyed_samples(request, &samples, &rule.pod_name_key, &rule.key)?;
+            Ok(detect::discrete(rule, &samples))
+        }
+        Detection::SuccessRate(rule) => {
+            let samples = vector_of(request, result, &rule.pod_name_key)?;
+            let samples = keyed_samples(request, &samples, &rule.pod_name_key, &rule.key)?;
+            Ok(detect::success_rate_outlier(rule, &samples))
+        }
+        Detection::Continuous(rule) => {
+            let samples = vector_of(request, result, &rule.pod_name_key)?;
+            let samples = value_samples(request, &samples, &rule.pod_name_key)?;
+            Ok(detect::continuous(rule, &samples))
+        }
+        Detection::Threshold(rule) => {
+            let samples = vector_of(request, result, &rule.pod_name_key)?;
+            let samples = value_samples(request, &samples, &rule.pod_name_key)?;
+            Ok(detect::threshold(rule, &samples))
+        }
+        Detection::Outlier(rule) => {
+            let samples = vector_of(request, result, &rule.pod_name_key)?;
+            let samples = value_samples(request, &samples, &rule.pod_name_key)?;
+            Ok(detect::continuous_outlier(rule, &samples))
+        }
+        Detection::Trend(rule) => {
+            let series = trend_of(request, result, &rule.pod_name_key)?;
+            Ok(detect::trend(rule, &series))
+        }
+        Detection::Custom(_) => unreachable!("answered above"),
+    }
+}
+
+/// A custom detector's answer: 200 and a `PodList`, or an error.
+fn custom_answer(
+    request: &Request,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<Vec<String>, SourceError> {
+    if status != StatusCode::OK {
+        return Err(SourceError::Http {
+            request: request.clone(),
+            status: status.as_u16(),
+            body: prometheus::excerpt(body),
+        });
+    }
+    custom::parse_pod_list(request, body)
+}
+
+/// The series of an instant query's result, which must be a vector.
+fn vector_of(
+    request: &Request,
+    result: QueryResult,
+    pod_label: &str,
+) -> Result<Vec<Sample>, SourceError> {
+    match result {
+        // No series is "no data": nothing is judged, so nothing is ejected.
+        QueryResult::Vector(samples) => Ok(samples),
+        QueryResult::Matrix(_) => Err(request.decode(
+            "the query returned a matrix, expected a vector: drop the range selector `[…]` at its end or wrap it in a function such as increase() or rate()".into(),
+        )),
+        other => {
+            let reason = format!(
+                "the query returned a {}, expected a vector with one series per pod (label `{pod_label}`)",
+                other.type_name()
+            );
+            Err(request.decode(reason))
+        }
+    }
+}
+
+/// The per-pod series of a range query's result, which must be a matrix.
+fn trend_of(
+    request: &Request,
+    result: QueryResult,
+    pod_label: &str,
+) -> Result<Vec<TrendSeries>, SourceError> {
+    let QueryResult::Matrix(series) = result else {
+        return Err(request.decode(format!(
+            "the range query returned a {}, expected a matrix with one series per pod (label `{pod_label}`)",
+            result.type_name(),
+        )));
+    };
+    series
+        .into_iter()
+        .map(|s| {
+            Ok(TrendSeries {
+                pod: required_label(request, &s.labels, pod_label, "podNamekey")?,
+                points: s.values,
+            })
+        })
+        .collect()
+}
+
+/// One sample per series, with its pod and key labels.
+fn keyed_samples(
+    request: &Request,
+    samples: &[Sample],
+    pod_label: &str,
+    key: &str,
+) -> Result<Vec<DiscreteSample>, SourceError> {
+    samples
+        .iter()
+        .map(|sample| {
+            Ok(DiscreteSample {
+                pod: required_label(request, &sample.labels, pod_label, "podNamekey")?,
+                key: required_label(request, &sample.labels, key, "key")?,
+                value: sample.value,
+            })
+        })
+        .collect()
+}
+
+/// One value per series, with its pod label.
+fn value_samples(
+    request: &Request,
+    samples: &[Sample],
+    pod_label: &str,
+) -> Result<Vec<ContinuousSample>, SourceError> {
+    samples
+        .iter()
+        .map(|sample| {
+            Ok(ContinuousSample {
+                pod: required_label(request, &sample.labels, pod_label, "podNamekey")?,
+                value: sample.value,
+            })
+        })
+        .collect()
 }
 
 fn read_bearer_token(path: &Path) -> Result<HeaderValue, SourceError> {
@@ -676,5 +855,7 @@ fn transport_error(request: &Request, error: TransportError, timeout: Duration) 
     }
 }
 
+#[cfg(test)]
+mod one_pass_tests;
 #[cfg(test)]
 mod tests;

@@ -204,15 +204,18 @@ fn parse_data(request: &Request, data: Data) -> Result<QueryResult, SourceError>
 
 /// Prometheus writes sample values as strings, with `NaN`, `+Inf` and `-Inf` for the non-finite ones.
 pub fn parse_value(request: &Request, text: &str) -> Result<f64, SourceError> {
+    sample_value(text)
+        .ok_or_else(|| request.decode(format!("sample value {text:?} is not a number")))
+}
+
+/// A sample value as Prometheus writes it, or None when it is not a number.
+pub(crate) fn sample_value(text: &str) -> Option<f64> {
     match text {
-        "NaN" => Ok(f64::NAN),
-        "+Inf" | "Inf" => Ok(f64::INFINITY),
-        "-Inf" => Ok(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
         // Rust would also read "inf" or "nan": only Prometheus' own spellings mean non-finite.
-        _ => match text.parse::<f64>() {
-            Ok(value) if value.is_finite() => Ok(value),
-            _ => Err(request.decode(format!("sample value {text:?} is not a number"))),
-        },
+        _ => text.parse::<f64>().ok().filter(|value| value.is_finite()),
     }
 }
 

@@ -29,7 +29,8 @@ pub(crate) enum TransportError {
     TooLarge(usize),
 }
 
-/// A complete HTTP answer.
+/// A complete HTTP answer; cheap to clone, as one may serve several breakers.
+#[derive(Clone, Debug)]
 pub(crate) struct Answer {
     pub status: StatusCode,
     pub body: Bytes,
