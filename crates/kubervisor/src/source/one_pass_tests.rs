@@ -308,17 +308,20 @@ fn detection() -> impl Strategy<Value = Detection> {
                     below,
                 })
             }),
-        (0.5..5.0f64, 1..4u32).prop_map(move |(max_z_score, minimum_hosts)| {
-            let (prometheus_service, promql, pod_name_key) = base();
-            Detection::Outlier(OutlierRule {
-                prometheus_service,
-                promql,
-                pod_name_key,
-                max_z_score,
-                direction: OutlierDirection::Both,
-                minimum_hosts,
-            })
-        }),
+        (0.5..5.0f64, 0.0..20.0f64, 1..4u32).prop_map(
+            move |(max_z_score, min_deviation_percent, minimum_hosts)| {
+                let (prometheus_service, promql, pod_name_key) = base();
+                Detection::Outlier(OutlierRule {
+                    prometheus_service,
+                    promql,
+                    pod_name_key,
+                    max_z_score,
+                    min_deviation_percent,
+                    direction: OutlierDirection::Both,
+                    minimum_hosts,
+                })
+            }
+        ),
         (
             prop::option::of(-1.0..1.0f64),
             prop::option::of(-1.0..1.0f64)
