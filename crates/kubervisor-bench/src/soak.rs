@@ -502,7 +502,6 @@ pub async fn run(env: &Env, config: &SoakConfig) -> anyhow::Result<Value> {
         },
         "operator": {
             "pod_writes_by_verb": metrics.by_label("kubervisor_pod_writes_total", "verb"),
-            "reconcile_errors": metrics.sum("kubervisor_reconcile_errors_total", &[]),
             "rss_mib_samples": rss.iter().map(|(t, m)| json!([round(*t), round(*m)])).collect::<Vec<_>>(),
             "rss_mib_after_warm_up": {
                 "min": stat(f64::min), "max": stat(f64::max),
