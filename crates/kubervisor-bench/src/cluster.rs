@@ -40,6 +40,10 @@ pub struct FleetSpec {
     pub evaluation_period: f64,
     /// Seconds, of the `periodic` default activator.
     pub activator_period: f64,
+    /// Default activators given to the services in turn, instead of the periodic one.
+    pub activators: Vec<Value>,
+    /// `minPodsAvailableCount` of every breaker.
+    pub min_pods_available: u32,
 }
 
 impl FleetSpec {
@@ -79,7 +83,13 @@ pub fn create_fleet(sim: &Sim, detector: &Detector, spec: &FleetSpec) -> anyhow:
     let deployments = resource("apps", "v1", "deployments")?;
     let services = resource("", "v1", "services")?;
     let kvs = resource("kubervisor.k8s.io", "v1alpha1", "kubervisorservices")?;
-    for name in spec.service_names() {
+    let periodic = json!({"mode": "periodic", "period": spec.activator_period});
+    for (i, name) in spec.service_names().into_iter().enumerate() {
+        let activator = if spec.activators.is_empty() {
+            periodic.clone()
+        } else {
+            spec.activators[i % spec.activators.len()].clone()
+        };
         let deployment = json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name},
@@ -104,7 +114,7 @@ pub fn create_fleet(sim: &Sim, detector: &Detector, spec: &FleetSpec) -> anyhow:
                 json!({
                     "name": b,
                     "evaluationPeriod": spec.evaluation_period,
-                    "minPodsAvailableCount": 1,
+                    "minPodsAvailableCount": spec.min_pods_available,
                     "customService": detector.url(NAMESPACE, &name, b),
                 })
             })
@@ -115,7 +125,7 @@ pub fn create_fleet(sim: &Sim, detector: &Detector, spec: &FleetSpec) -> anyhow:
             "spec": {
                 "service": name,
                 "breakers": breakers,
-                "defaultActivator": {"mode": "periodic", "period": spec.activator_period},
+                "defaultActivator": activator,
             },
         });
         for (info, object) in [

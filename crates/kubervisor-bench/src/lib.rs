@@ -1,7 +1,7 @@
 //! Kubervisor's benchmark driver: kubesim with a generated fleet, the operator as a separate
 //! process, and a custom detector served here, so every figure is measured, not guessed.
 //!
-//! Scenarios: [`reaction`], [`scale`], [`decide`], [`backtest`]. Each returns one JSON object.
+//! Scenarios: [`reaction`], [`scale`], [`decide`], [`backtest`], [`soak`]. Each returns one JSON object.
 
 pub mod backtest;
 pub mod cluster;
@@ -10,6 +10,7 @@ pub mod detector;
 pub mod operator;
 pub mod reaction;
 pub mod scale;
+pub mod soak;
 pub mod stats;
 
 use std::path::PathBuf;

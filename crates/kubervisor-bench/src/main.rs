@@ -8,13 +8,14 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kubervisor_bench::reaction::ReactionConfig;
 use kubervisor_bench::scale::ScaleConfig;
-use kubervisor_bench::{Env, decide, machine, operator, reaction, scale};
+use kubervisor_bench::soak::SoakConfig;
+use kubervisor_bench::{Env, decide, machine, operator, reaction, scale, soak};
 use serde_json::Value;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "kubervisor-bench",
-    about = "Kubervisor's figures: reaction time, cost at scale, decision speed"
+    about = "Kubervisor's figures: reaction time, cost at scale, decision speed, soak"
 )]
 struct Cli {
     /// What to measure.
@@ -25,7 +26,7 @@ struct Cli {
     /// reaction: ejections to measure (at least 100 for a meaningful p99).
     #[arg(long, default_value_t = 200)]
     ejections: usize,
-    /// reaction: seed of the moments and pods chosen.
+    /// reaction, soak: seed of the moments, pods and verdicts chosen.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// scale: fleet sizes in pods, run in turn.
@@ -40,6 +41,27 @@ struct Cli {
     /// decide: timed iterations of each measurement.
     #[arg(long, default_value_t = 30)]
     iterations: usize,
+    /// soak: how long the churn runs (`600`, `600s`, `10m`, `1h`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+}
+
+/// Seconds, or a number with `s`, `m` or `h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.trim().char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text.trim()[..i], c),
+        _ => (text.trim(), 's'),
+    };
+    let value: f64 = number.parse().map_err(|_| {
+        format!("{text:?}: a duration is a number, optionally followed by s, m or h")
+    })?;
+    let seconds = match unit {
+        's' => value,
+        'm' => value * 60.0,
+        'h' => value * 3600.0,
+        _ => return Err(format!("{text:?}: the unit is s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -49,6 +71,9 @@ enum Scenario {
     Decide,
     /// The backtest's replay of 24 h at a 5 s period over 100 pods (not part of `all`).
     Backtest,
+    /// 2,000 pods under random verdicts, rollouts and API faults for `--duration`, with the
+    /// invariant monitor judging (not part of `all`); exits non-zero on a violation.
+    Soak,
     /// The three, one after the other.
     All,
 }
@@ -63,7 +88,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -71,9 +97,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the scenarios asked for; `false` when one of them failed its verdict.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
     let wants = |s: Scenario| cli.scenario == s || cli.scenario == Scenario::All;
-    let env = if wants(Scenario::Reaction) || wants(Scenario::Scale) {
+    let env = if wants(Scenario::Reaction) || wants(Scenario::Scale) || wants(Scenario::Soak) {
         Some(Env {
             operator_bin: operator::binary(cli.operator_bin.as_deref())?,
             dir: tempfile::tempdir()?,
@@ -111,7 +138,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if wants(Scenario::Decide) {
         emit(decide::run(cli.decide_pods, cli.iterations).await?);
     }
-    Ok(())
+    if cli.scenario == Scenario::Soak
+        && let Some(env) = &env
+    {
+        let config = SoakConfig {
+            duration: cli.duration,
+            seed: cli.seed,
+            ..SoakConfig::default()
+        };
+        let report = soak::run(env, &config).await?;
+        soak::print_table(&report);
+        let passed = soak::passed(&report);
+        emit(report);
+        return Ok(passed);
+    }
+    Ok(true)
 }
 
 /// One JSON object per line on stdout, with the machine it ran on.

@@ -66,6 +66,8 @@ pub async fn run(env: &Env, config: &ReactionConfig) -> anyhow::Result<Value> {
         breakers: vec!["detector".into()],
         evaluation_period: config.evaluation_period,
         activator_period: config.activator_period,
+        activators: Vec::new(),
+        min_pods_available: 1,
     };
     cluster::create_fleet(&sim, &detector, &spec)?;
     cluster::wait_fleet_ready(&sim, &spec, Duration::from_secs(60)).await?;

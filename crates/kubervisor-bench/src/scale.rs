@@ -82,6 +82,8 @@ async fn run_size(env: &Env, config: &ScaleConfig, pods: usize) -> anyhow::Resul
             .collect(),
         evaluation_period: config.evaluation_period,
         activator_period: 30.0,
+        activators: Vec::new(),
+        min_pods_available: 1,
     };
     eprintln!(
         "scale {pods}: creating {} Deployments, Services and KubervisorServices",
@@ -295,7 +297,7 @@ async fn measure_window(
     }))
 }
 
-fn delta(
+pub(crate) fn delta(
     before: &BTreeMap<(String, String), u64>,
     after: &BTreeMap<(String, String), u64>,
 ) -> BTreeMap<(String, String), u64> {
@@ -306,7 +308,7 @@ fn delta(
         .collect()
 }
 
-fn by_verb(counts: &BTreeMap<(String, String), u64>) -> BTreeMap<String, u64> {
+pub(crate) fn by_verb(counts: &BTreeMap<(String, String), u64>) -> BTreeMap<String, u64> {
     counts
         .iter()
         .map(|((verb, resource), n)| (format!("{verb} {resource}"), *n))

@@ -365,8 +365,10 @@ pub enum Phase {
 /// A write the index has not seen yet: decisions use it until the watch catches up.
 #[derive(Clone, Debug)]
 struct Pending {
-    /// The resourceVersion the pod had before the write.
-    before: String,
+    /// The resourceVersions the index may show while the write is on its way: the one
+    /// before it, and, for writes made on top of writes not shown yet, the one before the
+    /// first of them and those between (a relist may show any of them).
+    before: Vec<String>,
     /// The pod after the write; `None` once deleted.
     after: Option<Arc<SlimPod>>,
 }
@@ -1003,21 +1005,22 @@ impl State {
             Written::Failed(_) => return,
         };
         self.kill_blocked.remove(pod);
-        // A write on top of a write the index has not shown yet: the index still holds the
-        // version from before the first one.
-        let index_version = match self.pending.get(&before.name) {
+        // A write on top of a write the index has not shown yet: the index may still hold
+        // the version from before the first one, or any version between.
+        let mut shown = match self.pending.remove(&before.name) {
             Some(p)
                 if p.after.as_ref().map(|a| &a.resource_version)
                     == Some(&before.resource_version) =>
             {
-                p.before.clone()
+                p.before
             }
-            _ => before.resource_version.clone(),
+            _ => Vec::new(),
         };
+        shown.push(before.resource_version.clone());
         self.pending.insert(
             before.name.clone(),
             Pending {
-                before: index_version,
+                before: shown,
                 after: after.map(Arc::new),
             },
         );
@@ -1117,7 +1120,8 @@ impl State {
     /// A pod as decisions must see it: the index, corrected by a write it has not shown yet.
     fn overlay(&self, pod: &Arc<SlimPod>) -> Arc<SlimPod> {
         match self.pending.get(&pod.name) {
-            Some(pending) if pending.before == pod.resource_version => match &pending.after {
+            Some(pending) if pending.before.contains(&pod.resource_version) => match &pending.after
+            {
                 Some(after) => after.clone(),
                 None => Arc::new(SlimPod {
                     terminating: true,
@@ -1128,7 +1132,8 @@ impl State {
         }
     }
 
-    /// Forgets the writes the index shows now (or whose pod is gone from it).
+    /// Forgets the writes the index shows now (or whose pod is gone from it, or shows a
+    /// version no write of ours made).
     fn forget_shown_writes(&mut self) {
         let observed = &self.observed;
         self.pending.retain(|name, pending| {
@@ -1136,7 +1141,7 @@ impl State {
                 .managed
                 .iter()
                 .chain(&observed.labelled)
-                .any(|p| p.name == *name && p.resource_version == pending.before)
+                .any(|p| p.name == *name && pending.before.contains(&p.resource_version))
         });
         if self.pending.is_empty() {
             self.pending.shrink_to_fit();

@@ -5,8 +5,9 @@
 //! observer (an invariant monitor) sees the cluster as it is while the client under test
 //! lives through the faults.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -36,6 +37,17 @@ pub struct FaultDecision {
     pub retry_after: Option<u32>,
 }
 
+/// What the faults did so far: a soak run reports what it lived through, not what it asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Injected {
+    /// Requests failed, by HTTP status.
+    pub failures: BTreeMap<u16, u64>,
+    /// Times every open watch stream was ended.
+    pub watch_cuts: u64,
+    /// Watches answered 410 Gone.
+    pub watches_expired: u64,
+}
+
 /// Requests with this header (any value) are exempt from every fault.
 pub const OBSERVER_HEADER: &str = "x-kubesim-observer";
 
@@ -51,6 +63,9 @@ pub struct Faults {
     close: watch::Sender<u64>,
     /// Watches resuming from a resourceVersion still to be answered 410 Gone.
     expire: AtomicU32,
+    failed: Mutex<BTreeMap<u16, u64>>,
+    cuts: AtomicU64,
+    expired: AtomicU64,
 }
 
 impl Default for Faults {
@@ -60,6 +75,9 @@ impl Default for Faults {
             latency: Mutex::new(Vec::new()),
             close: watch::channel(0).0,
             expire: AtomicU32::new(0),
+            failed: Mutex::default(),
+            cuts: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         }
     }
 }
@@ -123,6 +141,7 @@ impl Faults {
 
     /// Ends every open watch stream; clients must re-watch.
     pub fn close_watches(&self) {
+        self.cuts.fetch_add(1, Ordering::Relaxed);
         self.close.send_modify(|n| *n += 1);
     }
 
@@ -135,9 +154,27 @@ impl Faults {
 
     /// Consumes one pending expiry for a watch resuming from a resourceVersion, if any.
     pub fn take_watch_expiry(&self) -> bool {
-        self.expire
+        let taken = self
+            .expire
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// What the faults did so far (clearing the rules does not reset it).
+    pub fn injected(&self) -> Injected {
+        Injected {
+            failures: self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            watch_cuts: self.cuts.load(Ordering::Relaxed),
+            watches_expired: self.expired.load(Ordering::Relaxed),
+        }
     }
 
     /// Removes all failure and latency rules and pending watch expiries.
@@ -170,6 +207,12 @@ impl Faults {
             rule.remaining -= 1;
             fail_with = Some(rule.status);
             retry_after = rule.retry_after;
+            *self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(rule.status)
+                .or_default() += 1;
         }
         fail.retain(|r| r.remaining > 0);
         FaultDecision {
@@ -199,6 +242,7 @@ mod tests {
         assert_eq!(f.decide("patch", "pods").fail_with, None);
         f.add_latency("*", "leases", Duration::from_millis(5));
         assert_eq!(f.decide("update", "leases").delay, Duration::from_millis(5));
+        assert_eq!(f.injected().failures, BTreeMap::from([(500, 2)]));
     }
 
     #[test]
@@ -212,5 +256,6 @@ mod tests {
         f.expire_next_watches(1);
         f.clear();
         assert!(!f.take_watch_expiry());
+        assert_eq!(f.injected().watches_expired, 2);
     }
 }

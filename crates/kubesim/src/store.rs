@@ -751,7 +751,14 @@ impl Store {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(Vec::is_empty);
-        if terminating && finalizers_empty {
+        // As the API server does: an update removes the object only once nothing holds it,
+        // neither a finalizer nor a grace period still running (a pod being deleted
+        // gracefully takes writes until the kubelet ends it).
+        let grace_over = old
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_none_or(|g| g == 0);
+        if terminating && finalizers_empty && grace_over {
             return Ok(self.remove_locked(inner, info, new, Some(old)));
         }
         let updated = self.commit(inner, &key, EventType::Modified, new, Some(old));

@@ -804,6 +804,48 @@ async fn delete_with_grace_period_and_preconditions() {
 }
 
 #[tokio::test]
+async fn a_pod_being_deleted_gracefully_takes_writes_until_the_kubelet_ends_it() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::default_namespaced(sim.client());
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod_json("g", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    pods.delete("g", &DeleteParams::default().grace_period(30))
+        .await
+        .unwrap();
+    let patched = pods
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"traffic": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    assert!(patched.metadata.deletion_timestamp.is_some());
+    let still = pods.get("g").await.unwrap();
+    assert_eq!(
+        still
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("traffic")
+            .map(String::as_str),
+        Some("yes"),
+        "the write is kept, the pod still terminating"
+    );
+    wait_for(
+        "the simulated kubelet finishes the graceful deletion",
+        WAIT,
+        || async { pods.get_opt("g").await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn injected_faults_fail_slow_and_drop() {
     let sim = sim().await;
     let pods: Api<Pod> = Api::default_namespaced(sim.client());

@@ -644,6 +644,25 @@ fn writes_the_watch_has_not_shown_yet_are_taken_into_account() {
 }
 
 #[test]
+fn a_version_shown_between_two_writes_does_not_hide_the_last_one() {
+    // p0 goes out and back (1 s period), then out again at once. The watch, relisting
+    // after a 410, then shows the version between the last two writes: p0 serving. The
+    // last write (p0 out) is still on its way to the index and must still count, or p1
+    // goes too and one pod serves under a floor of two.
+    let mut h = Harness::running(custom(2, 0, json!({"mode": "periodic", "period": 1.0})), 3);
+    h.report(&["p0"]);
+    h.observe();
+    h.at(1);
+    assert_eq!(h.with_traffic("no"), Vec::<&str>::new());
+    let between = h.observed();
+    h.report(&["p0"]);
+    assert_eq!(h.with_traffic("no"), ["p0"]);
+    h.feed(Input::Observed(between));
+    h.report(&["p1"]);
+    assert_eq!(h.with_traffic("no"), ["p0"], "the floor of 2 holds");
+}
+
+#[test]
 fn a_source_error_ejects_nothing_and_reaches_the_status_once() {
     let mut h = Harness::running(custom(1, 0, json!(null)), 3);
     let effects = h.findings("faulty", Err(source_error()));

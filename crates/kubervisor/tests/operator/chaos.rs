@@ -1,7 +1,7 @@
 //! Chaos: the operator keeps its promises while the API, the sources and the operator
 //! itself fail. Each scenario drives a churn of verdicts (pods named anomalous and
 //! cleared again, so ejections and re-activations keep happening), injects its fault,
-//! and has the invariant monitor (`monitor.rs`) judge the whole run: 0 violations.
+//! and has the invariant monitor (crate `kubervisor-monitor`) judge the whole run: 0 violations.
 //!
 //! Faults injected by kubesim (error bursts, conflicts, 429, watches cut and expired, a
 //! slow API) run on kubesim only; faults made from outside the API server (the API
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::{ApiProxy, Backend, Cluster, CustomDetector, OperatorProcess, eventually};
-use crate::monitor::{Limits, Monitor, MonitorConfig};
 use crate::scenarios::{count, wait_ready_reason};
+use kubervisor_monitor::{Limits, Monitor, MonitorConfig};
 use kubesim::on_both_backends;
 
 const PODS: usize = 6;

@@ -5,7 +5,6 @@
 mod chaos;
 mod faults;
 mod harness;
-mod monitor;
 mod monitoring;
 mod safety;
 mod scenarios;

@@ -1,8 +1,12 @@
-//! An invariant monitor: watches pods, the KubervisorService, events and the leader Lease
+//! An invariant monitor: watches pods, KubervisorServices, events and the leader Lease
 //! through the API, on a client of its own (on kubesim its requests carry
 //! [`kubesim::faults::OBSERVER_HEADER`], so injected faults never blur what it sees),
-//! records every version it is shown, and checks the operator's promises on that history,
-//! continuously (every second) and once more at the end.
+//! records every version it is shown, one history per KubervisorService it is told about
+//! (one watch per resource type feeds them all: `route.rs`), and checks the operator's
+//! promises on each history, continuously and once more at the end.
+//!
+//! Used by the operator's end-to-end tests (one KubervisorService, checked every second)
+//! and by `kubervisor-bench soak` (hundreds of them).
 //!
 //! Terms, as the operator defines them (`kubervisor-core`, `plan.rs`):
 //! - a pod is **ready** when Running, `Ready` and not terminating; it **serves** when ready
@@ -47,20 +51,20 @@
 //!
 //! A violation is reported with the recorded versions of the objects that show it.
 
+mod route;
+mod watch;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::Api;
-use kube::runtime::watcher;
 use kubervisor_api::{ActivatorMode, KubervisorService, ResolvedSpec};
-use tokio::task::JoinHandle;
+
+pub use route::Selector;
+pub use watch::{Finding, Monitor, MonitorError, Report};
 
 /// What the monitor is told about a scenario.
 #[derive(Clone, Debug)]
@@ -959,289 +963,6 @@ fn lease_seen(lease: &Lease) -> LeaseSeen {
         acquired: spec.acquire_time.map(|t| t.0),
         renewed: spec.renew_time.map(|t| t.0),
         duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
-    }
-}
-
-/// A running monitor.
-pub struct Monitor {
-    config: MonitorConfig,
-    start: Timestamp,
-    history: Arc<Mutex<Vec<Record>>>,
-    found: Arc<Mutex<Vec<Violation>>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-/// What a finished monitor saw.
-pub struct Report {
-    pub violations: Vec<Violation>,
-    pub records: usize,
-    pub decisions: usize,
-    text: String,
-}
-
-impl Report {
-    /// Panics, printing every violation with its history, unless there is none.
-    pub fn assert_clean(&self) {
-        assert!(
-            self.violations.is_empty(),
-            "the invariant monitor found {} violation(s):\n{}",
-            self.violations.len(),
-            self.text
-        );
-        eprintln!(
-            "invariant monitor: 0 violations over {} records ({} decision events)",
-            self.records, self.decisions
-        );
-    }
-}
-
-impl Monitor {
-    /// Starts watching; returns once every watch has listed, so the baseline is recorded.
-    pub async fn start(kubeconfig: &Path, config: MonitorConfig) -> Monitor {
-        let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("a readable kubeconfig");
-        let mut client_config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-            .await
-            .expect("a usable kubeconfig");
-        client_config.headers.push((
-            http::HeaderName::from_static(kubesim::faults::OBSERVER_HEADER),
-            http::HeaderValue::from_static("monitor"),
-        ));
-        let client = kube::Client::try_from(client_config).expect("a client");
-        let history: Arc<Mutex<Vec<Record>>> = Arc::default();
-        let start = Timestamp::now();
-        let ns = config.namespace.clone();
-        let (listed_tx, mut listed_rx) = tokio::sync::mpsc::channel::<()>(8);
-        let mut tasks = Vec::new();
-
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let selector = watcher::Config::default().labels(&config.pod_selector);
-        tasks.push(tokio::spawn(follow(
-            pods,
-            selector,
-            history.clone(),
-            listed_tx.clone(),
-            |pod: &Pod, initial| Seen::Pod {
-                pod: pod_seen(pod),
-                initial,
-            },
-            |pod: &Pod| {
-                Some(Seen::PodGone {
-                    name: pod.metadata.name.clone().unwrap_or_default(),
-                    uid: pod.metadata.uid.clone().unwrap_or_default(),
-                })
-            },
-        )));
-        let kvs: Api<KubervisorService> = Api::namespaced(client.clone(), &ns);
-        let by_name = watcher::Config::default().fields(&format!("metadata.name={}", config.kvs));
-        tasks.push(tokio::spawn(follow(
-            kvs,
-            by_name,
-            history.clone(),
-            listed_tx.clone(),
-            |kvs: &KubervisorService, _| Seen::Kvs(Some(kvs_seen(kvs))),
-            |_| Some(Seen::Kvs(None)),
-        )));
-        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-        tasks.push(tokio::spawn(follow(
-            events,
-            watcher::Config::default(),
-            history.clone(),
-            listed_tx.clone(),
-            |event: &Event, _| Seen::Event(event_seen(event)),
-            |_| None,
-        )));
-        let mut watches = 3;
-        if let Some(lease) = &config.lease {
-            let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-            let by_name = watcher::Config::default().fields(&format!("metadata.name={lease}"));
-            tasks.push(tokio::spawn(follow(
-                leases,
-                by_name,
-                history.clone(),
-                listed_tx.clone(),
-                |lease: &Lease, _| Seen::Lease(lease_seen(lease)),
-                |_| None,
-            )));
-            watches += 1;
-        }
-        for _ in 0..watches {
-            tokio::time::timeout(Duration::from_secs(10), listed_rx.recv())
-                .await
-                .expect("the monitor's watches list within 10 s");
-        }
-        let found: Arc<Mutex<Vec<Violation>>> = Arc::default();
-        {
-            let (history, found, config) = (history.clone(), found.clone(), config.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    let records = history.lock().unwrap().clone();
-                    let now = Timestamp::now();
-                    let violations = check(&records, &config, start, now, false);
-                    let mut found = found.lock().unwrap();
-                    // An event may still come, however late: the final check judges those.
-                    for v in violations
-                        .into_iter()
-                        .filter(|v| v.check != Check::EventPerDecision)
-                    {
-                        if !found.iter().any(|f| f.key() == v.key()) {
-                            eprintln!("invariant monitor: {}", v.render(start));
-                            found.push(v);
-                        }
-                    }
-                }
-            }));
-        }
-        Monitor {
-            config,
-            start,
-            history,
-            found,
-            tasks,
-        }
-    }
-
-    /// Records that the test SIGKILLed an operator process now.
-    pub fn operator_killed(&self) {
-        self.history.lock().unwrap().push(Record {
-            at: Timestamp::now(),
-            seen: Seen::OperatorKilled,
-        });
-    }
-
-    /// Lets events of the last decisions arrive (until the history is quiet for a second
-    /// and clean, or `settle` passed), stops watching and judges the whole history.
-    pub async fn finish(self) -> Report {
-        let deadline = tokio::time::Instant::now() + self.config.limits.settle;
-        let mut last = (0, tokio::time::Instant::now());
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let records = self.history.lock().unwrap().clone();
-            if records.len() != last.0 {
-                last = (records.len(), tokio::time::Instant::now());
-                continue;
-            }
-            let quiet = last.1.elapsed() >= Duration::from_secs(1);
-            let clean = quiet
-                && check(&records, &self.config, self.start, Timestamp::now(), true).is_empty();
-            if clean || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-        }
-        for task in &self.tasks {
-            task.abort();
-        }
-        let records = self.history.lock().unwrap().clone();
-        let mut violations = check(&records, &self.config, self.start, Timestamp::now(), true);
-        for v in self.found.lock().unwrap().iter() {
-            if !violations.iter().any(|f| f.key() == v.key()) {
-                violations.push(v.clone());
-            }
-        }
-        violations.sort_by_key(|v| v.at);
-        let text: String = violations.iter().map(|v| v.render(self.start)).collect();
-        let decisions = records
-            .iter()
-            .filter(
-                |r| matches!(&r.seen, Seen::Event(e) if Decision::of_reason(&e.reason).is_some()),
-            )
-            .count();
-        Report {
-            violations,
-            records: records.len(),
-            decisions,
-            text,
-        }
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Records every version of `api`'s objects; signals `listed` after each initial listing.
-async fn follow<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    history: Arc<Mutex<Vec<Record>>>,
-    listed: tokio::sync::mpsc::Sender<()>,
-    applied: impl Fn(&K, bool) -> Seen,
-    deleted: impl Fn(&K) -> Option<Seen>,
-) where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-    K::DynamicType: Default,
-{
-    let mut stream = std::pin::pin!(watcher::watcher(api, config));
-    let mut first = true;
-    let mut listing: BTreeSet<String> = BTreeSet::new();
-    let mut known: BTreeMap<String, K> = BTreeMap::new();
-    // The last record of each object: versions that change nothing the checks read
-    // (a status, a condition) are not recorded.
-    let mut last: BTreeMap<String, Seen> = BTreeMap::new();
-    let mut changed = |key: &str, seen: &Seen| {
-        if last.get(key) == Some(seen) {
-            false
-        } else {
-            last.insert(key.to_string(), seen.clone());
-            true
-        }
-    };
-    let push = |seen: Seen| {
-        history.lock().unwrap().push(Record {
-            at: Timestamp::now(),
-            seen,
-        })
-    };
-    let uid = |obj: &K| obj.meta().uid.clone().unwrap_or_default();
-    while let Some(event) = stream.next().await {
-        let Ok(event) = event else {
-            continue;
-        };
-        match event {
-            watcher::Event::Init => listing.clear(),
-            watcher::Event::InitApply(obj) => {
-                listing.insert(uid(&obj));
-                let seen = applied(&obj, first);
-                if changed(&uid(&obj), &seen) {
-                    push(seen);
-                }
-                known.insert(uid(&obj), obj);
-            }
-            watcher::Event::InitDone => {
-                // Gone while the watch was down: deleted, as far as the history goes.
-                let gone: Vec<String> = known
-                    .keys()
-                    .filter(|k| !listing.contains(*k))
-                    .cloned()
-                    .collect();
-                for key in gone {
-                    if let Some(seen) = known.remove(&key).as_ref().and_then(&deleted) {
-                        push(seen);
-                    }
-                }
-                if std::mem::take(&mut first) {
-                    let _ = listed.send(()).await;
-                }
-            }
-            watcher::Event::Apply(obj) => {
-                let seen = applied(&obj, false);
-                if changed(&uid(&obj), &seen) {
-                    push(seen);
-                }
-                known.insert(uid(&obj), obj);
-            }
-            watcher::Event::Delete(obj) => {
-                known.remove(&uid(&obj));
-                if let Some(seen) = deleted(&obj) {
-                    push(seen);
-                }
-            }
-        }
     }
 }
 
