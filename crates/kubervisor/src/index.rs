@@ -388,6 +388,14 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// Whether the pod is in the index.
+    pub fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.read()
+            .pods
+            .get(namespace)
+            .is_some_and(|ns| ns.pods.contains_key(name))
+    }
+
     /// Every pod with any value of label `key`, across namespaces.
     pub fn pods_with_label(&self, key: &str) -> Vec<Arc<SlimPod>> {
         let state = self.read();

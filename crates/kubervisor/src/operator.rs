@@ -302,7 +302,13 @@ async fn manage(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
         tokio::select! {
             r = leading.changed() => if r.is_err() { return },
             _ = changes.changed() => {}
-            _ = orphans.tick() => if is_leading { release_orphans(&ctx).await },
+            _ = orphans.tick() => if is_leading {
+                release_orphans(&ctx).await;
+                ctx.metrics.forget_gone_pods(
+                    |namespace, pod| ctx.index.has_pod(namespace, pod),
+                    std::time::Instant::now(),
+                );
+            },
         }
     }
 }

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `kubervisor_breaker_gauge` | gauge | `name`, `namespace`, `type` (managed, breaked, paused, unknown) |
 //! | `kubervisor_item_gauge` | gauge | `namespace` |
-//! | `kubervisor_breaker_count_total` | counter | `breaker`, `namespace`, `pod`, `type` (break, activate, pause, kill, `dryrun_*`) |
+//! | `kubervisor_breaker_count_total` | counter | `breaker`, `namespace`, `pod`, `type` (break, activate, pause, kill, `dryrun_*`); removed 10 min after the pod is gone |
 //! | `kubervisor_reconcile_duration_seconds_{bucket,sum,count}` | histogram | `namespace`, `name` |
 //! | `kubervisor_reconcile_errors_total` | counter | `namespace`, `name`, `reason` |
 //! | `kubervisor_source_query_duration_seconds_{bucket,sum,count}` | histogram | `source` (prometheus, custom) |
@@ -150,7 +150,21 @@ pub struct Metrics {
     breaker_state: [Family<BreakerLabels, Gauge>; 4],
     /// The breakers each KubervisorService has series for, to remove them with it.
     breakers_of: std::sync::Mutex<HashMap<(String, String), HashSet<String>>>,
+    /// Per pod (namespace, name): its decision counters' label sets, and since when the
+    /// pod has been seen gone.
+    decided_pods: std::sync::Mutex<HashMap<(String, String), DecidedPod>>,
     leading: Gauge,
+}
+
+/// How long a pod's decision counters outlive the pod: long enough for every scrape
+/// (and `increase()` over it) to see their last value, short enough that pods replaced
+/// all day (rolling updates, kills) do not grow the series for ever.
+pub const DECISIONS_KEPT_AFTER_POD: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct DecidedPod {
+    series: HashSet<DecisionLabels>,
+    gone_since: Option<std::time::Instant>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -291,6 +305,7 @@ impl Metrics {
             registry,
             breaker_state,
             breakers_of: Default::default(),
+            decided_pods: Default::default(),
             leading,
             breaker_gauge,
             item_gauge,
@@ -402,14 +417,45 @@ impl Metrics {
     /// Counts one decision on a pod: `kind` is `break`, `activate`, `pause`, `kill`, or a
     /// `dryrun_` variant of them.
     pub fn count_decision(&self, breaker: &str, namespace: &str, pod: &str, kind: &str) {
-        self.breaker_count
-            .get_or_create(&DecisionLabels {
-                breaker: breaker.to_owned(),
-                namespace: namespace.to_owned(),
-                pod: pod.to_owned(),
-                r#type: kind.to_owned(),
-            })
-            .inc();
+        let labels = DecisionLabels {
+            breaker: breaker.to_owned(),
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+            r#type: kind.to_owned(),
+        };
+        self.breaker_count.get_or_create(&labels).inc();
+        let mut decided = self
+            .decided_pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = decided
+            .entry((namespace.to_owned(), pod.to_owned()))
+            .or_default();
+        entry.gone_since = None;
+        entry.series.insert(labels);
+    }
+
+    /// Removes the decision counters of pods gone for [`DECISIONS_KEPT_AFTER_POD`];
+    /// `exists` tells whether a pod (namespace, name) is still in the cluster.
+    pub fn forget_gone_pods(&self, exists: impl Fn(&str, &str) -> bool, now: std::time::Instant) {
+        let mut decided = self
+            .decided_pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        decided.retain(|(namespace, pod), entry| {
+            if exists(namespace, pod) {
+                entry.gone_since = None;
+                return true;
+            }
+            let since = *entry.gone_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < DECISIONS_KEPT_AFTER_POD {
+                return true;
+            }
+            for labels in &entry.series {
+                self.breaker_count.remove(labels);
+            }
+            false
+        });
     }
 
     /// Records one reconcile of a KubervisorService and, when it failed, why.
@@ -647,4 +693,43 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         },
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_pods_decision_counters_are_removed_after_the_retention() {
+        let metrics = Metrics::new();
+        metrics.count_decision("errors", "shop", "web-1", "break");
+        metrics.count_decision("errors", "shop", "web-2", "break");
+        metrics.count_decision("errors", "shop", "web-2", "activate");
+        let series = |pod: &str| {
+            metrics
+                .encode()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("kubervisor_breaker_count_total")
+                        && l.contains(&format!("pod=\"{pod}\""))
+                })
+                .count()
+        };
+        assert_eq!((series("web-1"), series("web-2")), (1, 2));
+        let only_web_1 = |_: &str, pod: &str| pod == "web-1";
+        let t0 = std::time::Instant::now();
+        metrics.forget_gone_pods(only_web_1, t0);
+        metrics.forget_gone_pods(only_web_1, t0 + DECISIONS_KEPT_AFTER_POD / 2);
+        assert_eq!(
+            series("web-2"),
+            2,
+            "kept while scrapes may not have seen the last value"
+        );
+        metrics.forget_gone_pods(only_web_1, t0 + DECISIONS_KEPT_AFTER_POD);
+        assert_eq!((series("web-1"), series("web-2")), (1, 0));
+        // A pod decided on again is counted from scratch, and kept while it exists.
+        metrics.count_decision("errors", "shop", "web-2", "break");
+        metrics.forget_gone_pods(|_, _| true, t0 + 3 * DECISIONS_KEPT_AFTER_POD);
+        assert_eq!(series("web-2"), 1);
+    }
 }
