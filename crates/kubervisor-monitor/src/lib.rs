@@ -18,7 +18,10 @@
 //! - an **ejection** is a new value of the pod's `breaker/breakAt` annotation (it stays
 //!   after a re-activation, so an ejection is seen even if its `traffic=no` version was
 //!   not); it **ends** when the pod's traffic leaves `no` (yes: re-activated, or handed
-//!   back when the pod loses its `kubervisor/name`; pause: paused) or the pod is deleted.
+//!   back when the pod loses its `kubervisor/name`; pause: paused) or the pod's deletion
+//!   begins. A pod out of traffic whose deletion has begun may still be given back or
+//!   paused by the operator during its grace period (decided on a view from just before):
+//!   that is a re-activation or a pause, with its events, though its ejection has ended.
 //! - an **outside change** is anything Kubervisor does not decide: a pod appearing,
 //!   disappearing, or gaining or losing readiness; a change of the KubervisorService's spec.
 //!
@@ -482,6 +485,18 @@ pub fn check(
                             &mut decisions,
                             &mut maybe_kills,
                         );
+                    }
+                } else if pod.terminating
+                    && prev.as_ref().and_then(|p| p.traffic.as_deref()) == Some("no")
+                    && ejections.iter().any(|e| e.uid == pod.uid)
+                {
+                    // The pod's ejection ended when its deletion began; the operator, on a
+                    // view from just before, may still give it back or pause it during its
+                    // grace period: a decision, with its events.
+                    match pod.traffic.as_deref() {
+                        Some("yes") => decisions.push((pod.name.clone(), Decision::Reactivate, at)),
+                        Some("pause") => decisions.push((pod.name.clone(), Decision::Pause, at)),
+                        _ => {}
                     }
                 } else if *initial && pod.traffic.as_deref() == Some("no") && pod.break_at.is_some()
                 {
@@ -1282,6 +1297,38 @@ mod checks {
         h.pod(10_000, pod("p0", "no", Some((10_000, 1))));
         assert!(check(&h.0, &config(false), t(0), t(11_000), false).is_empty());
         assert_eq!(check(&h.0, &config(false), t(0), t(14_000), false).len(), 2);
+    }
+
+    #[test]
+    fn a_reactivation_during_the_grace_period_is_a_decision_with_its_events() {
+        // Ejected, then deleted by a rolling update while out; the operator's
+        // re-activation, decided just before, lands on the terminating pod.
+        let terminating = |traffic: &str| PodSeen {
+            terminating: true,
+            ..pod("p0", traffic, Some((10_000, 1)))
+        };
+        let mut h = History::fleet(1, periodic(4.0));
+        h.eject(10_000, "p0", 1)
+            .pod(13_900, terminating("no"))
+            .pod(13_930, terminating("yes"))
+            .events(13_950, event("PodActivated", "p0", "a"))
+            .at(
+                14_000,
+                Seen::PodGone {
+                    uid: "p0".into(),
+                    name: "p0".into(),
+                },
+            );
+        assert!(h.judge(false, 20_000).is_empty());
+        // The same without its events is still reported.
+        let mut h = History::fleet(1, periodic(4.0));
+        h.eject(10_000, "p0", 1)
+            .pod(13_900, terminating("no"))
+            .pod(13_930, terminating("yes"));
+        assert_eq!(
+            checks(&h.judge(false, 20_000)),
+            [Check::EventPerDecision, Check::EventPerDecision]
+        );
     }
 
     #[test]
