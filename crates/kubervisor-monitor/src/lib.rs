@@ -447,13 +447,18 @@ pub fn check(
                             history: Vec::new(),
                         });
                     }
+                    // Ejected on a view from just before the pod's deletion began: a
+                    // decision with its events, ended at once, and the deletion is not a
+                    // kill of the operator's.
+                    let deleted_before =
+                        pod.terminating && prev.as_ref().is_some_and(|p| p.terminating);
                     ejections.push(Ejection {
                         uid: pod.uid.clone(),
                         pod: pod.name.clone(),
                         break_at: pod.break_at.clone().unwrap_or_default(),
                         retries,
                         breaker: pod.strategy.clone(),
-                        ended: None,
+                        ended: deleted_before.then_some(at),
                     });
                     decisions.push((pod.name.clone(), Decision::Eject, at));
                     // Both versions were missed in between: the pod came back first.
@@ -1325,6 +1330,51 @@ mod checks {
         h.eject(10_000, "p0", 1)
             .pod(13_900, terminating("no"))
             .pod(13_930, terminating("yes"));
+        assert_eq!(
+            checks(&h.judge(false, 20_000)),
+            [Check::EventPerDecision, Check::EventPerDecision]
+        );
+    }
+
+    #[test]
+    fn an_ejection_of_a_pod_already_terminating_is_not_followed_by_a_kill() {
+        // A retryAndKill pod past its retries: the operator's ejection, decided on a view
+        // from just before a rolling update began deleting the pod, lands after it.
+        let kill = json!({"mode": "retryAndKill", "period": 4.0, "maxRetryCount": 1});
+        let mut h = History::fleet(1, kill.clone());
+        h.pod(
+            10_000,
+            PodSeen {
+                terminating: true,
+                ..pod("p0", "yes", None)
+            },
+        )
+        .pod(
+            10_040,
+            PodSeen {
+                terminating: true,
+                ..pod("p0", "no", Some((10_040, 2)))
+            },
+        )
+        .events(10_090, event("PodEjected", "p0", "a"))
+        .at(
+            10_100,
+            Seen::PodGone {
+                uid: "p0".into(),
+                name: "p0".into(),
+            },
+        );
+        assert!(h.judge(false, 20_000).is_empty());
+        // Ejected while serving, then deleted: that is the activator's kill, and its
+        // events are required.
+        let mut h = History::fleet(1, kill);
+        h.eject(10_000, "p0", 2).at(
+            10_100,
+            Seen::PodGone {
+                uid: "p0".into(),
+                name: "p0".into(),
+            },
+        );
         assert_eq!(
             checks(&h.judge(false, 20_000)),
             [Check::EventPerDecision, Check::EventPerDecision]
