@@ -296,6 +296,20 @@ pub async fn run(env: &Env, config: &SoakConfig) -> anyhow::Result<Value> {
     let pods_info = store
         .resource("", "v1", "pods")
         .context("kubesim serves no pods")?;
+    // A merge patch on a Deployment, as `kubectl` would send (a rollout, a scaling).
+    let patch_deployment = |service: &str, patch: &Value, what: &str| {
+        store
+            .patch(
+                &deployments,
+                NAMESPACE,
+                service,
+                PatchKind::Merge,
+                patch,
+                Sub::Main,
+            )
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{what} {service}: {e:?}"))
+    };
     let mut rng = XorShift::new(config.seed);
     let mut churn = Churn::default();
     let started = Instant::now();
@@ -332,16 +346,7 @@ pub async fn run(env: &Env, config: &SoakConfig) -> anyhow::Result<Value> {
                 revision += 1;
                 let patch = json!({"spec": {"template": {"metadata": {"annotations": {
                     "soak/revision": revision.to_string()}}}}});
-                store
-                    .patch(
-                        &deployments,
-                        NAMESPACE,
-                        &service,
-                        PatchKind::Merge,
-                        &patch,
-                        Sub::Main,
-                    )
-                    .map_err(|e| anyhow::anyhow!("rolling {service}: {e:?}"))?;
+                patch_deployment(&service, &patch, "rolling")?;
                 churn.rollouts += 1;
             }
         }
@@ -350,16 +355,7 @@ pub async fn run(env: &Env, config: &SoakConfig) -> anyhow::Result<Value> {
             for service in pick(&mut rng, &services, config.scalings) {
                 let replicas = [8, 10, 12][rng.below(3) as usize];
                 let patch = json!({"spec": {"replicas": replicas}});
-                store
-                    .patch(
-                        &deployments,
-                        NAMESPACE,
-                        &service,
-                        PatchKind::Merge,
-                        &patch,
-                        Sub::Main,
-                    )
-                    .map_err(|e| anyhow::anyhow!("scaling {service}: {e:?}"))?;
+                patch_deployment(&service, &patch, "scaling")?;
                 churn.scalings += 1;
             }
         }
