@@ -448,6 +448,55 @@ pub struct State {
     control: TrafficControl,
     /// Readiness-gate mode: managed pods without the gate, reported once each.
     gateless: BTreeSet<String>,
+    /// Changes whenever `pending` does, so that [`Fleet`] knows when to build again.
+    pending_generation: u64,
+    /// The fleet as decisions see it, built once for the inputs that do not change it.
+    fleet: Option<Arc<Fleet>>,
+    /// The last resource version resolved and what it resolved to: a resync finds the same
+    /// object, which is then not resolved again.
+    resolved: Option<(Arc<KubervisorService>, Resolved)>,
+    /// The pod counts last given to the metrics.
+    counts_shown: Option<PodCounts>,
+}
+
+/// A resource's spec resolved, or why it cannot be.
+type Resolved = Result<Arc<ResolvedSpec>, String>;
+
+/// The managed pods as decisions must see them (see [`State::pods`]) and their views.
+/// Most inputs (a breaker's answer, the activator's timer, a resync) find the index and
+/// the writes pending as the last one left them: the fleet is then not built again.
+#[derive(Debug)]
+struct Fleet {
+    /// What it was built from: the managed pods observed (compared by identity), the
+    /// writes pending, and the way traffic is read.
+    observed: Vec<Arc<SlimPod>>,
+    pending_generation: u64,
+    dry_run: bool,
+    control: TrafficControl,
+    /// In name order.
+    pods: Vec<Arc<SlimPod>>,
+    views: Vec<PodView>,
+}
+
+impl Fleet {
+    fn built_from(&self, state: &State, dry_run: bool) -> bool {
+        self.pending_generation == state.pending_generation
+            && self.dry_run == dry_run
+            && self.control == state.control
+            && self.observed.len() == state.observed.managed.len()
+            && self
+                .observed
+                .iter()
+                .zip(&state.observed.managed)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    fn pod(&self, name: &str) -> Option<&Arc<SlimPod>> {
+        self.pods
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.pods[i])
+    }
 }
 
 /// One step: the state after `input` at `now`, and what to do.
@@ -533,8 +582,8 @@ impl State {
         if !kvs.finalizers().iter().any(|f| f == FINALIZER) && self.ask_finalizer_change(&kvs) {
             out.push(Effect::AddFinalizer(kvs.clone()));
         }
-        let spec = match resolve(&entry) {
-            Ok(spec) => Arc::new(spec),
+        let spec = match self.resolve(&entry) {
+            Ok(spec) => spec,
             Err(message) => return self.stop(StopReason::InvalidSpec, message, now, out),
         };
         self.control = spec.traffic_control;
@@ -612,16 +661,17 @@ impl State {
         if spec.dry_run {
             return;
         }
-        for pod in self.pods(false) {
+        let fleet = self.fleet(false);
+        for (pod, view) in fleet.pods.iter().zip(&fleet.views) {
             if pod.terminating || self.awaiting.contains_key(&pod.name) {
                 continue;
             }
-            let Some(traffic) = pod.view_in(self.control).marks.traffic() else {
+            let Some(traffic) = view.marks.traffic() else {
                 continue;
             };
             let serve = traffic == Traffic::Yes;
             if pod.traffic_condition != Some(serve) {
-                self.write(&pod, PodChange::SetGate(serve), Cause::Gate, out);
+                self.write(pod, PodChange::SetGate(serve), Cause::Gate, out);
             }
         }
     }
@@ -653,8 +703,9 @@ impl State {
     }
 
     fn adopt_and_release(&mut self, out: &mut Vec<Effect>) {
-        let managed = self.pods(false);
-        for pod in &managed {
+        let fleet = self.fleet(false);
+        let managed = &fleet.pods;
+        for pod in managed {
             let state = match self.control {
                 TrafficControl::Label => &pod.labels,
                 TrafficControl::ReadinessGate => &pod.annotations,
@@ -757,18 +808,18 @@ impl State {
             }
         };
         let dry_run = spec.dry_run || breaker.dry_run;
-        let pods = self.pods(spec.dry_run);
-        let views = self.views(&pods);
-        let plan = plan_ejections(&breaker.name, limits(breaker), &views, &findings);
+        let fleet = self.fleet(spec.dry_run);
+        let views = &fleet.views;
+        let plan = plan_ejections(&breaker.name, limits(breaker), views, &findings);
         self.follow_panic(&breaker.name, plan.panic, out);
         self.record_result(
-            breaker_result(&breaker.name, &findings, &plan, &views, dry_run),
+            breaker_result(&breaker.name, &findings, &plan, views, dry_run),
             now,
             out,
         );
         let mut holding = BTreeSet::new();
         for ejection in &plan.ejections {
-            let Some(pod) = pods.iter().find(|p| p.name == ejection.pod) else {
+            let Some(pod) = fleet.pod(&ejection.pod) else {
                 continue;
             };
             if self.awaiting.contains_key(&pod.name) {
@@ -888,11 +939,11 @@ impl State {
         let Some(spec) = self.running_spec().cloned() else {
             return;
         };
-        let pods = self.pods(spec.dry_run);
-        let views = self.views(&pods);
-        let by_name = |name: &str| pods.iter().find(|p| p.name == name).cloned();
+        let fleet = self.fleet(spec.dry_run);
+        let views = &fleet.views;
+        let by_name = |name: &str| fleet.pod(name).cloned();
         // The floor first: pods given back here are not judged again below.
-        for restoration in restore_floor(&spec, &views) {
+        for restoration in restore_floor(&spec, views) {
             let Some(pod) = by_name(&restoration.pod) else {
                 continue;
             };
@@ -906,7 +957,7 @@ impl State {
             self.write(&pod, change, Cause::Restore(restoration), out);
         }
         if !spec.dry_run {
-            for forgotten in forget_retries(&spec, &views, now) {
+            for forgotten in forget_retries(&spec, views, now) {
                 if let Some(pod) = by_name(&forgotten.pod) {
                     self.write(
                         &pod,
@@ -918,8 +969,8 @@ impl State {
             }
         }
         let mut holding = BTreeSet::new();
-        for activation in plan_activations(&spec, &views, now) {
-            let Some(pod) = pods.iter().find(|p| p.name == activation.pod) else {
+        for activation in plan_activations(&spec, views, now) {
+            let Some(pod) = fleet.pod(&activation.pod) else {
                 continue;
             };
             if self.awaiting.contains_key(&pod.name) {
@@ -1007,6 +1058,7 @@ impl State {
         self.kill_blocked.remove(pod);
         // A write on top of a write the index has not shown yet: the index may still hold
         // the version from before the first one, or any version between.
+        self.pending_generation += 1;
         let mut shown = match self.pending.remove(&before.name) {
             Some(p)
                 if p.after.as_ref().map(|a| &a.resource_version)
@@ -1136,6 +1188,7 @@ impl State {
     /// version no write of ours made).
     fn forget_shown_writes(&mut self) {
         let observed = &self.observed;
+        let writes = self.pending.len();
         self.pending.retain(|name, pending| {
             observed
                 .managed
@@ -1143,6 +1196,9 @@ impl State {
                 .chain(&observed.labelled)
                 .any(|p| p.name == *name && pending.before.contains(&p.resource_version))
         });
+        if self.pending.len() != writes {
+            self.pending_generation += 1;
+        }
         if self.pending.is_empty() {
             self.pending.shrink_to_fit();
         }
@@ -1170,21 +1226,50 @@ impl State {
                 state.insert_if_absent(TRAFFIC_LABEL, Traffic::Yes.as_str());
             }
         }
-        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        // Names are unique in a namespace: an unstable sort gives the same order.
+        pods.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         pods
     }
 
-    /// The decision engine's view of these pods, in this resource's traffic control mode.
-    fn views(&self, pods: &[Arc<SlimPod>]) -> Vec<PodView> {
-        pods.iter().map(|p| p.view_in(self.control)).collect()
+    /// The spec of this version of the resource, resolved once.
+    fn resolve(&mut self, entry: &KvsEntry) -> Resolved {
+        if let Some((object, resolved)) = &self.resolved
+            && Arc::ptr_eq(object, &entry.object)
+        {
+            return resolved.clone();
+        }
+        let resolved = resolve(entry).map(Arc::new);
+        self.resolved = Some((entry.object.clone(), resolved.clone()));
+        resolved
+    }
+
+    /// [`State::pods`] and their views, built again only when what they come from changed.
+    fn fleet(&mut self, dry_run: bool) -> Arc<Fleet> {
+        if let Some(fleet) = &self.fleet
+            && fleet.built_from(self, dry_run)
+        {
+            return fleet.clone();
+        }
+        let pods = self.pods(dry_run);
+        let fleet = Arc::new(Fleet {
+            observed: self.observed.managed.clone(),
+            pending_generation: self.pending_generation,
+            dry_run,
+            control: self.control,
+            views: pods.iter().map(|p| p.view_in(self.control)).collect(),
+            pods,
+        });
+        self.fleet = Some(fleet.clone());
+        fleet
     }
 
     /// When the activator must act next: at once when the floor needs restoring, else the
     /// earliest due time of the ejected pods or of a retry count to forget.
-    fn next_activation(&self) -> Option<Timestamp> {
+    fn next_activation(&mut self) -> Option<Timestamp> {
         let spec = self.running_spec().cloned()?;
-        let views = self.views(&self.pods(spec.dry_run));
-        if !restore_floor(&spec, &views).is_empty() {
+        let fleet = self.fleet(spec.dry_run);
+        let views = &fleet.views;
+        if !restore_floor(&spec, views).is_empty() {
             return Some(Timestamp::MIN);
         }
         // A pod whose kill was refused is due again when the kill may be retried.
@@ -1198,7 +1283,7 @@ impl State {
         let forget = if spec.dry_run {
             None
         } else {
-            next_forget(&spec, &views)
+            next_forget(&spec, views)
         };
         [earliest_due(&spec, &ejected), forget, retry]
             .into_iter()
@@ -1211,10 +1296,10 @@ impl State {
         let Some(spec) = self.running_spec().cloned() else {
             return;
         };
-        let pods = self.pods(spec.dry_run);
-        let views = self.views(&pods);
-        let counts = count(&views);
-        out.push(Effect::PodCounts(counts));
+        let counts = count(&self.fleet(spec.dry_run).views);
+        if self.counts_shown.replace(counts) != Some(counts) {
+            out.push(Effect::PodCounts(counts));
+        }
         let condition = if !self.source_errors.is_empty() {
             let errors: Vec<String> = self
                 .source_errors
