@@ -304,19 +304,20 @@ impl Task {
     }
 
     fn start_query(&mut self, name: &str, now: Instant) {
-        let Some(breaker) = self
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.breakers.iter().find(|b| b.name == name))
-            .cloned()
-        else {
+        let found = self.spec.as_ref().and_then(|spec| {
+            let i = spec.breakers.iter().position(|b| b.name == name)?;
+            Some((spec.clone(), i))
+        });
+        let Some((spec, i)) = found else {
             self.next_evaluation.remove(name);
             return;
         };
+        let breaker = &spec.breakers[i];
         let period = breaker.evaluation_period;
         // A slow source delays its own next evaluation, never the others'.
-        self.next_evaluation
-            .insert(breaker.name.clone(), now + period);
+        if let Some(at) = self.next_evaluation.get_mut(name) {
+            *at = now + period;
+        }
         if self.querying.insert(breaker.name.clone(), ()).is_some() {
             return;
         }
@@ -324,8 +325,9 @@ impl Task {
         self.queries.push(
             async move {
                 let started = Instant::now();
+                let breaker = &spec.breakers[i];
                 let result = sources.findings(&breaker.detection, period).await;
-                (breaker.name, result, started.elapsed())
+                (breaker.name.clone(), result, started.elapsed())
             }
             .boxed(),
         );

@@ -205,6 +205,29 @@ struct Inner {
     settings: SourceSettings,
     /// Prometheus requests under way, keyed by URL and form body (without the timeout).
     in_flight: Mutex<HashMap<(String, String), Flight>>,
+    /// Source addresses already read, by kind and address as written in the spec: every
+    /// evaluation of a breaker uses the same one.
+    addresses: Mutex<HashMap<AddressKey, Arc<Address>>>,
+}
+
+/// An address as written in a spec, and what kind of source it names.
+type AddressKey = (AddressKind, Box<str>);
+
+/// Distinct addresses remembered at most; past that the memory starts again.
+const ADDRESSES_KEPT: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum AddressKind {
+    Prometheus,
+    Custom,
+}
+
+/// A source address read once: where requests go.
+#[derive(Debug)]
+struct Address {
+    endpoint: Endpoint,
+    /// The endpoint as a URL.
+    url: String,
 }
 
 impl fmt::Debug for Sources {
@@ -247,8 +270,41 @@ impl Sources {
                 authorization,
                 settings,
                 in_flight: Mutex::new(HashMap::new()),
+                addresses: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Reads a source address, or finds it read already.
+    fn address(&self, kind: AddressKind, written: &str) -> Result<Arc<Address>, SourceError> {
+        // The map holds no invariant a panic could break halfway.
+        let lock = || {
+            self.inner
+                .addresses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some(address) = lock().get(&(kind, written.into())) {
+            return Ok(address.clone());
+        }
+        let endpoint = match kind {
+            AddressKind::Prometheus => Endpoint::prometheus(written)?,
+            AddressKind::Custom => Endpoint::custom(written)?,
+        };
+        let address = Arc::new(Address {
+            url: endpoint.to_string(),
+            endpoint,
+        });
+        let mut addresses = lock();
+        if addresses.len() >= ADDRESSES_KEPT {
+            addresses.clear();
+        }
+        addresses.insert((kind, written.into()), address.clone());
+        Ok(address)
+    }
+
+    fn prometheus_address(&self, written: &str) -> Result<Arc<Address>, SourceError> {
+        self.address(AddressKind::Prometheus, written)
     }
 
     /// The timeout of a breaker's query: its evaluation period, capped.
@@ -277,17 +333,18 @@ impl Sources {
             Detection::SuccessRate(r) => (&r.prometheus_service, &r.promql),
             Detection::Trend(r) => (&r.prometheus_service, &r.promql),
         };
-        let endpoint = Endpoint::prometheus(base)?;
-        let request = prometheus_request(&endpoint, promql);
+        let address = self.prometheus_address(base)?;
+        let endpoint = &address.endpoint;
+        let request = prometheus_request(endpoint, promql);
         let answer = match detection {
             Detection::Trend(rule) => {
                 let step = trend_step(rule.window, evaluation_period);
                 let (start, end) = trend_range(rule, jiff::Timestamp::now());
-                self.range_answer(&endpoint, promql, (start, end, step), timeout)
+                self.range_answer(endpoint, promql, (start, end, step), timeout)
                     .await?
             }
             _ => {
-                self.prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
+                self.prometheus(endpoint, "/api/v1/query", promql, &[], timeout)
                     .await?
             }
         };
@@ -302,11 +359,12 @@ impl Sources {
         step: Duration,
         timeout: Duration,
     ) -> Result<Vec<TrendSeries>, SourceError> {
-        let endpoint = Endpoint::prometheus(&rule.prometheus_service)?;
-        let request = prometheus_request(&endpoint, &rule.promql);
+        let address = self.prometheus_address(&rule.prometheus_service)?;
+        let endpoint = &address.endpoint;
+        let request = prometheus_request(endpoint, &rule.promql);
         let (start, end) = trend_range(rule, end);
         let answer = self
-            .range_answer(&endpoint, &rule.promql, (start, end, step), timeout)
+            .range_answer(endpoint, &rule.promql, (start, end, step), timeout)
             .await?;
         let result = prometheus::parse_answer(&request, answer.status, &answer.body)?;
         trend_of(&request, result, &rule.pod_name_key)
@@ -356,8 +414,8 @@ impl Sources {
 
     /// The pods a custom detector reports anomalous: GET, 200 and a `PodList`, or an error.
     pub async fn custom_pods(&self, rule: &CustomRule) -> Result<Vec<String>, SourceError> {
-        let endpoint = Endpoint::custom(&rule.url)?;
-        let url = endpoint.to_string();
+        let address = self.address(AddressKind::Custom, &rule.url)?;
+        let url = &address.url;
         let request = Request::Custom { url: url.clone() };
         let timeout = self.inner.settings.custom_timeout;
         let accept = [(header::ACCEPT, HeaderValue::from_static("application/json"))];
@@ -366,7 +424,7 @@ impl Sources {
             .http
             .send(
                 Method::GET,
-                &url,
+                url,
                 &accept,
                 None,
                 timeout,
@@ -384,11 +442,12 @@ impl Sources {
         promql: &str,
         timeout: Duration,
     ) -> Result<QueryResult, SourceError> {
-        let endpoint = Endpoint::prometheus(base)?;
+        let address = self.prometheus_address(base)?;
+        let endpoint = &address.endpoint;
         let answer = self
-            .prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
+            .prometheus(endpoint, "/api/v1/query", promql, &[], timeout)
             .await?;
-        let request = prometheus_request(&endpoint, promql);
+        let request = prometheus_request(endpoint, promql);
         prometheus::parse_answer(&request, answer.status, &answer.body)
     }
 
@@ -402,11 +461,12 @@ impl Sources {
         step: Duration,
         timeout: Duration,
     ) -> Result<QueryResult, SourceError> {
-        let endpoint = Endpoint::prometheus(base)?;
+        let address = self.prometheus_address(base)?;
+        let endpoint = &address.endpoint;
         let answer = self
-            .range_answer(&endpoint, promql, (start, end, step), timeout)
+            .range_answer(endpoint, promql, (start, end, step), timeout)
             .await?;
-        let request = prometheus_request(&endpoint, promql);
+        let request = prometheus_request(endpoint, promql);
         prometheus::parse_answer(&request, answer.status, &answer.body)
     }
 
@@ -435,10 +495,11 @@ impl Sources {
         timeout: Duration,
         pod_label: &str,
     ) -> Result<(Request, Vec<Sample>), SourceError> {
-        let endpoint = Endpoint::prometheus(base)?;
-        let request = prometheus_request(&endpoint, promql);
+        let address = self.prometheus_address(base)?;
+        let endpoint = &address.endpoint;
+        let request = prometheus_request(endpoint, promql);
         let answer = self
-            .prometheus(&endpoint, "/api/v1/query", promql, &[], timeout)
+            .prometheus(endpoint, "/api/v1/query", promql, &[], timeout)
             .await?;
         let result = prometheus::parse_answer(&request, answer.status, &answer.body)?;
         Ok((request.clone(), vector_of(&request, result, pod_label)?))
