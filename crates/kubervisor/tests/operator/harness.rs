@@ -781,8 +781,31 @@ impl Drop for Cluster {
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        // The real control plane is shared: leave it as it was found.
-        self.real_namespace.take();
+        // The real control plane is shared: leave it as it was found. The operators are
+        // gone, so their finalizer would hold the namespace Terminating for ever.
+        if let Some(namespace) = self.real_namespace.take() {
+            release_finalizers(&self.kubeconfig, &namespace.name);
+        }
+    }
+}
+
+/// Removes the operator's finalizer from every KubervisorService of `namespace`, with
+/// kubectl (a drop cannot wait on the async client).
+fn release_finalizers(kubeconfig: &std::path::Path, namespace: &str) {
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--namespace", namespace])
+            .args(args)
+            .output()
+    };
+    let Ok(listed) = kubectl(&["get", "kubervisorservices", "--output", "name"]) else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&listed.stdout).lines() {
+        let patch = r#"{"metadata":{"finalizers":null}}"#;
+        let _ = kubectl(&["patch", name, "--type", "merge", "--patch", patch]);
     }
 }
 
