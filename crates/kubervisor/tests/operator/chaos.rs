@@ -800,42 +800,76 @@ on_both_backends! {
         let config = MonitorConfig::web(&survivor_ns);
         let run = guard(cluster, detector, &url, config).await;
 
-        // Both fleets churn; the namespace is deleted at the fifth tick.
+        // Both fleets churn; the namespace is deleted at the fifth tick, and watched
+        // until it is gone.
         let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
             kube::Api::all(run.cluster.client.clone());
         let mut deletion = None;
         run.churn(12, TICK, |i, _| {
             doomed_detector.report(&churn_picks(i, &doomed_pods));
             if i == 4 {
-                let namespaces = namespaces.clone();
-                let name = doomed_ns.clone();
-                deletion = Some((
-                    Instant::now(),
-                    tokio::spawn(async move {
-                        namespaces.delete(&name, &Default::default()).await.map(|_| ())
-                    }),
-                ));
+                let (namespaces, name) = (namespaces.clone(), doomed_ns.clone());
+                deletion = Some(tokio::spawn(async move {
+                    let deleted_at = jiff::Timestamp::now();
+                    let started = Instant::now();
+                    namespaces
+                        .delete(&name, &Default::default())
+                        .await
+                        .expect("the namespace deletion is accepted");
+                    eventually("the deleted namespace to be gone", NAMESPACE_GONE_WITHIN, || async {
+                        match namespaces.get_opt(&name).await {
+                            Ok(None) => Ok(()),
+                            other => Err(format!("{other:?}")),
+                        }
+                    })
+                    .await;
+                    (deleted_at, jiff::Timestamp::now(), started.elapsed())
+                }));
             }
         })
         .await;
-        let (deleted_at, delete) = deletion.expect("the namespace was deleted");
-        delete
-            .await
-            .expect("the delete request ran")
-            .expect("the namespace deletion is accepted");
-        let gone_at = eventually(
-            "the deleted namespace to be gone",
-            NAMESPACE_GONE_WITHIN.saturating_sub(deleted_at.elapsed()),
-            || async {
-                match namespaces.get_opt(&doomed_ns).await {
-                    Ok(None) => Ok(jiff::Timestamp::now()),
-                    _ => Err(what_holds(&run.cluster, &doomed_ns).await),
-                }
-            },
+        let deletion = deletion.expect("the namespace was deleted").await;
+        let Ok((deleted_at, gone_at, took)) = deletion else {
+            panic!(
+                "the deleted namespace is not gone after {NAMESPACE_GONE_WITHIN:?}: {}",
+                what_holds(&run.cluster, &doomed_ns).await
+            );
+        };
+        eprintln!("the namespace went {took:?} after its deletion");
+        assert_eq!(
+            what_holds(&run.cluster, &doomed_ns).await,
+            "conditions: [Ok(None)], [], 0 pods",
+            "the deleted namespace left something behind"
+        );
+
+        // Refused events there never held back the other namespace's: decisions there
+        // were published while the deleted namespace refused every event.
+        let published = |reasons: &'static [&'static str], from: jiff::Timestamp, to: jiff::Timestamp| {
+            let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+                kube::Api::namespaced(run.cluster.client.clone(), &survivor_ns);
+            async move {
+                events
+                    .list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref().is_some_and(|r| reasons.contains(&r)))
+                    .filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 > from && t.0 < to))
+                    .count()
+            }
+        };
+        let decisions = &["PodEjected", "PodActivated"];
+        let while_terminating = published(
+            decisions,
+            deleted_at + jiff::SignedDuration::from_secs(2),
+            gone_at - jiff::SignedDuration::from_secs(1),
         )
         .await;
-        eprintln!("the namespace went {:?} after its deletion", deleted_at.elapsed());
-        assert_eq!(what_holds(&run.cluster, &doomed_ns).await, "conditions: [Ok(None)], [], 0 pods");
+        assert!(
+            while_terminating >= 2,
+            "{while_terminating} decision events published in the other namespace while the deleted one terminated"
+        );
 
         // The task of the gone resource has ended; the operator runs on.
         assert!(run.cluster.operator_running("e2e") && (everywhere || doomed.operator_running("e2e")));
@@ -858,17 +892,7 @@ on_both_backends! {
         );
         let later = metric(metrics, reconciles, &survivor_ns).await;
         assert!(later > survivor_reconciles, "{later:?} reconciles, {survivor_reconciles:?} before");
-        let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-            kube::Api::namespaced(run.cluster.client.clone(), &survivor_ns);
-        let ejected_since = events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("PodEjected"))
-            .filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 > gone_at))
-            .count();
+        let ejected_since = published(&["PodEjected"], gone_at, jiff::Timestamp::now()).await;
         assert!(ejected_since >= 2, "{ejected_since} ejections since the namespace went");
         run.settle_and_judge(Duration::from_secs(10), 8).await;
     }
