@@ -836,6 +836,13 @@ on_both_backends! {
             );
         };
         eprintln!("the namespace went {took:?} after its deletion");
+        // Upstream waits 5 s before emptying a namespace: a namespace gone sooner was
+        // deleted at once, with nothing refused and no finalizer honoured, which would let
+        // an operator that holds or trips over a deletion pass.
+        assert!(
+            took >= Duration::from_secs(4),
+            "the namespace went {took:?} after its deletion: it never terminated"
+        );
         assert_eq!(
             what_holds(&run.cluster, &doomed_ns).await,
             "conditions: [Ok(None)], [], 0 pods",
