@@ -755,6 +755,229 @@ fn delete_endpoints(store: &Store, ns: &str, svc: &str) {
     let _ = store.delete(&slices, ns, &slice_name(svc), &DeleteOptions::default());
 }
 
+fn namespaces_key() -> ResKey {
+    ResKey::new("", "namespaces")
+}
+
+/// The namespace controller: empties a namespace being deleted, then removes it.
+///
+/// As upstream's: a namespace is looked at `delay` (5 s upstream) after each change of
+/// it, so that every API server refuses new content in it first; its pods are deleted
+/// first, and everything else only once they are gone (ordered namespace deletion,
+/// Kubernetes 1.34); objects with finalizers stay until those are removed; the
+/// `kubernetes` finalizer is removed and the namespace deleted once nothing is left. Its
+/// status conditions say what remains.
+pub async fn namespaces(store: Arc<Store>, delay: Duration, mut rx: UnboundedReceiver<Arc<Event>>) {
+    // When each terminating namespace is looked at next.
+    let mut due: BTreeMap<String, Instant> = BTreeMap::new();
+    // Namespaces whose contents are going: any deletion in them is a reason to look again.
+    let mut emptying: HashSet<String> = HashSet::new();
+    loop {
+        let next = due.values().min().copied();
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                for ev in drain(ev, &mut rx) {
+                    if ev.key == namespaces_key() {
+                        if ev.kind == EventType::Deleted {
+                            due.remove(&ev.name);
+                            emptying.remove(&ev.name);
+                        } else if ev.object.pointer("/metadata/deletionTimestamp").is_some() {
+                            due.entry(ev.name.clone()).or_insert_with(|| Instant::now() + delay);
+                        }
+                    } else if ev.kind == EventType::Deleted && emptying.contains(&ev.namespace) {
+                        due.insert(ev.namespace.clone(), Instant::now());
+                    }
+                }
+            }
+            _ = async { match next { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                let now = Instant::now();
+                let ready: Vec<String> = due.iter().filter(|(_, at)| **at <= now).map(|(ns, _)| ns.clone()).collect();
+                for ns in ready {
+                    due.remove(&ns);
+                    if empty_namespace(&store, &ns) {
+                        emptying.remove(&ns);
+                    } else {
+                        emptying.insert(ns.clone());
+                        // Also looked at again by time, should no deletion come to say so.
+                        due.insert(ns, now + delay);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One pass over a terminating namespace; true when it is gone or not terminating.
+fn empty_namespace(store: &Store, ns: &str) -> bool {
+    let namespaces = info(store, "", "namespaces");
+    let Some(namespace) = store.get(&namespaces_key(), "", ns) else {
+        return true;
+    };
+    if namespace.pointer("/metadata/deletionTimestamp").is_none() {
+        return true;
+    }
+    let pods = info(store, "", "pods");
+    let live_pods = store.list_all(&pods.key(), Some(ns));
+    let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
+    let mut finalizers: BTreeMap<String, usize> = BTreeMap::new();
+    if !live_pods.is_empty() {
+        for pod in &live_pods {
+            if pod.pointer("/metadata/deletionTimestamp").is_none() {
+                let _ = store.delete(&pods, ns, name_of(pod), &DeleteOptions::default());
+            }
+        }
+        // Upstream reports no remaining content while it waits for pods.
+        write_namespace_conditions(store, &namespaces, &namespace, &remaining, &finalizers);
+        return false;
+    }
+    for resource in store.namespaced_resources() {
+        for object in store.list_all(&resource.key(), Some(ns)) {
+            let left = if object.pointer("/metadata/deletionTimestamp").is_some() {
+                Some(object)
+            } else {
+                store
+                    .delete(&resource, ns, name_of(&object), &DeleteOptions::default())
+                    .ok()
+                    .filter(|_| store.get(&resource.key(), ns, name_of(&object)).is_some())
+            };
+            let Some(left) = left else { continue };
+            *remaining
+                .entry(format!("{}.{}", resource.plural, resource.group))
+                .or_default() += 1;
+            for finalizer in left
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                *finalizers.entry(finalizer.to_string()).or_default() += 1;
+            }
+        }
+    }
+    if !remaining.is_empty() {
+        write_namespace_conditions(store, &namespaces, &namespace, &remaining, &finalizers);
+        return false;
+    }
+    let mut finalized = (*namespace).clone();
+    if let Some(list) = finalized
+        .pointer_mut("/spec/finalizers")
+        .and_then(Value::as_array_mut)
+    {
+        list.retain(|f| f != crate::store::NAMESPACE_FINALIZER);
+    }
+    if let Some(md) = finalized.get_mut("metadata").and_then(Value::as_object_mut) {
+        md.remove("resourceVersion");
+    }
+    if let Err(e) = store.update(&namespaces, "", ns, finalized, Sub::Finalize) {
+        tracing::warn!(namespace = %ns, error = %e, "cannot finalize the namespace");
+        return false;
+    }
+    let _ = store.delete(&namespaces, "", ns, &DeleteOptions::default());
+    store.get(&namespaces_key(), "", ns).is_none()
+}
+
+/// The deletion conditions of a terminating namespace, worded as upstream's.
+fn write_namespace_conditions(
+    store: &Store,
+    namespaces: &ResourceInfo,
+    namespace: &Value,
+    remaining: &BTreeMap<String, usize>,
+    finalizers: &BTreeMap<String, usize>,
+) {
+    let joined = |counts: &BTreeMap<String, usize>, word: &str| {
+        counts
+            .iter()
+            .map(|(what, n)| format!("{what} {word} {n} resource instances"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut wanted = vec![
+        (
+            "NamespaceDeletionDiscoveryFailure",
+            "False",
+            "ResourcesDiscovered",
+            "All resources successfully discovered".to_string(),
+        ),
+        (
+            "NamespaceDeletionGroupVersionParsingFailure",
+            "False",
+            "ParsedGroupVersions",
+            "All legacy kube types successfully parsed".to_string(),
+        ),
+        (
+            "NamespaceDeletionContentFailure",
+            "False",
+            "ContentDeleted",
+            "All content successfully deleted, may be waiting on finalization".to_string(),
+        ),
+    ];
+    wanted.push(if remaining.is_empty() {
+        (
+            "NamespaceContentRemaining",
+            "False",
+            "ContentRemoved",
+            "All content successfully removed".to_string(),
+        )
+    } else {
+        (
+            "NamespaceContentRemaining",
+            "True",
+            "SomeResourcesRemain",
+            format!("Some resources are remaining: {}", joined(remaining, "has")),
+        )
+    });
+    wanted.push(if finalizers.is_empty() {
+        (
+            "NamespaceFinalizersRemaining",
+            "False",
+            "ContentHasNoFinalizers",
+            "All content-preserving finalizers finished".to_string(),
+        )
+    } else {
+        (
+            "NamespaceFinalizersRemaining",
+            "True",
+            "SomeFinalizersRemain",
+            format!(
+                "Some content in the namespace has finalizers remaining: {}",
+                joined(finalizers, "in")
+            ),
+        )
+    });
+    let existing = namespace
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let now = util::now_rfc3339();
+    let conditions: Vec<Value> = wanted
+        .into_iter()
+        .map(|(type_, status, reason, message)| {
+            let same = existing.iter().find(|c| {
+                c["type"] == type_ && c["status"] == status && c["reason"] == reason && c["message"] == message.as_str()
+            });
+            match same {
+                Some(c) => c.clone(),
+                None => json!({"type": type_, "status": status, "lastTransitionTime": now, "reason": reason, "message": message}),
+            }
+        })
+        .collect();
+    if conditions == existing {
+        return;
+    }
+    let patch = json!({"status": {"conditions": conditions}});
+    let _ = store.patch(
+        namespaces,
+        "",
+        name_of(namespace),
+        PatchKind::Merge,
+        &patch,
+        Sub::Status,
+    );
+}
+
 /// Background cascading deletion: dependents go when their controller owner goes.
 pub async fn garbage_collector(store: Arc<Store>, mut rx: UnboundedReceiver<Arc<Event>>) {
     while let Some(ev) = rx.recv().await {

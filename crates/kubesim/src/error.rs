@@ -52,6 +52,28 @@ impl ApiError {
         .with_details(plural, group, name)
     }
 
+    /// A create in a namespace being deleted, as the `NamespaceLifecycle` admission
+    /// plugin refuses it: named by the resource as requested, with its cause.
+    pub fn namespace_terminating(plural: &str, group: &str, name: &str, namespace: &str) -> Self {
+        let mut error = ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                qualified(plural, group)
+            ),
+        )
+        .with_details(plural, group, name);
+        if let Some(details) = error.details.as_mut() {
+            details["causes"] = json!([{
+                "reason": "NamespaceTerminating",
+                "message": format!("namespace {namespace} is being terminated"),
+                "field": "metadata.namespace",
+            }]);
+        }
+        error
+    }
+
     pub fn conflict(plural: &str, group: &str, name: &str) -> Self {
         ApiError::new(
             409,

@@ -54,6 +54,10 @@ pub fn serve(store: &Store, namespace: &str, name: &str, body: &[u8]) -> Result<
     let pdbs = registry
         .lookup("policy", "v1", "poddisruptionbudgets")
         .expect("poddisruptionbudgets are served");
+    // As the NamespaceLifecycle admission plugin: an eviction is a create.
+    if store.namespace_terminating(namespace) {
+        return Err(ApiError::namespace_terminating("pods", "", name, namespace));
+    }
     let pod = store
         .get(&pods.key(), namespace, name)
         .ok_or_else(|| ApiError::not_found("pods", "", name))?;

@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub workload_tick: Duration,
     /// Events kept for watches to resume from; older versions get 410 Gone.
     pub event_log_capacity: usize,
+    /// How long the namespace controller waits after a change of a namespace being
+    /// deleted before it acts (5 s upstream, so that no API server still admits content).
+    pub namespace_deletion_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -56,6 +59,7 @@ impl Default for SimConfig {
             default_rps: 50.0,
             workload_tick: Duration::from_millis(100),
             event_log_capacity: 200_000,
+            namespace_deletion_delay: Duration::from_secs(5),
         }
     }
 }
@@ -94,6 +98,11 @@ impl Sim {
         )));
         tasks.push(tokio::spawn(controllers::endpoints(
             store.clone(),
+            store.subscribe_all(),
+        )));
+        tasks.push(tokio::spawn(controllers::namespaces(
+            store.clone(),
+            config.namespace_deletion_delay,
             store.subscribe_all(),
         )));
         tasks.push(tokio::spawn(controllers::garbage_collector(

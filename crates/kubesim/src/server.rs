@@ -244,6 +244,7 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
     let sub = match target.sub.as_deref() {
         None => Sub::Main,
         Some("status") if target.info.has_status => Sub::Status,
+        Some("finalize") if verb == "update" && info_is_namespaces(&target.info) => Sub::Finalize,
         Some(_) => return Err(not_found_path()),
     };
     let info = target.info.clone();
@@ -347,6 +348,10 @@ async fn handle(state: Shared, req: Request) -> Result<Response, ApiError> {
         }
         _ => Err(not_found_path()),
     }
+}
+
+fn info_is_namespaces(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.plural == "namespaces"
 }
 
 fn resolve(store: &Store, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {

@@ -58,6 +58,8 @@ impl Event {
 pub enum Sub {
     Main,
     Status,
+    /// A namespace's `finalize` subresource: only `spec.finalizers` changes.
+    Finalize,
 }
 
 /// Options of a delete call.
@@ -111,6 +113,9 @@ pub struct Store {
 }
 
 const NS: &str = "namespaces";
+/// The finalizer in every namespace's `spec.finalizers`, removed by the namespace
+/// controller once the namespace is empty.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 impl Store {
     pub fn new(log_capacity: usize) -> Self {
@@ -376,6 +381,19 @@ impl Store {
             ));
         }
         check_type(info, &obj)?;
+        if info.namespaced && self.namespace_terminating(namespace) {
+            // Named as the request named it, before any name is generated.
+            let name = util::str_at(&obj, "/metadata/name")
+                .filter(|n| !n.is_empty())
+                .or_else(|| util::str_at(&obj, "/metadata/generateName"))
+                .unwrap_or_default();
+            return Err(ApiError::namespace_terminating(
+                &info.plural,
+                &info.group,
+                name,
+                namespace,
+            ));
+        }
         if let Some(view) = info.view() {
             view.validate_create(&obj)
                 .map_err(|m| ApiError::invalid(&info.plural, "", name_of(&obj), m))?;
@@ -442,12 +460,16 @@ impl Store {
             md.remove("namespace");
         }
         let ns = if info.namespaced { namespace } else { "" };
-        if inner
+        if let Some(existing) = inner
             .objects
             .get(&key)
-            .is_some_and(|m| m.contains_key(&(ns.to_string(), name.clone())))
+            .and_then(|m| m.get(&(ns.to_string(), name.clone())))
         {
-            return Err(ApiError::already_exists(&info.plural, &info.group, &name));
+            let mut error = ApiError::already_exists(&info.plural, &info.group, &name);
+            if existing.pointer("/metadata/deletionTimestamp").is_some() {
+                error.message = format!("object is being deleted: {}", error.message);
+            }
+            return Err(error);
         }
         md.insert("uid".into(), Value::String(util::new_uid()));
         md.insert(
@@ -502,6 +524,20 @@ impl Store {
             }
             ("", "namespaces") => {
                 obj["status"] = json!({"phase": "Active"});
+                // The namespace controller's finalizer: it holds the namespace while its
+                // contents are deleted.
+                if !obj.get("spec").is_some_and(Value::is_object) {
+                    obj["spec"] = json!({});
+                }
+                let spec = &mut obj["spec"];
+                if !spec.get("finalizers").is_some_and(Value::is_array) {
+                    spec["finalizers"] = json!([]);
+                }
+                if let Some(finalizers) = spec["finalizers"].as_array_mut()
+                    && !finalizers.contains(&json!(NAMESPACE_FINALIZER))
+                {
+                    finalizers.push(json!(NAMESPACE_FINALIZER));
+                }
                 // Set by the real server on every namespace, for namespace selectors.
                 let name = json!(name_of(obj));
                 let md = metadata_mut(obj);
@@ -676,7 +712,18 @@ impl Store {
             }
             _ => {}
         }
-        if sub == Sub::Status {
+        let is_namespace = info.group.is_empty() && info.plural == NS;
+        if sub == Sub::Finalize {
+            let finalizers = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            new = (*old).clone();
+            if !new.get("spec").is_some_and(Value::is_object) {
+                new["spec"] = json!({});
+            }
+            new["spec"]["finalizers"] = finalizers;
+        } else if sub == Sub::Status {
             let status = new.get("status").cloned();
             new = (*old).clone();
             match status {
@@ -713,6 +760,21 @@ impl Store {
                 };
             }
             md.remove("managedFields");
+            // A namespace's finalizers change only through its `finalize` subresource.
+            if is_namespace {
+                let finalizers = old.pointer("/spec/finalizers").cloned();
+                if !new.get("spec").is_some_and(Value::is_object) {
+                    new["spec"] = json!({});
+                }
+                match finalizers {
+                    Some(f) => new["spec"]["finalizers"] = f,
+                    None => {
+                        if let Some(spec) = new["spec"].as_object_mut() {
+                            spec.remove("finalizers");
+                        }
+                    }
+                }
+            }
         }
         {
             let md = metadata_mut(&mut new);
@@ -758,7 +820,9 @@ impl Store {
             .pointer("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .is_none_or(|g| g == 0);
-        if terminating && finalizers_empty && grace_over {
+        // A namespace goes only by a delete once its contents are gone (the namespace
+        // controller's), never by an update.
+        if terminating && finalizers_empty && grace_over && !is_namespace {
             return Ok(self.remove_locked(inner, info, new, Some(old)));
         }
         let updated = self.commit(inner, &key, EventType::Modified, new, Some(old));
@@ -866,6 +930,9 @@ impl Store {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
+        if info.group.is_empty() && info.plural == NS {
+            return Ok(self.delete_namespace_locked(&mut inner, info, old, has_finalizers));
+        }
         let is_pod = info.group.is_empty() && info.plural == "pods";
         let grace = opts.grace_period_seconds.unwrap_or_else(|| {
             if is_pod {
@@ -879,7 +946,26 @@ impl Store {
         let already_terminating = old.pointer("/metadata/deletionTimestamp").is_some();
         if has_finalizers || (is_pod && grace > 0 && !already_terminating) {
             if already_terminating {
-                return Ok(old);
+                // A shorter grace period shortens a deletion under way (the kubelet's
+                // final delete, with 0): removing the last finalizer then removes it.
+                let current = old
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let shorter = opts
+                    .grace_period_seconds
+                    .filter(|g| (0..current).contains(g));
+                let Some(grace) = shorter else {
+                    return Ok(old);
+                };
+                let mut new = (*old).clone();
+                let md = metadata_mut(&mut new);
+                md.insert(
+                    "deletionTimestamp".into(),
+                    Value::String(util::rfc3339_in(grace)),
+                );
+                md.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                return Ok(self.commit(&mut inner, &key, EventType::Modified, new, Some(old)));
             }
             let mut new = (*old).clone();
             let md = metadata_mut(&mut new);
@@ -894,6 +980,62 @@ impl Store {
         Ok(self.remove_locked(&mut inner, info, obj, Some(old)))
     }
 
+    /// The first delete of a namespace marks it `Terminating`; the namespace controller
+    /// then empties it, removes its `kubernetes` finalizer and deletes it again, which
+    /// removes it once no finalizer is left.
+    fn delete_namespace_locked(
+        &self,
+        inner: &mut Inner,
+        info: &ResourceInfo,
+        old: Arc<Value>,
+        has_finalizers: bool,
+    ) -> Arc<Value> {
+        if old.pointer("/metadata/deletionTimestamp").is_none() {
+            let mut new = (*old).clone();
+            metadata_mut(&mut new).insert(
+                "deletionTimestamp".into(),
+                Value::String(util::now_rfc3339()),
+            );
+            new["status"]["phase"] = json!("Terminating");
+            let key = info.key();
+            return self.commit(inner, &key, EventType::Modified, new, Some(old));
+        }
+        let held = has_finalizers
+            || old
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+        if held {
+            return old;
+        }
+        let obj = (*old).clone();
+        self.remove_locked(inner, info, obj, Some(old))
+    }
+
+    /// Whether a namespace is being deleted: nothing new may be created in it.
+    pub fn namespace_terminating(&self, namespace: &str) -> bool {
+        self.lock()
+            .objects
+            .get(&ResKey::new("", NS))
+            .and_then(|m| m.get(&(String::new(), namespace.to_string())))
+            .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_some())
+    }
+
+    /// Every namespaced resource as stored (views left out), once each.
+    pub fn namespaced_resources(&self) -> Vec<Arc<ResourceInfo>> {
+        let inner = self.lock();
+        let mut seen = HashSet::new();
+        inner
+            .registry
+            .groups
+            .values()
+            .flat_map(|resources| resources.values())
+            .filter(|info| info.namespaced && info.view().is_none())
+            .filter(|info| seen.insert(info.key()))
+            .cloned()
+            .collect()
+    }
+
     fn remove_locked(
         &self,
         inner: &mut Inner,
@@ -904,25 +1046,6 @@ impl Store {
         let key = info.key();
         let name = name_of(&obj).to_string();
         let removed = self.commit(inner, &key, EventType::Deleted, obj, old);
-        if info.group.is_empty() && info.plural == NS {
-            // Namespace deletion takes its contents with it.
-            let keys: Vec<ResKey> = inner.objects.keys().cloned().collect();
-            for k in keys {
-                let victims: Vec<Arc<Value>> = inner
-                    .objects
-                    .get(&k)
-                    .map(|m| {
-                        m.range((name.clone(), String::new())..)
-                            .take_while(|((n, _), _)| *n == name)
-                            .map(|(_, v)| v.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for v in victims {
-                    self.commit(inner, &k, EventType::Deleted, (*v).clone(), Some(v));
-                }
-            }
-        }
         if info.group == "apiextensions.k8s.io" && info.plural == "customresourcedefinitions" {
             inner.registry.remove_crd(&name);
             let (g, p) = crd_group_plural(&removed);

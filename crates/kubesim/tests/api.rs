@@ -1354,3 +1354,120 @@ async fn the_scale_subresource_reads_and_writes_deployment_replicas() {
     assert_eq!(code, 404);
     sim.shutdown().await;
 }
+
+/// As Kubernetes 1.34 deletes a namespace: its pods first, the rest only once they are
+/// gone; nothing new is admitted meanwhile (a Deployment's replacement pods, an eviction),
+/// and the namespace goes once it is empty.
+#[tokio::test]
+async fn a_namespace_is_emptied_pods_first_then_removed() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    let sim = sim_with(SimConfig {
+        ready_delay: Duration::from_millis(100),
+        namespace_deletion_delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let client = sim.client();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "doomed");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    let mut held = pod_json("held", json!({"app": "web"}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(held).unwrap(),
+    )
+    .await
+    .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "cfg"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "doomed");
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "fleet"}},
+                "template": {"metadata": {"labels": {"app": "fleet"}},
+                             "spec": {"containers": [{"name": "app", "image": "sim"}]}},
+            }}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_for("three pods", WAIT, || async {
+        (pods.list(&ListParams::default()).await.ok()?.items.len() == 3).then_some(())
+    })
+    .await;
+
+    let deleted = namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = deleted
+        .left()
+        .expect("the namespace is kept while it empties");
+    assert_eq!(
+        terminating.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    let refused = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod_json("late", json!({}))).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(refused), (403, "Forbidden".into()));
+
+    // Only the held pod remains, terminating; the Deployment replaces nothing, and the
+    // ConfigMap is left alone while a pod remains.
+    wait_for("only the held pod left, terminating", WAIT, || async {
+        let left = pods.list(&ListParams::default()).await.ok()?.items;
+        let only_held = left.len() == 1
+            && left[0].metadata.name.as_deref() == Some("held")
+            && left[0].metadata.deletion_timestamp.is_some();
+        only_held.then_some(())
+    })
+    .await;
+    let cfg = cms.get("cfg").await.unwrap();
+    assert!(cfg.metadata.deletion_timestamp.is_none(), "{cfg:?}");
+    let eviction = http::Request::post("/api/v1/namespaces/doomed/pods/held/eviction")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "held"}})).unwrap())
+        .unwrap();
+    let refused = client.request_text(eviction).await.unwrap_err();
+    assert_eq!(api_code(refused), (403, "Forbidden".into()));
+
+    pods.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    wait_for("the namespace to be gone", WAIT, || async {
+        matches!(namespaces.get_opt("doomed").await, Ok(None)).then_some(())
+    })
+    .await;
+    for store_key in [("", "configmaps"), ("apps", "deployments"), ("", "pods")] {
+        let key = kubesim::resources::ResKey::new(store_key.0, store_key.1);
+        assert!(
+            sim.store().list_all(&key, Some("doomed")).is_empty(),
+            "{store_key:?} left behind"
+        );
+    }
+    sim.shutdown().await;
+}

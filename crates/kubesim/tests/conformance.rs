@@ -1329,6 +1329,154 @@ async fn kubectl_script(b: &Backend, cluster_scoped: &mut Vec<String>) -> Transc
     t
 }
 
+/// A finalizer of the scripts' own, which no controller removes.
+const HOLD: &str = "conformance.kubervisor.io/hold";
+
+/// What a refused create says, beyond the code and reason every step compares.
+fn refusal(reply: &Reply) -> Value {
+    json!([reply.status, reply.body["message"], reply.body["details"]])
+}
+
+async fn namespace_deletion_script(b: &Backend, _: &mut Vec<String>) -> Transcript {
+    let mut t = Transcript::default();
+    let ns_path = format!("/api/v1/namespaces/{}", b.ns);
+    let cms = b.at("/api/v1", "configmaps");
+    let mut held = configmap("held", json!({}), json!({"a": "1"}));
+    held["metadata"]["finalizers"] = json!([HOLD]);
+    let created = b.post(&cms, &held).await;
+    assert_eq!(created.status, 201, "{}: {}", b.name, created.body);
+    let plain = b
+        .post(&cms, &configmap("plain", json!({}), json!({})))
+        .await;
+    assert_eq!(plain.status, 201, "{}: {}", b.name, plain.body);
+    t.record(
+        "a namespace holds the kubernetes finalizer",
+        &b.get(&ns_path).await,
+    );
+
+    t.record("delete the namespace", &b.delete(&ns_path, None).await);
+    t.record("delete it again", &b.delete(&ns_path, None).await);
+    t.record("a terminating namespace", &b.get(&ns_path).await);
+    let refused = b.post(&cms, &configmap("new", json!({}), json!({}))).await;
+    t.record("create in a terminating namespace", &refused);
+    t.fact("what the refusal says", refusal(&refused));
+    let generated =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "gen-"}});
+    t.fact(
+        "a create with generateName is refused by its prefix",
+        refusal(&b.post(&cms, &generated).await),
+    );
+    let regarding = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "held", "namespace": b.ns, "uid": created.body["metadata"]["uid"]});
+    let new_style = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "held.released"},
+        "eventTime": "2025-03-01T10:00:00.123456Z", "regarding": regarding,
+        "note": "released", "reason": "Released", "action": "Release", "type": "Normal",
+        "reportingController": "kubervisor.io/operator", "reportingInstance": "kubervisor-0",
+    });
+    t.fact(
+        "an events.k8s.io Event is refused as any create",
+        refusal(
+            &b.post(&b.at("/apis/events.k8s.io/v1", "events"), &new_style)
+                .await,
+        ),
+    );
+    let core = json!({
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "held.core"},
+        "involvedObject": regarding, "message": "m", "reason": "R", "type": "Normal",
+    });
+    t.fact(
+        "a core Event is refused as any create",
+        refusal(&b.post(&b.at("/api/v1", "events"), &core).await),
+    );
+    t.record(
+        "an update in a terminating namespace is allowed",
+        &b.patch(
+            &format!("{cms}/held"),
+            "application/merge-patch+json",
+            &json!({"metadata": {"labels": {"seen": "yes"}}}),
+        )
+        .await,
+    );
+    let again = b.create_namespace(&b.ns).await;
+    t.record("create the namespace again while it terminates", &again);
+    t.fact("what that refusal says", json!(again.body["message"]));
+
+    // The namespace controller deletes the contents; the finalizer holds one object.
+    let marked = eventually("the contents to be deleted", WAIT, || async {
+        let left = without_root_ca(b.get(&cms).await);
+        let held = left.body["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == "held"))
+            .cloned();
+        match held {
+            Some(h)
+                if names(&left) == json!(["held"])
+                    && h["metadata"]["deletionTimestamp"].is_string() =>
+            {
+                Ok(h)
+            }
+            _ => Err(names(&left).to_string()),
+        }
+    })
+    .await;
+    t.fact(
+        "an object with a finalizer is marked and stays",
+        json!([
+            marked["metadata"]["deletionGracePeriodSeconds"],
+            marked["metadata"]["finalizers"],
+            marked["data"],
+            marked["metadata"]["labels"]
+        ]),
+    );
+    let conditions = eventually("the namespace to report what holds it", WAIT, || async {
+        let ns = b.get(&ns_path).await;
+        let conditions: Vec<Value> = ns.body["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| json!([c["type"], c["status"], c["reason"], c["message"]]))
+            .collect();
+        let held = conditions
+            .iter()
+            .any(|c| c[0] == "NamespaceFinalizersRemaining" && c[1] == "True");
+        if held {
+            Ok(conditions)
+        } else {
+            Err(format!("{conditions:?}"))
+        }
+    })
+    .await;
+    t.fact(
+        "the conditions of a namespace held by a finalizer",
+        json!(conditions),
+    );
+
+    let release = b
+        .patch(
+            &format!("{cms}/held"),
+            "application/json-patch+json",
+            &json!([{"op": "remove", "path": "/metadata/finalizers"}]),
+        )
+        .await;
+    t.fact("the finalizer removed", json!(release.status));
+    eventually("the namespace to be gone", WAIT, || async {
+        let reply = b.get(&ns_path).await;
+        if reply.status == 404 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", reply.status, reply.body["status"]))
+        }
+    })
+    .await;
+    t.record("the namespace is gone", &b.get(&ns_path).await);
+    t.record(
+        "a create in a namespace that is gone",
+        &b.post(&cms, &configmap("late", json!({}), json!({}))).await,
+    );
+    t
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests
 
@@ -1365,6 +1513,11 @@ async fn events_through_both_event_apis() {
 #[tokio::test]
 async fn kubectl_protobuf_creates_and_scale() {
     on_both!(kubectl_script)
+}
+
+#[tokio::test]
+async fn namespace_deletion_empties_then_removes_and_refuses_new_content() {
+    on_both!(namespace_deletion_script)
 }
 
 #[test]

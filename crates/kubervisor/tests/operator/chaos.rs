@@ -53,12 +53,9 @@ async fn wait_crd(cluster: &Cluster) {
     .await;
 }
 
-async fn guard(
-    cluster: Cluster,
-    detector: CustomDetector,
-    url: &str,
-    config: MonitorConfig,
-) -> Run {
+/// The KubervisorService of every churn: one custom breaker (floor 3, evaluated every
+/// 0.3 s) and a periodic activator (1 s).
+async fn guard_fleet(cluster: &Cluster, url: &str) {
     let breakers = json!([{
         "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": FLOOR,
         "customService": url,
@@ -66,6 +63,15 @@ async fn guard(
     cluster
         .guard(breakers, json!({"mode": "periodic", "period": 1.0}), false)
         .await;
+}
+
+async fn guard(
+    cluster: Cluster,
+    detector: CustomDetector,
+    url: &str,
+    config: MonitorConfig,
+) -> Run {
+    guard_fleet(&cluster, url).await;
     let monitor = Monitor::start(&cluster.kubeconfig, config).await;
     let pods = cluster.wait_ready_pods("web", PODS).await;
     Run {
@@ -76,6 +82,17 @@ async fn guard(
     }
 }
 
+/// The pods the detector names at tick `i` of a churn.
+fn churn_picks(i: u32, pods: &[String]) -> Vec<String> {
+    let i = i as usize;
+    let picks = if i.is_multiple_of(2) {
+        vec![i, i + 2, i + 3, i + 5]
+    } else {
+        vec![i, i + 3]
+    };
+    picks.iter().map(|k| pods[k % pods.len()].clone()).collect()
+}
+
 impl Run {
     /// Names pods anomalous, different ones each tick: four (one more than the floor lets
     /// go) on even ticks, two on odd ones (so pods already out are named again while the
@@ -83,14 +100,7 @@ impl Run {
     /// the verdicts.
     async fn churn(&self, ticks: u32, tick: Duration, mut fault: impl FnMut(u32, &Run)) {
         for i in 0..ticks {
-            let i_ = i as usize;
-            let picks = if i % 2 == 0 {
-                vec![i_, i_ + 2, i_ + 3, i_ + 5]
-            } else {
-                vec![i_, i_ + 3]
-            };
-            let named: Vec<String> = picks.iter().map(|k| self.pods[k % PODS].clone()).collect();
-            self.detector.report(&named);
+            self.detector.report(&churn_picks(i, &self.pods));
             fault(i, self);
             // Pacing of the driver: the monitor, not this loop, judges what happens.
             tokio::time::sleep(tick).await;
@@ -681,5 +691,216 @@ on_both_backends! {
             "only {} decision events: the scenario exercised too little",
             report.decisions
         );
+    }
+}
+
+/// How long a namespace deleted with a KubervisorService inside may take to go: the
+/// namespace controller waits 5 s, deletes the pods, then the rest once they are gone,
+/// and may look again only seconds later.
+const NAMESPACE_GONE_WITHIN: Duration = Duration::from_secs(45);
+
+/// One sample of the operator's `/metrics`: the value of each series whose name is
+/// `metric` and whose labels include `namespace="NS"`, summed.
+async fn metric(addr: std::net::SocketAddr, metric: &str, namespace: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    let label = format!("namespace=\"{namespace}\"");
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// What still holds a namespace being deleted, for a failure to show.
+async fn what_holds(cluster: &Cluster, namespace: &str) -> String {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    let ns = kube::Api::<Namespace>::all(cluster.client.clone())
+        .get_opt(namespace)
+        .await;
+    let conditions = match ns {
+        Ok(Some(ns)) => ns
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.status == "True")
+            .map(|c| c.message.unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => format!("{other:?}"),
+    };
+    let kvs: Vec<String> = kube::Api::<kubervisor_api::KubervisorService>::namespaced(
+        cluster.client.clone(),
+        namespace,
+    )
+    .list(&Default::default())
+    .await
+    .map(|l| l.items)
+    .unwrap_or_default()
+    .into_iter()
+    .map(|k| {
+        format!(
+            "KubervisorService {} finalizers {:?} deleting {}",
+            kube::ResourceExt::name_any(&k),
+            k.metadata.finalizers,
+            k.metadata.deletion_timestamp.is_some()
+        )
+    })
+    .collect();
+    let pods = kube::Api::<Pod>::namespaced(cluster.client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or_default();
+    format!("conditions: [{conditions}], {kvs:?}, {pods} pods")
+}
+
+on_both_backends! {
+    /// Two namespaces, each with a fleet and a KubervisorService under churn; one of them
+    /// is deleted mid-churn. It goes within a bound: its pods are deleted first, then its
+    /// KubervisorService, whose finalizer the operator removes although the pods are gone
+    /// and every event it publishes there is refused (403, the namespace terminating). The
+    /// operator's task for it ends (its series go, its reconciles stop), the operator keeps
+    /// running and keeps deciding in the other namespace, where the monitor sees 0
+    /// violations.
+    ///
+    /// On kubesim one operator watches every namespace, so the deleted namespace's refusals
+    /// meet the other's work in one process (one event publisher, one manager). The real
+    /// control plane is shared with other tests, whose resources an operator watching every
+    /// namespace would act on: there each namespace has an operator of its own.
+    async fn a_namespace_deleted_with_its_kubervisor_service_inside(backend: Backend) {
+        let (mut cluster, detector) = fleet(backend).await;
+        let mut doomed = cluster.another_namespace("doomed").await;
+        let doomed_detector = CustomDetector::start().await;
+        doomed.deploy("web", PODS as i32, BTreeMap::new()).await;
+        let everywhere = cluster.sim.is_some();
+        let (metrics, doomed_metrics) = if everywhere {
+            let addr = cluster.start_operator_watching(None).await;
+            (addr, addr)
+        } else {
+            let ns = cluster.namespace.clone();
+            let survivor = cluster.start_operator_watching(Some(&ns)).await;
+            let ns = doomed.namespace.clone();
+            (survivor, doomed.start_operator_watching(Some(&ns)).await)
+        };
+        let doomed_ns = doomed.namespace.clone();
+        let survivor_ns = cluster.namespace.clone();
+        guard_fleet(&doomed, &doomed_detector.url).await;
+        let doomed_pods = doomed.wait_ready_pods("web", PODS).await;
+        let url = detector.url.clone();
+        let config = MonitorConfig::web(&survivor_ns);
+        let run = guard(cluster, detector, &url, config).await;
+
+        // Both fleets churn; the namespace is deleted at the fifth tick, and watched
+        // until it is gone.
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(run.cluster.client.clone());
+        let mut deletion = None;
+        run.churn(12, TICK, |i, _| {
+            doomed_detector.report(&churn_picks(i, &doomed_pods));
+            if i == 4 {
+                let (namespaces, name) = (namespaces.clone(), doomed_ns.clone());
+                deletion = Some(tokio::spawn(async move {
+                    let deleted_at = jiff::Timestamp::now();
+                    let started = Instant::now();
+                    namespaces
+                        .delete(&name, &Default::default())
+                        .await
+                        .expect("the namespace deletion is accepted");
+                    eventually("the deleted namespace to be gone", NAMESPACE_GONE_WITHIN, || async {
+                        match namespaces.get_opt(&name).await {
+                            Ok(None) => Ok(()),
+                            other => Err(format!("{other:?}")),
+                        }
+                    })
+                    .await;
+                    (deleted_at, jiff::Timestamp::now(), started.elapsed())
+                }));
+            }
+        })
+        .await;
+        let deletion = deletion.expect("the namespace was deleted").await;
+        let Ok((deleted_at, gone_at, took)) = deletion else {
+            panic!(
+                "the deleted namespace is not gone after {NAMESPACE_GONE_WITHIN:?}: {}",
+                what_holds(&run.cluster, &doomed_ns).await
+            );
+        };
+        eprintln!("the namespace went {took:?} after its deletion");
+        // Upstream waits 5 s before emptying a namespace: a namespace gone sooner was
+        // deleted at once, with nothing refused and no finalizer honoured, which would let
+        // an operator that holds or trips over a deletion pass.
+        assert!(
+            took >= Duration::from_secs(4),
+            "the namespace went {took:?} after its deletion: it never terminated"
+        );
+        assert_eq!(
+            what_holds(&run.cluster, &doomed_ns).await,
+            "conditions: [Ok(None)], [], 0 pods",
+            "the deleted namespace left something behind"
+        );
+
+        // Refused events there never held back the other namespace's: decisions there
+        // were published while the deleted namespace refused every event.
+        let published = |reasons: &'static [&'static str], from: jiff::Timestamp, to: jiff::Timestamp| {
+            let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+                kube::Api::namespaced(run.cluster.client.clone(), &survivor_ns);
+            async move {
+                events
+                    .list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref().is_some_and(|r| reasons.contains(&r)))
+                    .filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 > from && t.0 < to))
+                    .count()
+            }
+        };
+        let decisions = &["PodEjected", "PodActivated"];
+        let while_terminating = published(
+            decisions,
+            deleted_at + jiff::SignedDuration::from_secs(2),
+            gone_at - jiff::SignedDuration::from_secs(1),
+        )
+        .await;
+        assert!(
+            while_terminating >= 2,
+            "{while_terminating} decision events published in the other namespace while the deleted one terminated"
+        );
+
+        // The task of the gone resource has ended; the operator runs on.
+        assert!(run.cluster.operator_running("e2e") && (everywhere || doomed.operator_running("e2e")));
+        eventually("the gone resource's series to go", Duration::from_secs(10), || async {
+            let items = metric(doomed_metrics, "kubervisor_item_gauge", &doomed_ns).await;
+            let pods = metric(doomed_metrics, "kubervisor_breaker_gauge", &doomed_ns).await;
+            if items == Some(0.0) && pods.is_none() { Ok(()) } else { Err(format!("items {items:?}, pods {pods:?}")) }
+        })
+        .await;
+        let reconciles = "kubervisor_reconcile_duration_seconds_count";
+        let doomed_reconciles = metric(doomed_metrics, reconciles, &doomed_ns).await;
+        let survivor_reconciles = metric(metrics, reconciles, &survivor_ns).await;
+
+        run.churn(8, TICK, |_, _| {}).await;
+        assert!(run.cluster.operator_running("e2e") && (everywhere || doomed.operator_running("e2e")));
+        assert_eq!(
+            metric(doomed_metrics, reconciles, &doomed_ns).await,
+            doomed_reconciles,
+            "the gone resource is still reconciled"
+        );
+        let later = metric(metrics, reconciles, &survivor_ns).await;
+        assert!(later > survivor_reconciles, "{later:?} reconciles, {survivor_reconciles:?} before");
+        let ejected_since = published(&["PodEjected"], gone_at, jiff::Timestamp::now()).await;
+        assert!(ejected_since >= 2, "{ejected_since} ejections since the namespace went");
+        run.settle_and_judge(Duration::from_secs(10), 8).await;
     }
 }

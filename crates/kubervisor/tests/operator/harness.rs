@@ -140,9 +140,58 @@ impl Cluster {
             .and_then(|listener| listener.local_addr())
             .expect("a free loopback port");
         let kubeconfig = self.kubeconfig.clone();
-        self.start_replica_with("e2e", false, &kubeconfig, addr)
+        let namespace = Some(self.namespace.clone());
+        self.start_replica_with("e2e", false, &kubeconfig, addr, namespace)
             .await;
         addr
+    }
+
+    /// Starts the operator watching `namespace`, or every namespace, with `/metrics` on a
+    /// free loopback port; returns its address.
+    pub async fn start_operator_watching(&mut self, namespace: Option<&str>) -> SocketAddr {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port");
+        let kubeconfig = self.kubeconfig.clone();
+        self.start_replica_with("e2e", false, &kubeconfig, addr, namespace.map(String::from))
+            .await;
+        addr
+    }
+
+    /// Whether the in-process operator `identity` still runs (it has not returned or panicked).
+    pub fn operator_running(&self, identity: &str) -> bool {
+        self.operators
+            .get(identity)
+            .is_some_and(|(_, task)| !task.is_finished())
+    }
+
+    /// Another namespace of the same cluster, for scenarios across namespaces: made here
+    /// on kubesim (whose emulator stays with `self`), a fresh one of the test's own on the
+    /// real control plane. Its operators are its own.
+    pub async fn another_namespace(&self, name: &str) -> Cluster {
+        if self.sim.is_none() {
+            return Cluster::connect(self.kubeconfig.clone()).await;
+        }
+        let namespace: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("namespace {name} cannot be created: {e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::copy(&self.kubeconfig, &kubeconfig).unwrap();
+        Cluster {
+            sim: None,
+            client: self.client.clone(),
+            kubeconfig,
+            namespace: name.to_string(),
+            real_namespace: None,
+            workload: None,
+            _dir: dir,
+            operators: BTreeMap::new(),
+            tasks: Vec::new(),
+        }
     }
 
     /// Starts one replica of the operator named `identity`, optionally with leader election.
@@ -160,18 +209,20 @@ impl Cluster {
         kubeconfig: &std::path::Path,
     ) {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        self.start_replica_with(identity, leader_elect, kubeconfig, addr)
+        let namespace = Some(self.namespace.clone());
+        self.start_replica_with(identity, leader_elect, kubeconfig, addr, namespace)
             .await;
     }
 
-    /// Starts a replica reaching the API through `kubeconfig` and serving the operator's
-    /// HTTP endpoint on `addr`.
+    /// Starts a replica reaching the API through `kubeconfig`, serving the operator's
+    /// HTTP endpoint on `addr` and watching `namespace` (every namespace: `None`).
     async fn start_replica_with(
         &mut self,
         identity: &str,
         leader_elect: bool,
         kubeconfig: &std::path::Path,
         addr: SocketAddr,
+        namespace: Option<String>,
     ) {
         assert!(
             !self.operators.contains_key(identity),
@@ -181,7 +232,7 @@ impl Cluster {
             kubeconfig: Some(kubeconfig.to_path_buf()),
             master: None,
             addr,
-            namespace: Some(self.namespace.clone()),
+            namespace,
             install_crd: true,
             leader_elect,
             lease_namespace: None,
@@ -730,8 +781,31 @@ impl Drop for Cluster {
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        // The real control plane is shared: leave it as it was found.
-        self.real_namespace.take();
+        // The real control plane is shared: leave it as it was found. The operators are
+        // gone, so their finalizer would hold the namespace Terminating for ever.
+        if let Some(namespace) = self.real_namespace.take() {
+            release_finalizers(&self.kubeconfig, &namespace.name);
+        }
+    }
+}
+
+/// Removes the operator's finalizer from every KubervisorService of `namespace`, with
+/// kubectl (a drop cannot wait on the async client).
+fn release_finalizers(kubeconfig: &std::path::Path, namespace: &str) {
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--namespace", namespace])
+            .args(args)
+            .output()
+    };
+    let Ok(listed) = kubectl(&["get", "kubervisorservices", "--output", "name"]) else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&listed.stdout).lines() {
+        let patch = r#"{"metadata":{"finalizers":null}}"#;
+        let _ = kubectl(&["patch", name, "--type", "merge", "--patch", patch]);
     }
 }
 
