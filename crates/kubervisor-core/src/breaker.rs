@@ -206,9 +206,14 @@ pub fn plan_ejections(
         panic: panic(limits.panic_threshold_percent, pods, findings),
         ..EjectionPlan::default()
     };
-    // Findings may name every pod of a large fleet: look pods up by name, not by scanning.
-    let by_name: std::collections::HashMap<&str, &PodView> =
-        pods.iter().map(|p| (p.name.as_str(), p)).collect();
+    // Findings may name every pod of a large fleet: then pods are looked up in a map. A
+    // few anomalies (most evaluations have none) are found by scanning, with no map built.
+    let by_name: Option<std::collections::HashMap<&str, &PodView>> =
+        (findings.anomalies.len() > 8).then(|| pods.iter().map(|p| (p.name.as_str(), p)).collect());
+    let find = |name: &str| match &by_name {
+        Some(map) => map.get(name).copied(),
+        None => pods.iter().find(|p| p.name == name),
+    };
     let mut anomalies: Vec<&crate::detect::Anomaly> = findings.anomalies.iter().collect();
     anomalies.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.pod.cmp(&b.pod)));
     for anomaly in anomalies {
@@ -217,7 +222,7 @@ pub fn plan_ejections(
             evidence: anomaly.evidence.clone(),
             reason,
         };
-        let Some(pod) = by_name.get(anomaly.pod.as_str()).copied() else {
+        let Some(pod) = find(&anomaly.pod) else {
             plan.spared.push(spare(SpareReason::NotManaged));
             continue;
         };

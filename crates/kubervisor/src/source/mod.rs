@@ -207,14 +207,16 @@ struct Inner {
     in_flight: Mutex<HashMap<(String, String), Flight>>,
     /// Source addresses already read, by kind and address as written in the spec: every
     /// evaluation of a breaker uses the same one.
-    addresses: Mutex<HashMap<AddressKey, Arc<Address>>>,
+    addresses: Mutex<HashMap<AddressKind, AddressesRead>>,
 }
 
-/// An address as written in a spec, and what kind of source it names.
-type AddressKey = (AddressKind, Box<str>);
+/// Addresses as written in specs, and what each reads as.
+type AddressesRead = HashMap<Box<str>, Arc<Address>>;
 
-/// Distinct addresses remembered at most; past that the memory starts again.
-const ADDRESSES_KEPT: usize = 1024;
+/// Distinct addresses remembered at most; past that the memory starts again. Far more than
+/// clusters use (most breakers share a Prometheus), so that it never starts again at every
+/// evaluation: one address per breaker of 20,000 breakers is about 3 MiB.
+const ADDRESSES_KEPT: usize = 1 << 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum AddressKind {
@@ -284,7 +286,7 @@ impl Sources {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
         };
-        if let Some(address) = lock().get(&(kind, written.into())) {
+        if let Some(address) = lock().get(&kind).and_then(|a| a.get(written)) {
             return Ok(address.clone());
         }
         let endpoint = match kind {
@@ -296,10 +298,11 @@ impl Sources {
             endpoint,
         });
         let mut addresses = lock();
-        if addresses.len() >= ADDRESSES_KEPT {
-            addresses.clear();
+        let of_kind = addresses.entry(kind).or_default();
+        if of_kind.len() >= ADDRESSES_KEPT {
+            of_kind.clear();
         }
-        addresses.insert((kind, written.into()), address.clone());
+        of_kind.insert(written.into(), address.clone());
         Ok(address)
     }
 
