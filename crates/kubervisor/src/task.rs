@@ -218,7 +218,7 @@ impl Task {
         }
         if self.activator_wake(now).is_some_and(|at| at <= now) {
             self.refresh().await;
-            let ran = Timestamp::now();
+            let ran = crate::clock::now();
             self.activator_ran = Some(ran);
             self.feed(Input::ActivatorDue).await;
         }
@@ -378,7 +378,7 @@ impl Task {
             }
             _ => due,
         };
-        let wait = Duration::try_from(wake.duration_since(Timestamp::now())).unwrap_or_default();
+        let wait = Duration::try_from(wake.duration_since(crate::clock::now())).unwrap_or_default();
         Some(now + wait)
     }
 
@@ -389,7 +389,7 @@ impl Task {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
             let state = self.state.take().expect("state is back after every step");
-            let (state, effects) = plan(state, input, Timestamp::now());
+            let (state, effects) = plan(state, input, crate::clock::now());
             self.state = Some(state);
             let kvs = self.state().resource().cloned();
             let (outcomes, failed) = execute(
