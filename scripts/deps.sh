@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real components the tests and the demo run against, when missing:
-# kubectl (Debian package kubernetes-client) and Prometheus (Debian package prometheus).
+# kubectl (Debian package kubernetes-client), Prometheus (Debian package prometheus) and
+# libfaketime (Debian package faketime), which steps the operator's clock in a chaos test.
 set -euo pipefail
 
 warn_old_kubectl() {
@@ -16,6 +17,7 @@ trap warn_old_kubectl EXIT
 missing=()
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -24,7 +26,7 @@ else
     sudo=
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: please install ${missing[*]} (kubectl and prometheus must be on PATH)" >&2
+    echo "error: please install ${missing[*]} (kubectl, prometheus and faketime must be on PATH)" >&2
     exit 1
 fi
 echo "installing ${missing[*]} with apt-get" >&2

@@ -39,6 +39,15 @@ pub enum ActivationReason {
         period: Duration,
         retries: u32,
     },
+    /// Its ejection time is `ahead` of the clock, beyond [`CLOCK_SKEW_ALLOWANCE`]: no
+    /// ejection happened in the future, so a clock stepped back (or the replica that
+    /// ejected it ran ahead), and how long it has been out cannot be known. Waiting for
+    /// that time would keep it out as long as the clock was off: it is given back now.
+    AheadOfClock {
+        break_at: Timestamp,
+        ahead: Duration,
+        period: Duration,
+    },
     /// Ejected more often than `maxRetryCount`: paused, `paused` of at most `max_paused` now.
     Exhausted {
         retries: u32,
@@ -67,6 +76,19 @@ impl fmt::Display for Activation {
                 secs(*period)
             ),
             (
+                ActivationReason::AheadOfClock {
+                    break_at,
+                    ahead,
+                    period,
+                },
+                _,
+            ) => write!(
+                f,
+                "pod {pod} re-activated by activator {mode}: ejected at {break_at}, {} s ahead of the operator's clock (a clock stepped back, or the replica that ejected it ran ahead); how long it has been out cannot be known, so it is not kept out for another period ({} s)",
+                secs(*ahead),
+                secs(*period)
+            ),
+            (
                 ActivationReason::Exhausted {
                     retries,
                     max_retry_count,
@@ -90,6 +112,25 @@ impl fmt::Display for Activation {
             },
         }
     }
+}
+
+/// How far ahead of the clock a pod's ejection time may be and still be believed: the
+/// skew between two replicas' clocks, or a small step back, delays a re-activation by at
+/// most this much. Beyond it the ejection time is wrong (see
+/// [`ActivationReason::AheadOfClock`]).
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(1);
+
+impl ActivationReason {
+    /// Whether the pod's ejection time was ahead of the clock.
+    pub fn is_clock_ahead(&self) -> bool {
+        matches!(self, ActivationReason::AheadOfClock { .. })
+    }
+}
+
+/// How far `break_at` is ahead of `now`, when beyond [`CLOCK_SKEW_ALLOWANCE`].
+fn ahead_of_clock(break_at: Timestamp, now: Timestamp) -> Option<Duration> {
+    let ahead = Duration::try_from(break_at.duration_since(now)).ok()?;
+    (ahead > CLOCK_SKEW_ALLOWANCE).then_some(ahead)
 }
 
 /// Decides, at `now`, what happens to each pod with `traffic=no`.
@@ -132,18 +173,28 @@ pub fn plan_activations(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -
             ActivatorMode::RetryAndPause if exhausted => {
                 Some((Action::Kill, exhausted_reason(paused)))
             }
-            _ => {
-                let wait = wait_before_activation(activator, retries);
-                (now >= add(*break_at, wait)).then_some((
+            _ => match ahead_of_clock(*break_at, now) {
+                Some(ahead) => Some((
                     Action::Activate,
-                    ActivationReason::Due {
+                    ActivationReason::AheadOfClock {
                         break_at: *break_at,
-                        out_for: wait,
+                        ahead,
                         period: activator.period,
-                        retries,
                     },
-                ))
-            }
+                )),
+                None => {
+                    let wait = wait_before_activation(activator, retries);
+                    (now >= add(*break_at, wait)).then_some((
+                        Action::Activate,
+                        ActivationReason::Due {
+                            break_at: *break_at,
+                            out_for: wait,
+                            period: activator.period,
+                            retries,
+                        },
+                    ))
+                }
+            },
         };
         if let Some((action, reason)) = decision {
             plan.push(Activation {
@@ -157,10 +208,11 @@ pub fn plan_activations(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -
     plan
 }
 
-/// When the activator acts on one ejected pod: at once (its ejection time) when a retry
-/// mode has exhausted its retries, else once its time out of traffic is over. `None` for
-/// a pod that is not ejected or whose marks cannot be read.
-pub fn due_at(spec: &ResolvedSpec, pod: &PodView) -> Option<Timestamp> {
+/// When the activator acts on one ejected pod, judged at `now`: at once (its ejection
+/// time) when a retry mode has exhausted its retries, else once its time out of traffic
+/// is over; `now` when its ejection time is ahead of the clock beyond the allowance.
+/// `None` for a pod that is not ejected or whose marks cannot be read.
+pub fn due_at(spec: &ResolvedSpec, pod: &PodView, now: Timestamp) -> Option<Timestamp> {
     if pod.marks.traffic() != Some(Traffic::No) || pod.terminating {
         return None;
     }
@@ -168,6 +220,9 @@ pub fn due_at(spec: &ResolvedSpec, pod: &PodView) -> Option<Timestamp> {
         return None;
     };
     let retries = pod.marks.retries()?;
+    if ahead_of_clock(*break_at, now).is_some() {
+        return Some(now);
+    }
     let activator = spec.activator_for(pod.marks.strategy.as_deref());
     let exhausted =
         activator.mode != ActivatorMode::Periodic && retries > activator.max_retry_count;
@@ -180,14 +235,14 @@ pub fn due_at(spec: &ResolvedSpec, pod: &PodView) -> Option<Timestamp> {
 
 /// The earliest moment at which some ejected pod is due, possibly already past, so that
 /// the activator wakes up exactly then and sleeps while no pod is out of traffic.
-pub fn earliest_due(spec: &ResolvedSpec, pods: &[PodView]) -> Option<Timestamp> {
-    pods.iter().filter_map(|pod| due_at(spec, pod)).min()
+pub fn earliest_due(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Option<Timestamp> {
+    pods.iter().filter_map(|pod| due_at(spec, pod, now)).min()
 }
 
 /// The earliest moment, after `now`, at which some ejected pod becomes due.
 pub fn next_due(spec: &ResolvedSpec, pods: &[PodView], now: Timestamp) -> Option<Timestamp> {
     pods.iter()
-        .filter_map(|pod| due_at(spec, pod))
+        .filter_map(|pod| due_at(spec, pod, now))
         .filter(|due| *due > now)
         .min()
 }
@@ -427,7 +482,7 @@ mod tests {
             pod("c", Traffic::Yes),
         ];
         // a is due at 0 + 2 × 10, b at 5 + 10.
-        assert_eq!(next_due(&spec, &pods, t(0)), Some(t(15)));
+        assert_eq!(next_due(&spec, &pods, t(5)), Some(t(15)));
         assert_eq!(next_due(&spec, &pods, t(15)), Some(t(20)));
         assert_eq!(next_due(&spec, &pods, t(20)), None);
     }
@@ -473,6 +528,32 @@ mod tests {
         assert_eq!(next_forget(&spec, &pods), Some(t(120)));
         spec.default_activator.forget_after = None;
         assert!(forget_retries(&spec, &pods, t(10_000)).is_empty());
+    }
+
+    #[test]
+    fn an_ejection_time_ahead_of_the_clock_ends_at_once_and_says_why() {
+        let spec = spec(ActivatorMode::RetryAndKill, 3, 1);
+        // Ejected "at" 3600: written by a clock an hour ahead, or read after a step back.
+        let pods = [
+            ejected("ahead", "b", t(3600), 2),
+            ejected("skewed", "b", t(1), 1),
+            ejected("fresh", "b", t(0), 1),
+        ];
+        let plan = plan_activations(&spec, &pods, t(0));
+        assert_eq!(actions(&plan), [("ahead", Action::Activate)]);
+        assert!(plan[0].reason.is_clock_ahead());
+        assert!(
+            plan[0]
+                .to_string()
+                .contains("3600 s ahead of the operator's clock"),
+            "{}",
+            plan[0]
+        );
+        // Within the allowance the ejection time is believed: out for its period from then.
+        assert_eq!(due_at(&spec, &pods[1], t(0)), Some(t(11)));
+        assert_eq!(due_at(&spec, &pods[0], t(0)), Some(t(0)));
+        assert_eq!(earliest_due(&spec, &pods, t(0)), Some(t(0)));
+        assert!(plan_activations(&spec, &pods[1..2], t(10)).is_empty());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use jiff::Timestamp;
 use kubervisor_api::pod::*;
 use kubervisor_api::{ActivatorMode, ResolvedActivator, ResolvedSpec};
 use kubervisor_core::PodView;
-use kubervisor_core::activator::{Action, due_at, plan_activations};
+use kubervisor_core::activator::{
+    Action, CLOCK_SKEW_ALLOWANCE, due_at, plan_activations, wait_before_activation,
+};
 use kubervisor_core::breaker::{Limits, MinAvailable, plan_ejections};
 use kubervisor_core::detect::{Anomaly, Evidence, Findings};
 use kubervisor_core::safety::restore_floor;
@@ -280,8 +282,51 @@ proptest! {
         let now = base().checked_add(jiff::SignedDuration::from_secs(offset)).unwrap();
         for decision in plan_activations(&spec, &pods, now) {
             let pod = pods.iter().find(|p| p.name == decision.pod).unwrap();
-            let due = due_at(&spec, pod);
+            let due = due_at(&spec, pod, now);
             prop_assert!(due.is_some_and(|due| due <= now), "{} acted on at {} but due {:?}", decision.pod, now, due);
+        }
+    }
+
+    /// A clock stepped back (or a replica whose clock ran ahead) leaves ejection times in
+    /// the future: whatever they say, no pod is due later than its time out plus the skew
+    /// allowance from now, and a pod due by now is acted on.
+    #[test]
+    fn no_ejection_time_keeps_a_pod_out_past_its_time_from_now(
+        pods in arb_fleet(),
+        mode in prop::sample::select(vec![ActivatorMode::Periodic, ActivatorMode::RetryAndKill, ActivatorMode::RetryAndPause]),
+        period in 1u64..60,
+        max_retry_count in 0u32..5,
+        cap in prop::option::of(1u64..200),
+        behind in prop::sample::select(vec![0i64, 1, 2, 30, 119, 3_600, 86_400]),
+    ) {
+        let activator = ResolvedActivator {
+            mode,
+            period: Duration::from_secs(period),
+            max_retry_count,
+            max_pause_count: 1,
+            forget_after: None,
+            max_ejection_time: cap.map(Duration::from_secs),
+            kill_method: Default::default(),
+        };
+        let spec = ResolvedSpec {
+            service: "web".into(),
+            breakers: vec![],
+            default_activator: activator.clone(),
+            dry_run: false,
+            traffic_control: Default::default(),
+        };
+        // Ejection times up to 120 s before base, read by a clock `behind` seconds back.
+        let now = base().checked_sub(jiff::SignedDuration::from_secs(behind)).unwrap();
+        let plan = plan_activations(&spec, &pods, now);
+        for pod in pods.iter().filter(|p| p.marks.traffic() == Some(Traffic::No) && !p.terminating) {
+            let Some(retries) = pod.marks.retries() else { continue };
+            let Some(due) = due_at(&spec, pod, now) else { continue };
+            let longest = wait_before_activation(&activator, retries) + CLOCK_SKEW_ALLOWANCE;
+            let latest = now.checked_add(jiff::SignedDuration::try_from(longest).unwrap()).unwrap();
+            prop_assert!(due <= latest, "{} due at {}, later than {} from now {}", pod.name, due, latest, now);
+            if due <= now {
+                prop_assert!(plan.iter().any(|d| d.pod == pod.name), "{} due at {} not acted on at {}", pod.name, due, now);
+            }
         }
     }
 

@@ -38,7 +38,13 @@
 //!   longer). Due time: `breakAt` + period (periodic) or period × max(retries, 1) (retry
 //!   modes), capped by `maxEjectionTime`; `breakAt` itself once a retry mode's
 //!   `maxRetryCount` is exceeded. A pod whose kill a PodDisruptionBudget refused
-//!   (`KillBlocked`) is exempt.
+//!   (`KillBlocked`) is exempt. An ejection is counted from its `breakAt`, or from when it
+//!   was first seen if that is earlier: an ejection time written by a clock running ahead
+//!   does not buy its pod more time out.
+//! - **(f) activation not early**: an ejection ended by a re-activation ends no earlier
+//!   than its due time minus `early_slack`, unless the floor gave the pod back
+//!   (`FloorRestored`) or its `breakAt` was written ahead of the clock (beyond
+//!   `early_slack` after it was first seen: its time out cannot be measured).
 //! - **(d) no standby writes** (with a Lease to follow): every decision is observed within
 //!   `leader_tolerance` of an instant at which its event's reporting instance held the
 //!   Lease (by the Lease's `acquireTime`), and not after that term's last `renewTime` +
@@ -87,6 +93,7 @@ pub struct MonitorConfig {
 pub struct Limits {
     pub restore_window: Duration,
     pub activation_slack: Duration,
+    pub early_slack: Duration,
     pub leader_tolerance: Duration,
     pub settle: Duration,
 }
@@ -96,6 +103,7 @@ impl Default for Limits {
         Limits {
             restore_window: Duration::from_secs(3),
             activation_slack: Duration::from_secs(2),
+            early_slack: Duration::from_secs(1),
             leader_tolerance: Duration::from_secs(1),
             settle: Duration::from_secs(3),
         }
@@ -187,6 +195,7 @@ pub enum Check {
     ActivationLate,
     StandbyWrite,
     EventPerDecision,
+    ActivationEarly,
 }
 
 impl Check {
@@ -197,6 +206,7 @@ impl Check {
             Check::ActivationLate => "(c) activation late",
             Check::StandbyWrite => "(d) standby write",
             Check::EventPerDecision => "(e) one event per decision",
+            Check::ActivationEarly => "(f) activation early",
         }
     }
 }
@@ -335,7 +345,11 @@ struct Ejection {
     break_at: String,
     retries: u32,
     breaker: Option<String>,
+    /// When the monitor first saw it.
+    seen: Timestamp,
     ended: Option<Timestamp>,
+    /// Ended by a re-activation seen as such (not a hand-back, a pause, a deletion).
+    reactivated: bool,
 }
 
 /// Replays `history` and returns what it violates, judged at `now`. `finished` judges
@@ -458,7 +472,9 @@ pub fn check(
                         break_at: pod.break_at.clone().unwrap_or_default(),
                         retries,
                         breaker: pod.strategy.clone(),
+                        seen: at,
                         ended: deleted_before.then_some(at),
+                        reactivated: false,
                     });
                     decisions.push((pod.name.clone(), Decision::Eject, at));
                     // Both versions were missed in between: the pod came back first.
@@ -477,6 +493,7 @@ pub fn check(
                         _ if pod.owner.is_none() => ejections[index].ended = Some(at),
                         Some("yes") => {
                             ejections[index].ended = Some(at);
+                            ejections[index].reactivated = true;
                             decisions.push((pod.name.clone(), Decision::Reactivate, at));
                         }
                         _ => ejections[index].ended = Some(at),
@@ -512,7 +529,9 @@ pub fn check(
                         break_at: pod.break_at.clone().unwrap_or_default(),
                         retries: pod.retry_count.unwrap_or(0),
                         breaker: pod.strategy.clone(),
+                        seen: at,
                         ended: None,
+                        reactivated: false,
                     });
                 }
                 pods.insert(pod.uid.clone(), pod.clone());
@@ -610,9 +629,53 @@ pub fn check(
         }
     }
 
-    // (e) one event per decision, on the pod and on the resource.
+    // (f) no re-activation before its time, judged once its events had time to arrive.
     let settle = SignedDuration::try_from(limits.settle).unwrap_or_default();
     let cut = if finished { now } else { now - settle };
+    let early = SignedDuration::try_from(limits.early_slack).unwrap_or_default();
+    if let Some(spec) = judging {
+        for ejection in &ejections {
+            let Some(ended) = ejection
+                .ended
+                .filter(|at| ejection.reactivated && *at <= cut)
+            else {
+                continue;
+            };
+            let Ok(break_at) = ejection.break_at.parse::<Timestamp>() else {
+                continue;
+            };
+            let restored = events.iter().any(|(at, e)| {
+                e.reason == "FloorRestored"
+                    && e.regarding_kind == "Pod"
+                    && e.regarding == ejection.pod
+                    && *at >= ejection.seen
+            });
+            if restored || break_at > ejection.seen + early {
+                continue;
+            }
+            let Some(due) = due_from(spec, ejection, break_at) else {
+                continue;
+            };
+            if ended < due - early {
+                out.push(Violation {
+                    check: Check::ActivationEarly,
+                    at: ended,
+                    subject: format!("pod {}", ejection.pod),
+                    message: format!(
+                        "ejected at {} (retry {}), due at {}, re-activated at {}",
+                        ejection.break_at,
+                        ejection.retries,
+                        offset(start, due),
+                        offset(start, ended)
+                    ),
+                    from: None,
+                    history: Vec::new(),
+                });
+            }
+        }
+    }
+
+    // (e) one event per decision, on the pod and on the resource.
     let decision_events: Vec<(Timestamp, &EventSeen, Decision)> = events
         .iter()
         .filter_map(|(at, e)| Decision::of_reason(&e.reason).map(|d| (*at, e, d)))
@@ -809,8 +872,15 @@ fn floor_breaches(
     short
 }
 
+/// When `ejection` is due, counted from its `breakAt` or, if earlier, from when it was
+/// first seen.
 fn due_at(spec: &ResolvedSpec, ejection: &Ejection) -> Option<Timestamp> {
     let break_at: Timestamp = ejection.break_at.parse().ok()?;
+    due_from(spec, ejection, break_at.min(ejection.seen))
+}
+
+/// When `ejection` is due, counted from `break_at`.
+fn due_from(spec: &ResolvedSpec, ejection: &Ejection, break_at: Timestamp) -> Option<Timestamp> {
     let activator = spec.activator_for(ejection.breaker.as_deref());
     if activator.mode != ActivatorMode::Periodic && ejection.retries > activator.max_retry_count {
         return Some(break_at);
@@ -1214,6 +1284,39 @@ mod checks {
             )
             .events(10_350, event("PodKilled", "p0", "a"));
         assert!(h.judge(false, 30_000).is_empty());
+    }
+
+    #[test]
+    fn an_ejection_time_written_ahead_does_not_buy_its_pod_more_time_out() {
+        let mut h = History::fleet(1, periodic(5.0));
+        // Written by a clock an hour ahead, seen at 10 s: due at 15 s all the same.
+        h.pod(10_000, pod("p0", "no", Some((3_610_000, 1))))
+            .events(10_050, event("PodEjected", "p0", "a"));
+        let found = h.judge(false, 17_500);
+        assert_eq!(checks(&found), [Check::ActivationLate], "{found:?}");
+        // Given back at once: its time out cannot be measured, so it is not early.
+        h.reactivate(10_500, "p0", (3_610_000, 1));
+        assert!(h.judge(false, 20_000).is_empty());
+    }
+
+    #[test]
+    fn a_reactivation_before_its_time_is_reported_unless_the_floor_restored_it() {
+        let mut early = History::fleet(1, periodic(5.0));
+        early.eject(10_000, "p0", 1);
+        let mut restored = History(early.0.clone());
+        early.reactivate(13_500, "p0", (10_000, 1));
+        let found = early.judge(false, 20_000);
+        assert_eq!(checks(&found), [Check::ActivationEarly], "{found:?}");
+        // Within the slack, as a clock catching up with a step may make it.
+        let mut close = History::fleet(1, periodic(5.0));
+        close
+            .eject(10_000, "p0", 1)
+            .reactivate(14_500, "p0", (10_000, 1));
+        assert!(close.judge(false, 20_000).is_empty());
+        restored
+            .pod(13_500, pod("p0", "yes", Some((10_000, 1))))
+            .events(13_550, event("FloorRestored", "p0", "a"));
+        assert!(restored.judge(false, 20_000).is_empty());
     }
 
     fn lease(holder: &str, acquired_ms: i64, renewed_ms: i64) -> Seen {

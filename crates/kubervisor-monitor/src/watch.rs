@@ -205,11 +205,11 @@ impl Monitor {
                                 check(&records, &target.config, start, now, false)
                             };
                             let mut found = found.lock().unwrap_or_else(|e| e.into_inner());
-                            // An event may still come, however late: the final check judges those.
-                            for violation in violations
-                                .into_iter()
-                                .filter(|v| v.check != Check::EventPerDecision)
-                            {
+                            // An event may still come, however late: the final check judges
+                            // what depends on events.
+                            for violation in violations.into_iter().filter(|v| {
+                                !matches!(v.check, Check::EventPerDecision | Check::ActivationEarly)
+                            }) {
                                 let finding = Finding {
                                     resource: target.resource(),
                                     violation,

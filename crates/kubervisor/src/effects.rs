@@ -304,7 +304,7 @@ impl Effects {
     async fn set_gate(&self, pod: &SlimPod, serve: bool) -> Written {
         let _slot = self.write_slot().await;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let patch = gate_patch(pod, serve, Timestamp::now());
+        let patch = gate_patch(pod, serve, crate::clock::now());
         let written = match api
             .patch_status(
                 &pod.name,
@@ -487,7 +487,7 @@ impl Effects {
         related: Option<&ObjectReference>,
         text: &EventText<'_>,
     ) {
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         let namespace = regarding
             .namespace
             .clone()

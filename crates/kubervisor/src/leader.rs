@@ -354,7 +354,7 @@ impl Election {
 
     /// One read and, if the lease is ours to take or keep, one conditional write.
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
-        let now = MicroTime(jiff::Timestamp::now());
+        let now = MicroTime(crate::clock::now());
         let lease = match self.api.get_opt(&self.config.name).await? {
             Some(lease) => lease,
             None => match self.create(now.clone()).await {
@@ -475,7 +475,7 @@ impl Election {
             spec.holder_identity = None;
             // The shortest the field allows, for readers that still wait it out.
             spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+            spec.renew_time = Some(MicroTime(crate::clock::now()));
             match self
                 .api
                 .replace(&self.config.name, &PostParams::default(), &lease)

@@ -3,6 +3,7 @@
 
 pub mod backtest;
 pub mod cli;
+pub mod clock;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod effects;

@@ -294,7 +294,7 @@ impl Note {
                 | Note::KillBlocked { .. }
                 | Note::NoReadinessGate { .. }
                 | Note::Panic { .. }
-        ) || matches!(self, Note::Reinstated(a) if a.action == Action::Kill)
+        ) || matches!(self, Note::Reinstated(a) if a.action == Action::Kill || a.reason.is_clock_ahead())
     }
 }
 
@@ -563,7 +563,7 @@ impl State {
             if self.phase == Phase::Deleting {
                 self.remove_finalizer_when_done(out);
             }
-            self.activator_due = self.next_activation();
+            self.activator_due = self.next_activation(now);
         }
     }
 
@@ -1265,7 +1265,7 @@ impl State {
 
     /// When the activator must act next: at once when the floor needs restoring, else the
     /// earliest due time of the ejected pods or of a retry count to forget.
-    fn next_activation(&mut self) -> Option<Timestamp> {
+    fn next_activation(&mut self, now: Timestamp) -> Option<Timestamp> {
         let spec = self.running_spec().cloned()?;
         let fleet = self.fleet(spec.dry_run);
         let views = &fleet.views;
@@ -1285,7 +1285,7 @@ impl State {
         } else {
             next_forget(&spec, views)
         };
-        [earliest_due(&spec, &ejected), forget, retry]
+        [earliest_due(&spec, &ejected, now), forget, retry]
             .into_iter()
             .flatten()
             .min()

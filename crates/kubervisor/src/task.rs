@@ -136,8 +136,8 @@ struct Task {
     /// When the next observation is due.
     observe_at: Instant,
     last_observed: Option<Instant>,
-    /// When the activator last ran, on the clock the step sees.
-    activator_ran: Option<Timestamp>,
+    /// When the activator last ran, on the clock the step sees and on the monotonic one.
+    activator_ran: Option<(Timestamp, Instant)>,
     status: StatusWriter,
 }
 
@@ -218,8 +218,7 @@ impl Task {
         }
         if self.activator_wake(now).is_some_and(|at| at <= now) {
             self.refresh().await;
-            let ran = Timestamp::now();
-            self.activator_ran = Some(ran);
+            self.activator_ran = Some((crate::clock::now(), now));
             self.feed(Input::ActivatorDue).await;
         }
     }
@@ -372,16 +371,15 @@ impl Task {
     /// already due that it could not act on, one activator period after its last run.
     fn activator_wake(&self, now: Instant) -> Option<Instant> {
         let due = self.state().activator_due()?;
-        let wake = match self.activator_ran {
-            Some(ran) if due <= ran => {
-                let period =
-                    jiff::SignedDuration::try_from(self.ctx.timing.activator_period).ok()?;
-                ran.saturating_add(period).ok()?
+        match self.activator_ran {
+            // Counted on the monotonic clock: a wall clock stepped back since the last run
+            // must not put the next one off by the step.
+            Some((ran, ran_at)) if due <= ran => Some(ran_at + self.ctx.timing.activator_period),
+            _ => {
+                let wait = due.duration_since(crate::clock::now());
+                Some(now + Duration::try_from(wait).unwrap_or_default())
             }
-            _ => due,
-        };
-        let wait = Duration::try_from(wake.duration_since(Timestamp::now())).unwrap_or_default();
-        Some(now + wait)
+        }
     }
 
     /// Runs the step on `input`, carries out its effects and feeds their outcomes back,
@@ -391,7 +389,7 @@ impl Task {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
             let state = self.state.take().expect("state is back after every step");
-            let (state, effects) = plan(state, input, Timestamp::now());
+            let (state, effects) = plan(state, input, crate::clock::now());
             self.state = Some(state);
             let kvs = self.state().resource().cloned();
             let (outcomes, failed) = execute(

@@ -747,6 +747,39 @@ fn periodic_puts_pods_back_after_the_period() {
 }
 
 #[test]
+fn a_pod_ejected_by_a_clock_an_hour_ahead_is_given_back_at_once_with_a_warning() {
+    let mut h = Harness::running(custom(1, 0, json!({"mode": "periodic", "period": 600})), 3);
+    // Ejected by a replica whose clock ran an hour ahead, then seen by one on time.
+    h.now = t0() + SignedDuration::from_hours(1);
+    h.report(&["p0"]);
+    h.now = t0() + SignedDuration::from_secs(1);
+    h.observe();
+    assert_eq!(h.state().activator_due(), Some(h.now));
+    let effects = h.at(1);
+    assert_eq!(
+        pod_writes(&effects),
+        [("p0", &PodChange::Reinstate { to: Traffic::Yes })]
+    );
+    let notes: Vec<&Note> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish(r) => Some(&r.note),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].reason(), "PodActivated");
+    assert!(notes[0].is_warning());
+    assert!(
+        notes[0]
+            .to_string()
+            .contains("3599 s ahead of the operator's clock"),
+        "{}",
+        notes[0]
+    );
+}
+
+#[test]
 fn retry_and_kill_waits_longer_each_time_then_kills() {
     let spec = custom(
         1,

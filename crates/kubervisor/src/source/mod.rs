@@ -342,7 +342,7 @@ impl Sources {
         let answer = match detection {
             Detection::Trend(rule) => {
                 let step = trend_step(rule.window, evaluation_period);
-                let (start, end) = trend_range(rule, jiff::Timestamp::now());
+                let (start, end) = trend_range(rule, crate::clock::now());
                 self.range_answer(endpoint, promql, (start, end, step), timeout)
                     .await?
             }

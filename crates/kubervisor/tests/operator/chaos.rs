@@ -5,8 +5,8 @@
 //!
 //! Faults injected by kubesim (error bursts, conflicts, 429, watches cut and expired, a
 //! slow API) run on kubesim only; faults made from outside the API server (the API
-//! unreachable through a proxy, hostile sources, the operator killed, the leader cut off)
-//! run on both backends.
+//! unreachable through a proxy, hostile sources, the operator killed, the leader cut off
+//! or its clock stepped) run on both backends.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{ApiProxy, Backend, Cluster, CustomDetector, OperatorProcess, eventually};
+use crate::harness::{
+    ApiProxy, Backend, Cluster, CustomDetector, OperatorProcess, SteppedClock, eventually,
+};
 use crate::scenarios::{count, wait_ready_reason};
 use kubervisor_monitor::{Limits, Monitor, MonitorConfig};
 use kubesim::on_both_backends;
@@ -54,15 +56,18 @@ async fn wait_crd(cluster: &Cluster) {
 }
 
 /// The KubervisorService of every churn: one custom breaker (floor 3, evaluated every
-/// 0.3 s) and a periodic activator (1 s).
-async fn guard_fleet(cluster: &Cluster, url: &str) {
+/// 0.3 s) and `activator`.
+async fn guard_fleet(cluster: &Cluster, url: &str, activator: serde_json::Value) {
     let breakers = json!([{
         "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": FLOOR,
         "customService": url,
     }]);
-    cluster
-        .guard(breakers, json!({"mode": "periodic", "period": 1.0}), false)
-        .await;
+    cluster.guard(breakers, activator, false).await;
+}
+
+/// The periodic activator (1 s) of most churns.
+fn periodic_activator() -> serde_json::Value {
+    json!({"mode": "periodic", "period": 1.0})
 }
 
 async fn guard(
@@ -71,7 +76,18 @@ async fn guard(
     url: &str,
     config: MonitorConfig,
 ) -> Run {
-    guard_fleet(&cluster, url).await;
+    guard_with(cluster, detector, url, config, periodic_activator()).await
+}
+
+/// [`guard`] with another activator.
+async fn guard_with(
+    cluster: Cluster,
+    detector: CustomDetector,
+    url: &str,
+    config: MonitorConfig,
+    activator: serde_json::Value,
+) -> Run {
+    guard_fleet(&cluster, url, activator).await;
     let monitor = Monitor::start(&cluster.kubeconfig, config).await;
     let pods = cluster.wait_ready_pods("web", PODS).await;
     Run {
@@ -552,6 +568,83 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    /// The leader's wall clock stepped an hour forward mid-churn, then back (an NTP step,
+    /// a resumed VM), its monotonic clock running on: the operator's clock follows the
+    /// system clock at 5 % of the time that passes, so no ejection ends early (a step
+    /// forward made every pod out due at once) or late (a step back kept them out an
+    /// hour). Then the leader is restarted on a clock an hour ahead (a node set wrong) and,
+    /// with pods out, replaced by one on time: the ejection times written an hour ahead
+    /// are not believed, those pods are given back at once instead of an hour late.
+    /// Periods of 5 s, so that pods are out, mid-period, when the clock steps.
+    async fn clock_jumps_of_the_leader(backend: Backend) {
+        const HOUR: i64 = 3_600;
+        let (cluster, detector) = fleet(backend).await;
+        let log = cluster.kubeconfig.with_file_name("operator.log");
+        let clock = SteppedClock::new(0);
+        let process = OperatorProcess::spawn_on(&cluster, "e2e", true, log.clone(), &clock);
+        wait_crd(&cluster).await;
+        let url = detector.url.clone();
+        let config = MonitorConfig {
+            lease: Some("kubervisor".into()),
+            // A restart takes up to 2 s more (as when killed mid-ejection).
+            limits: limits(Duration::from_secs(2)),
+            ..MonitorConfig::web(&cluster.namespace)
+        };
+        let activator = json!({"mode": "periodic", "period": 5.0});
+        let run = guard_with(cluster, detector, &url, config, activator).await;
+        // Forward 1 s after the first ejections (4 s before they are due), back 5 s later.
+        run.churn(18, TICK, |i, _| match i {
+            2 => clock.set(HOUR),
+            9 => clock.set(0),
+            _ => {}
+        })
+        .await;
+        // A replica starting on a clock an hour ahead takes every pod then out for overdue
+        // (no process can tell a wrong clock from a long wait): it starts with all in.
+        eventually("every pod back in traffic", Duration::from_secs(10), || async {
+            let traffic = run.cluster.traffic("web").await;
+            if count(&traffic, "yes") == PODS { Ok(()) } else { Err(format!("{traffic:?}")) }
+        })
+        .await;
+        let mut process = Some(process);
+        let mut restart = |run: &Run, on: Option<&SteppedClock>| {
+            process.take().expect("running").kill();
+            run.monitor.operator_killed();
+            process = Some(match on {
+                Some(clock) => OperatorProcess::spawn_on(&run.cluster, "e2e", true, log.clone(), clock),
+                None => OperatorProcess::spawn(&run.cluster, "e2e", true, log.clone()),
+            });
+        };
+        clock.set(HOUR);
+        restart(&run, Some(&clock));
+        run.churn(14, TICK, |i, run| {
+            if i == 8 {
+                restart(run, None);
+            }
+        })
+        .await;
+        let ahead: Vec<String> = run
+            .cluster
+            .events("PodActivated")
+            .await
+            .into_iter()
+            .filter(|(_, note)| note.contains("ahead of the operator's clock"))
+            .map(|(pod, _)| pod)
+            .collect();
+        let result = std::panic::AssertUnwindSafe(run.settle_and_judge(Duration::from_secs(15), 12));
+        if let Err(panic) = futures::FutureExt::catch_unwind(result).await {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            std::panic::resume_unwind(panic);
+        }
+        drop(process);
+        assert!(
+            !ahead.is_empty(),
+            "no pod was out, ejected an hour ahead, when the replica on time took over"
+        );
+    }
+}
+
+on_both_backends! {
     /// Two replicas with leader election, each reaching the API through its own proxy;
     /// the leader's is cut mid-churn. The leader steps down before its lease can expire,
     /// the standby takes over only once it has (client-go's 15 s), and then acts; nothing
@@ -794,7 +887,7 @@ on_both_backends! {
         };
         let doomed_ns = doomed.namespace.clone();
         let survivor_ns = cluster.namespace.clone();
-        guard_fleet(&doomed, &doomed_detector.url).await;
+        guard_fleet(&doomed, &doomed_detector.url, periodic_activator()).await;
         let doomed_pods = doomed.wait_ready_pods("web", PODS).await;
         let url = detector.url.clone();
         let config = MonitorConfig::web(&survivor_ns);

@@ -683,11 +683,34 @@ async fn serve_proxy(
 /// The `kubervisor` binary as a child process, for kills without any cleanup (SIGKILL).
 pub struct OperatorProcess {
     child: tokio::process::Child,
+    /// The process's id when libfaketime runs in it, for what it leaves behind when killed.
+    faked: Option<u32>,
 }
 
 impl OperatorProcess {
     /// `kubervisor run` against `cluster`, as `identity`.
     pub fn spawn(cluster: &Cluster, identity: &str, leader_elect: bool, log: PathBuf) -> Self {
+        Self::spawn_with(cluster, identity, leader_elect, log, None)
+    }
+
+    /// Like [`OperatorProcess::spawn`], its wall clock set by `clock`.
+    pub fn spawn_on(
+        cluster: &Cluster,
+        identity: &str,
+        leader_elect: bool,
+        log: PathBuf,
+        clock: &SteppedClock,
+    ) -> Self {
+        Self::spawn_with(cluster, identity, leader_elect, log, Some(clock))
+    }
+
+    fn spawn_with(
+        cluster: &Cluster,
+        identity: &str,
+        leader_elect: bool,
+        log: PathBuf,
+        clock: Option<&SteppedClock>,
+    ) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -706,8 +729,12 @@ impl OperatorProcess {
         if leader_elect {
             command.arg("--leader-elect");
         }
+        if let Some(clock) = clock {
+            command.envs(clock.env());
+        }
         let child = command.spawn().expect("the kubervisor binary starts");
-        OperatorProcess { child }
+        let faked = clock.and(child.id());
+        OperatorProcess { child, faked }
     }
 
     /// SIGKILL, and waits (at most 5 s) until the process is gone.
@@ -720,6 +747,93 @@ impl OperatorProcess {
             }
         });
     }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        // libfaketime removes its shared memory when the process exits, not when it is
+        // killed; left behind, it fails a later process that gets the same pid.
+        if let Some(pid) = self.faked {
+            let _ = self.child.start_kill();
+            for _ in 0..500 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
+            let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
+        }
+    }
+}
+
+/// A wall clock the test steps, for operator processes started on it: libfaketime
+/// (Debian package `faketime`) preloaded, reading its offset from a file at every reading
+/// of the time, and leaving the monotonic clock alone, as an NTP step or a resumed VM
+/// does. The process sees `CLOCK_REALTIME` (std's `SystemTime`) jump; its timers do not.
+pub struct SteppedClock {
+    library: PathBuf,
+    offset_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SteppedClock {
+    /// A clock `offset` seconds off the real one.
+    pub fn new(offset: i64) -> SteppedClock {
+        let library = libfaketime().unwrap_or_else(|| {
+            panic!(
+                "libfaketime (libfaketimeMT.so.1) was not found: install it (Debian/Ubuntu: `apt-get install faketime`; scripts/deps.sh does) or set {LIBFAKETIME} to its path"
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let clock = SteppedClock {
+            library,
+            offset_file: dir.path().join("faketime.rc"),
+            _dir: dir,
+        };
+        clock.set(offset);
+        clock
+    }
+
+    /// Steps the clock to `offset` seconds off the real one, at once for running processes.
+    pub fn set(&self, offset: i64) {
+        // Written aside and renamed: a reader never sees a half-written offset.
+        let next = self.offset_file.with_extension("next");
+        std::fs::write(&next, format!("{offset:+}\n")).unwrap();
+        std::fs::rename(&next, &self.offset_file).unwrap();
+    }
+
+    fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        vec![
+            ("LD_PRELOAD", self.library.clone().into_os_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE",
+                self.offset_file.clone().into_os_string(),
+            ),
+            // Read at every call, not every 10 s: the step lands when the test makes it.
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ]
+    }
+}
+
+/// Where the test looks for libfaketime first.
+const LIBFAKETIME: &str = "KUBERVISOR_TEST_LIBFAKETIME";
+
+/// The thread-safe libfaketime, where Debian and `make install` put it.
+fn libfaketime() -> Option<PathBuf> {
+    let arch = std::env::consts::ARCH;
+    std::env::var_os(LIBFAKETIME)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            PathBuf::from(format!(
+                "/usr/lib/{arch}-linux-gnu/faketime/libfaketimeMT.so.1"
+            )),
+            PathBuf::from("/usr/local/lib/faketime/libfaketimeMT.so.1"),
+            PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1"),
+        ])
+        .find(|path| path.is_file())
 }
 
 /// What the kubelet does and the real control plane's node simulator does not: a pod's
