@@ -121,6 +121,12 @@ pub async fn install_crd(client: &Client, timeout: Duration) -> anyhow::Result<(
     }
 }
 
+/// How long a write to the API (a pod, a status, an event) may wait for its answer. The
+/// API server ends its own requests after 60 s; this bound is for a connection that died
+/// without closing. A write that times out is decided again on the next input, under the
+/// same preconditions.
+pub const API_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Runs the operator until `shutdown` completes.
 pub async fn run(
     options: RunOptions,
@@ -128,7 +134,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = config(options.kubeconfig.as_ref(), options.master.as_deref()).await?;
     let client = Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
+    // Writes get an answer or fail within a bound: a write sent into a connection that went
+    // dead would otherwise hold its task for good. Watches keep no bound of this kind (they
+    // have their own idle timeout).
     let mut config = config;
+    config.read_timeout = Some(API_WRITE_TIMEOUT);
+    config.reset_reader_on_write = true;
+    let writer = Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
     config.default_retry = false;
     let evictions = Client::try_from(config).context("cannot build a Kubernetes client")?;
     if options.install_crd {
@@ -173,7 +185,7 @@ pub async fn run(
         controller: "kubervisor".into(),
         instance: Some(options.identity.clone()),
     };
-    let (effects, publisher) = Effects::new(client.clone(), evictions, reporter, metrics.clone());
+    let (effects, publisher) = Effects::new(writer, evictions, reporter, metrics.clone());
     let ctx = Arc::new(Context {
         index: index.clone(),
         effects,

@@ -45,3 +45,39 @@ async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
         "two refused attempts and one that went through"
     );
 }
+
+/// A pod write sent into a connection that never answers (kubesim holds it for an hour)
+/// fails after the operator's write timeout instead of holding the resource's task: once
+/// the API answers again, the ejection is decided again and goes through.
+#[tokio::test]
+async fn a_write_that_never_gets_an_answer_times_out_and_is_decided_again() {
+    let (cluster, detector) = setup(Backend::Kubesim, 3).await;
+    let breakers = serde_json::json!([{
+        "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": 1,
+        "customService": detector.url,
+    }]);
+    cluster.guard(breakers, periodic(600.0), false).await;
+    let pods = cluster.wait_ready_pods("web", 3).await;
+    let faults = cluster.sim.as_ref().unwrap().faults();
+    let before = patches_of_pods(&cluster);
+    faults.add_latency("patch", "pods", Duration::from_secs(3600));
+    detector.report(&pods[..1]);
+    crate::harness::eventually(
+        "the ejection to be sent",
+        Duration::from_secs(10),
+        || async {
+            (patches_of_pods(&cluster) > before)
+                .then_some(())
+                .ok_or_else(|| "no pod patch yet".to_string())
+        },
+    )
+    .await;
+    faults.clear();
+    let asked = Instant::now();
+    wait_traffic(&cluster, "no", 1).await;
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(5),
+        "ejected {took:?} after the API answered again: the held write cannot have timed out yet"
+    );
+}
