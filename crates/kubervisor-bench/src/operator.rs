@@ -93,6 +93,16 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator against `kubeconfig`, logging at `warn` into `log`.
     pub async fn start(binary: &Path, kubeconfig: &Path, log: &Path) -> anyhow::Result<Operator> {
+        Operator::start_with(binary, kubeconfig, log, &[]).await
+    }
+
+    /// [`Operator::start`] with more arguments to `kubervisor run`.
+    pub async fn start_with(
+        binary: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Operator> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
@@ -105,6 +115,7 @@ impl Operator {
             .arg(addr.to_string())
             .arg("--identity")
             .arg("bench")
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

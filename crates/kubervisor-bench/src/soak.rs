@@ -279,7 +279,11 @@ pub async fn run(env: &Env, config: &SoakConfig) -> anyhow::Result<Value> {
     let (ticks, _) = clock_ticks_per_second();
     let requests_before = sim.request_counts();
     let log = env.dir.path().join("soak.log");
-    let mut operator = Operator::start(&env.operator_bin, &kubeconfig, &log).await?;
+    // Pods are replaced all the time here: their decision counters go after a minute
+    // rather than ten, so that the memory after warm-up shows what grows, not what waits.
+    let retention = ["--pod-metrics-retention", "60"];
+    let mut operator =
+        Operator::start_with(&env.operator_bin, &kubeconfig, &log, &retention).await?;
     operator.wait_live(Duration::from_secs(60)).await?;
     eprintln!(
         "soak: operator up; running for {} s (seed {})",

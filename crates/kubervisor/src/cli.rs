@@ -89,6 +89,10 @@ struct RunArgs {
     /// a source error and judges nobody.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     source_max_body_mib: u32,
+    /// Seconds a pod's `kubervisor_breaker_count_total` series outlive the pod, so that
+    /// scrapes and `increase()` see their last value before they go.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pod_metrics_retention: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -131,7 +135,10 @@ fn run(args: RunArgs) -> ExitCode {
             max_body: (args.source_max_body_mib as usize) << 20,
             ..Default::default()
         },
-        timing: Default::default(),
+        timing: crate::task::Timing {
+            pod_metrics_retention: std::time::Duration::from_secs(args.pod_metrics_retention),
+            ..Default::default()
+        },
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -318,6 +318,7 @@ async fn manage(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
                 release_orphans(&ctx).await;
                 ctx.metrics.forget_gone_pods(
                     |namespace, pod| ctx.index.has_pod(namespace, pod),
+                    ctx.timing.pod_metrics_retention,
                     std::time::Instant::now(),
                 );
             },

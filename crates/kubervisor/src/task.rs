@@ -33,6 +33,8 @@ pub struct Timing {
     pub resync: Duration,
     /// How soon the activator looks again at a pod it could not act on yet.
     pub activator_period: Duration,
+    /// How long a pod's decision counters outlive the pod.
+    pub pod_metrics_retention: Duration,
 }
 
 impl Default for Timing {
@@ -41,6 +43,7 @@ impl Default for Timing {
             reconcile_min_interval: Duration::from_millis(200),
             resync: Duration::from_secs(10),
             activator_period: Duration::from_secs(1),
+            pod_metrics_retention: crate::telemetry::DECISIONS_KEPT_AFTER_POD,
         }
     }
 }

@@ -156,7 +156,7 @@ pub struct Metrics {
     leading: Gauge,
 }
 
-/// How long a pod's decision counters outlive the pod: long enough for every scrape
+/// How long a pod's decision counters outlive the pod by default (`--pod-metrics-retention`): long enough for every scrape
 /// (and `increase()` over it) to see their last value, short enough that pods replaced
 /// all day (rolling updates, kills) do not grow the series for ever.
 pub const DECISIONS_KEPT_AFTER_POD: Duration = Duration::from_secs(600);
@@ -435,9 +435,15 @@ impl Metrics {
         entry.series.insert(labels);
     }
 
-    /// Removes the decision counters of pods gone for [`DECISIONS_KEPT_AFTER_POD`];
-    /// `exists` tells whether a pod (namespace, name) is still in the cluster.
-    pub fn forget_gone_pods(&self, exists: impl Fn(&str, &str) -> bool, now: std::time::Instant) {
+    /// Removes the decision counters of pods gone for `keep` (by default
+    /// [`DECISIONS_KEPT_AFTER_POD`]); `exists` tells whether a pod (namespace, name) is
+    /// still in the cluster.
+    pub fn forget_gone_pods(
+        &self,
+        exists: impl Fn(&str, &str) -> bool,
+        keep: Duration,
+        now: std::time::Instant,
+    ) {
         let mut decided = self
             .decided_pods
             .lock()
@@ -448,7 +454,7 @@ impl Metrics {
                 return true;
             }
             let since = *entry.gone_since.get_or_insert(now);
-            if now.saturating_duration_since(since) < DECISIONS_KEPT_AFTER_POD {
+            if now.saturating_duration_since(since) < keep {
                 return true;
             }
             for labels in &entry.series {
@@ -718,18 +724,30 @@ mod tests {
         assert_eq!((series("web-1"), series("web-2")), (1, 2));
         let only_web_1 = |_: &str, pod: &str| pod == "web-1";
         let t0 = std::time::Instant::now();
-        metrics.forget_gone_pods(only_web_1, t0);
-        metrics.forget_gone_pods(only_web_1, t0 + DECISIONS_KEPT_AFTER_POD / 2);
+        metrics.forget_gone_pods(only_web_1, DECISIONS_KEPT_AFTER_POD, t0);
+        metrics.forget_gone_pods(
+            only_web_1,
+            DECISIONS_KEPT_AFTER_POD,
+            t0 + DECISIONS_KEPT_AFTER_POD / 2,
+        );
         assert_eq!(
             series("web-2"),
             2,
             "kept while scrapes may not have seen the last value"
         );
-        metrics.forget_gone_pods(only_web_1, t0 + DECISIONS_KEPT_AFTER_POD);
+        metrics.forget_gone_pods(
+            only_web_1,
+            DECISIONS_KEPT_AFTER_POD,
+            t0 + DECISIONS_KEPT_AFTER_POD,
+        );
         assert_eq!((series("web-1"), series("web-2")), (1, 0));
         // A pod decided on again is counted from scratch, and kept while it exists.
         metrics.count_decision("errors", "shop", "web-2", "break");
-        metrics.forget_gone_pods(|_, _| true, t0 + 3 * DECISIONS_KEPT_AFTER_POD);
+        metrics.forget_gone_pods(
+            |_, _| true,
+            DECISIONS_KEPT_AFTER_POD,
+            t0 + 3 * DECISIONS_KEPT_AFTER_POD,
+        );
         assert_eq!(series("web-2"), 1);
     }
 }

@@ -243,6 +243,7 @@ impl Cluster {
                 reconcile_min_interval: Duration::from_millis(50),
                 resync: Duration::from_secs(2),
                 activator_period: Duration::from_millis(200),
+                ..Timing::default()
             },
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
