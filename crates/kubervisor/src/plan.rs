@@ -450,7 +450,7 @@ pub struct State {
     gateless: BTreeSet<String>,
     /// Changes whenever `pending` does, so that [`Fleet`] knows when to build again.
     pending_generation: u64,
-    /// The fleet as decisions see it, built once for the inputs that do not change it.
+    /// The fleet as decisions see it in this step.
     fleet: Option<Arc<Fleet>>,
     /// The last resource version resolved and what it resolved to: a resync finds the same
     /// object, which is then not resolved again.
@@ -462,9 +462,10 @@ pub struct State {
 /// A resource's spec resolved, or why it cannot be.
 type Resolved = Result<Arc<ResolvedSpec>, String>;
 
-/// The managed pods as decisions must see them (see [`State::pods`]) and their views.
-/// Most inputs (a breaker's answer, the activator's timer, a resync) find the index and
-/// the writes pending as the last one left them: the fleet is then not built again.
+/// The managed pods as decisions must see them (see [`State::pods`]) and their views,
+/// built once in a step for every rule that looks at the whole fleet (the breaker or the
+/// activator, the status, the next activation), and again only when the writes pending
+/// change.
 #[derive(Debug)]
 struct Fleet {
     /// What it was built from: the managed pods observed (compared by identity), the
@@ -565,6 +566,9 @@ impl State {
             }
             self.activator_due = self.next_activation(now);
         }
+        // Kept for one step only: across steps it would hold a copy of every pod's marks
+        // (about 2 MiB at 10,000 pods) to save one build per evaluation.
+        self.fleet = None;
     }
 
     /// Works out the phase from what is observed, keeps pods adopted and the status true.
