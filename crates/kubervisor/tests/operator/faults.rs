@@ -13,10 +13,9 @@ fn patches_of_pods(cluster: &Cluster) -> u64 {
         .unwrap_or(0)
 }
 
-/// The API server sheds load with 429 and `Retry-After: 1`: the ejection waits as told
-/// (twice), then goes through, with one request per attempt.
-#[tokio::test]
-async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
+/// Three pods on kubesim, one custom breaker (floor 1, evaluated every 0.3 s) and an
+/// activator that gives nothing back during a test.
+async fn three_pods_guarded() -> (Cluster, crate::harness::CustomDetector, Vec<String>) {
     let (cluster, detector) = setup(Backend::Kubesim, 3).await;
     let breakers = serde_json::json!([{
         "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": 1,
@@ -24,6 +23,14 @@ async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
     }]);
     cluster.guard(breakers, periodic(600.0), false).await;
     let pods = cluster.wait_ready_pods("web", 3).await;
+    (cluster, detector, pods)
+}
+
+/// The API server sheds load with 429 and `Retry-After: 1`: the ejection waits as told
+/// (twice), then goes through, with one request per attempt.
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
+    let (cluster, detector, pods) = three_pods_guarded().await;
     let before = patches_of_pods(&cluster);
     cluster
         .sim
@@ -51,13 +58,7 @@ async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
 /// the API answers again, the ejection is decided again and goes through.
 #[tokio::test]
 async fn a_write_that_never_gets_an_answer_times_out_and_is_decided_again() {
-    let (cluster, detector) = setup(Backend::Kubesim, 3).await;
-    let breakers = serde_json::json!([{
-        "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": 1,
-        "customService": detector.url,
-    }]);
-    cluster.guard(breakers, periodic(600.0), false).await;
-    let pods = cluster.wait_ready_pods("web", 3).await;
+    let (cluster, detector, pods) = three_pods_guarded().await;
     let faults = cluster.sim.as_ref().unwrap().faults();
     let before = patches_of_pods(&cluster);
     faults.add_latency("patch", "pods", Duration::from_secs(3600));
