@@ -6,7 +6,7 @@
 //! without scanning every pod.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
@@ -18,6 +18,7 @@ use kubervisor_api::{KubervisorService, TrafficControl};
 use kubervisor_core::PodView;
 use tokio::sync::watch;
 
+use crate::interest::Interests;
 use crate::labels::Labels;
 
 /// `kubectl apply`'s record of the last applied object.
@@ -151,12 +152,13 @@ struct NamespacePods {
 }
 
 impl NamespacePods {
-    fn insert(&mut self, pod: Arc<SlimPod>) {
+    /// Inserts `pod`, returning the pod it replaces.
+    fn insert(&mut self, pod: Arc<SlimPod>) -> Option<Arc<SlimPod>> {
         let name: Arc<str> = match self.pods.get_key_value(pod.name.as_str()) {
             Some((name, _)) => name.clone(),
             None => Arc::from(pod.name.as_str()),
         };
-        self.remove(&pod.name);
+        let old = self.remove(&pod.name);
         for (k, v) in pod.labels.pairs() {
             self.by_label
                 .entry(k.clone())
@@ -166,6 +168,7 @@ impl NamespacePods {
                 .insert(name.clone());
         }
         self.pods.insert(name, pod);
+        old
     }
 
     fn remove(&mut self, name: &str) -> Option<Arc<SlimPod>> {
@@ -272,8 +275,8 @@ impl KvsEntry {
 /// The index shared by every loop of the operator.
 pub struct Index {
     state: RwLock<State>,
-    /// Bumped on every change in a namespace, so its loops wake up.
-    namespaces: RwLock<HashMap<String, watch::Sender<u64>>>,
+    /// What each per-resource task reads, so that a change wakes only its readers.
+    interests: Arc<Mutex<Interests>>,
     /// Bumped on every KubervisorService change.
     kvs_changes: watch::Sender<u64>,
     synced: watch::Sender<bool>,
@@ -283,7 +286,7 @@ impl Default for Index {
     fn default() -> Self {
         Index {
             state: RwLock::default(),
-            namespaces: RwLock::default(),
+            interests: Arc::default(),
             kvs_changes: watch::Sender::new(0),
             synced: watch::Sender::new(false),
         }
@@ -303,20 +306,21 @@ impl Index {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn touch(&self, namespace: &str) {
-        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = namespaces.get(namespace) {
-            tx.send_modify(|n| *n += 1);
-        }
+    fn interests(&self) -> std::sync::MutexGuard<'_, Interests> {
+        lock_interests(&self.interests)
     }
 
-    /// A receiver that changes whenever a pod, Service or KubervisorService of `namespace` changes.
-    pub fn subscribe(&self, namespace: &str) -> watch::Receiver<u64> {
-        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        namespaces
-            .entry(namespace.to_string())
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe()
+    /// The subscription of the task of KubervisorService `namespace/kvs`: it changes when
+    /// that resource changes, and once [`Subscription::follow`] has named them, when its
+    /// Service or a pod it selects or has labelled changes.
+    pub fn subscribe(&self, namespace: &str, kvs: &str) -> Subscription {
+        let (id, changes) = self.interests().register(namespace, kvs);
+        Subscription {
+            interests: self.interests.clone(),
+            namespace: namespace.to_string(),
+            id,
+            changes,
+        }
     }
 
     /// A receiver that changes whenever any KubervisorService changes.
@@ -339,20 +343,29 @@ impl Index {
 
     pub fn apply_pod(&self, pod: SlimPod) {
         let slim = Arc::new(pod);
-        let namespace = slim.namespace.clone();
-        self.write()
+        let old = self
+            .write()
             .pods
-            .entry(namespace.clone())
+            .entry(slim.namespace.clone())
             .or_default()
-            .insert(slim);
-        self.touch(&namespace);
+            .insert(slim.clone());
+        self.interests().pod_changed(
+            &slim.namespace,
+            old.as_ref().map(|p| &p.labels),
+            Some(&slim.labels),
+        );
     }
 
     pub fn delete_pod(&self, namespace: &str, name: &str) {
-        if let Some(ns) = self.write().pods.get_mut(namespace) {
-            ns.remove(name);
+        let old = self
+            .write()
+            .pods
+            .get_mut(namespace)
+            .and_then(|ns| ns.remove(name));
+        if let Some(old) = old {
+            self.interests()
+                .pod_changed(namespace, Some(&old.labels), None);
         }
-        self.touch(namespace);
     }
 
     /// Replaces every pod with a fresh listing, already made slim.
@@ -372,7 +385,10 @@ impl Index {
             self.update_synced(&state);
             old.keys().chain(state.pods.keys()).cloned().collect()
         };
-        touched.iter().for_each(|ns| self.touch(ns));
+        let interests = self.interests();
+        touched
+            .iter()
+            .for_each(|ns| interests.namespace_changed(ns));
     }
 
     /// Pods of `namespace` whose labels include every pair of `selector`.
@@ -422,7 +438,7 @@ impl Index {
             state.services.insert(key, slim.clone()).as_deref() != Some(&*slim)
         };
         if changed {
-            self.touch(&namespace);
+            self.interests().service_changed(&namespace, &slim.name);
         }
     }
 
@@ -430,7 +446,7 @@ impl Index {
         self.write()
             .services
             .remove(&(namespace.to_string(), name.to_string()));
-        self.touch(namespace);
+        self.interests().service_changed(namespace, name);
     }
 
     /// Replaces every Service with a fresh listing, already made slim.
@@ -449,7 +465,10 @@ impl Index {
                 .map(|(ns, _)| ns.clone())
                 .collect()
         };
-        touched.iter().for_each(|ns| self.touch(ns));
+        let interests = self.interests();
+        touched
+            .iter()
+            .for_each(|ns| interests.namespace_changed(ns));
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<SlimService>> {
@@ -463,19 +482,28 @@ impl Index {
 
     pub fn apply_kvs(&self, entry: KvsEntry) {
         let namespace = entry.object.namespace().unwrap_or_default();
-        let key = (namespace.clone(), entry.object.name_any());
-        self.write().kvs.insert(key, entry);
+        let name = entry.object.name_any();
+        let existed = self
+            .write()
+            .kvs
+            .insert((namespace.clone(), name.clone()), entry)
+            .is_some();
         self.kvs_changes.send_modify(|n| *n += 1);
-        self.touch(&namespace);
+        if existed {
+            self.interests().kvs_changed(&namespace, &name);
+        } else {
+            // A new resource may claim pods another one's task counted as its own.
+            self.interests().namespace_changed(&namespace);
+        }
     }
 
     pub fn delete_kvs(&self, namespace: &str, name: &str) {
-        let namespace = namespace.to_string();
         self.write()
             .kvs
-            .remove(&(namespace.clone(), name.to_string()));
+            .remove(&(namespace.to_string(), name.to_string()));
         self.kvs_changes.send_modify(|n| *n += 1);
-        self.touch(&namespace);
+        // The pods it claimed may now be another resource's.
+        self.interests().namespace_changed(namespace);
     }
 
     pub fn reset_kvs(&self, items: Vec<KvsEntry>) {
@@ -498,6 +526,7 @@ impl Index {
             self.update_synced(&state);
         }
         self.kvs_changes.send_modify(|n| *n += 1);
+        self.interests().everything_changed();
     }
 
     pub fn kvs(&self, namespace: &str, name: &str) -> Option<KvsEntry> {
@@ -513,10 +542,40 @@ impl Index {
     }
 }
 
+fn lock_interests(interests: &Mutex<Interests>) -> std::sync::MutexGuard<'_, Interests> {
+    interests.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A task's registration with the index: `changes` changes when something the task reads
+/// changes. Dropping it unregisters.
+pub struct Subscription {
+    interests: Arc<Mutex<Interests>>,
+    namespace: String,
+    id: u64,
+    pub changes: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    /// Names what the task's observation reads besides its own resource: the Service it
+    /// names and that Service's selector. Call it before reading the pods, so that a pod
+    /// changed after the read wakes the task.
+    pub fn follow(&self, service: Option<&str>, selector: Option<&BTreeMap<String, String>>) {
+        lock_interests(&self.interests).follow(&self.namespace, self.id, service, selector);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock_interests(&self.interests).unregister(&self.namespace, self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use kube::api::ObjectMeta;
+
+    use kubervisor_api::pod::NAME_LABEL;
 
     use super::*;
 
@@ -667,15 +726,119 @@ mod tests {
         assert!(*index.subscribe_synced().borrow());
     }
 
+    fn kvs_entry(ns: &str, name: &str) -> KvsEntry {
+        let mut kvs = KubervisorService::new(name, Default::default());
+        kvs.metadata.namespace = Some(ns.into());
+        KvsEntry {
+            object: Arc::new(kvs),
+            decode_error: None,
+        }
+    }
+
+    /// Which subscriptions changed since the last call, each then marked unchanged.
+    fn woken(subs: &mut [&mut Subscription]) -> Vec<bool> {
+        subs.iter_mut()
+            .map(|s| {
+                let changed = s.changes.has_changed().unwrap();
+                s.changes.mark_unchanged();
+                changed
+            })
+            .collect()
+    }
+
     #[test]
-    fn namespace_subscribers_wake_on_changes_in_their_namespace_only() {
+    fn a_change_wakes_only_the_tasks_that_read_it() {
         let index = Index::default();
-        let mut ns = index.subscribe("ns");
-        let mut other = index.subscribe("other");
-        index.apply_pod(slim("ns", "a", &[("app", "web")], true));
-        assert!(ns.has_changed().unwrap());
-        assert!(!other.has_changed().unwrap());
-        ns.mark_unchanged();
-        other.mark_unchanged();
+        let (mut web, mut api) = (index.subscribe("ns", "web"), index.subscribe("ns", "api"));
+        let mut elsewhere = index.subscribe("other", "web");
+        web.follow(Some("web"), Some(&sel(&[("app", "web")])));
+        api.follow(Some("api"), Some(&sel(&[("app", "api"), ("tier", "back")])));
+        elsewhere.follow(Some("web"), Some(&sel(&[("app", "web")])));
+        let mut all = [&mut web, &mut api, &mut elsewhere];
+
+        index.apply_pod(slim("ns", "p", &[("app", "web")], true));
+        assert_eq!(woken(&mut all), [true, false, false], "selected by web");
+        index.apply_pod(slim("ns", "p", &[("app", "api")], true));
+        assert_eq!(
+            woken(&mut all),
+            [true, false, false],
+            "left web, not in api's selector"
+        );
+        index.apply_pod(slim("ns", "p", &[("app", "api"), ("tier", "back")], true));
+        assert_eq!(
+            woken(&mut all),
+            [false, true, false],
+            "entered api's selector"
+        );
+        index.apply_pod(slim("ns", "q", &[(NAME_LABEL, "web")], true));
+        assert_eq!(woken(&mut all), [true, false, false], "labelled for web");
+        index.delete_pod("ns", "p");
+        assert_eq!(
+            woken(&mut all),
+            [false, true, false],
+            "gone from api's selection"
+        );
+        index.delete_pod("ns", "never-there");
+        assert_eq!(woken(&mut all), [false, false, false]);
+
+        let service = |name: &str| SlimService {
+            namespace: "ns".into(),
+            name: name.into(),
+            selector: Some(sel(&[("app", name)])),
+        };
+        index.apply_service(service("api"));
+        assert_eq!(woken(&mut all), [false, true, false], "api's Service");
+        index.apply_service(service("api"));
+        assert_eq!(
+            woken(&mut all),
+            [false, false, false],
+            "the same Service again"
+        );
+
+        index.apply_kvs(kvs_entry("ns", "web"));
+        assert_eq!(
+            woken(&mut all),
+            [true, true, false],
+            "a new resource may claim pods"
+        );
+        index.apply_kvs(kvs_entry("ns", "web"));
+        assert_eq!(
+            woken(&mut all),
+            [true, false, false],
+            "an update is its own task's"
+        );
+        index.delete_kvs("ns", "web");
+        assert_eq!(
+            woken(&mut all),
+            [true, true, false],
+            "its pods may be another's now"
+        );
+        index.reset_pods(Vec::new());
+        assert_eq!(
+            woken(&mut all),
+            [true, true, false],
+            "a relist of the namespace"
+        );
+    }
+
+    #[test]
+    fn a_task_follows_its_services_new_selector_and_unregisters_when_dropped() {
+        let index = Index::default();
+        let web = index.subscribe("ns", "web");
+        web.follow(Some("web"), Some(&sel(&[("app", "web")])));
+        web.follow(Some("web"), Some(&sel(&[("app", "web-v2")])));
+        index.apply_pod(slim("ns", "old", &[("app", "web")], true));
+        assert!(
+            !web.changes.has_changed().unwrap(),
+            "the old selector is forgotten"
+        );
+        index.apply_pod(slim("ns", "new", &[("app", "web-v2")], true));
+        assert!(
+            web.changes.has_changed().unwrap(),
+            "the new selector is followed"
+        );
+        drop(web);
+        assert!(index.interests().is_empty(), "nothing left registered");
+        index.apply_pod(slim("ns", "new", &[("app", "web-v2"), ("x", "y")], true));
     }
 }

@@ -10,6 +10,7 @@ pub mod effects;
 #[cfg(feature = "demo")]
 pub mod harness;
 pub mod index;
+pub mod interest;
 pub mod labels;
 pub mod leader;
 pub mod operator;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::effects::{Effects, Written};
-use crate::index::{Index, SlimPod};
+use crate::index::{Index, SlimPod, Subscription};
 use crate::plan::{Effect, Input, Observed, Phase, State, plan};
 use crate::source::{SourceError, Sources};
 use crate::telemetry::Metrics;
@@ -128,7 +128,8 @@ struct Task {
     name: String,
     /// Always `Some` between steps; taken while a step runs.
     state: Option<State>,
-    changes: watch::Receiver<u64>,
+    /// Changes when something the observation reads changes.
+    subscription: Subscription,
     /// The spec the breaker timers follow.
     spec: Option<Arc<ResolvedSpec>>,
     /// When each breaker evaluates next.
@@ -146,14 +147,14 @@ struct Task {
 
 impl Task {
     fn new(ctx: Arc<Context>, namespace: String, name: String) -> Task {
-        let changes = ctx.index.subscribe(&namespace);
+        let subscription = ctx.index.subscribe(&namespace, &name);
         let status = StatusWriter::spawn(ctx.effects.clone());
         Task {
             state: Some(State::new(&namespace, &name)),
             ctx,
             namespace,
             name,
-            changes,
+            subscription,
             spec: None,
             next_evaluation: BTreeMap::new(),
             queries: FuturesUnordered::new(),
@@ -186,7 +187,7 @@ impl Task {
             .min()
             .unwrap_or(self.observe_at);
             tokio::select! {
-                changed = self.changes.changed() => {
+                changed = self.subscription.changes.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -229,7 +230,7 @@ impl Task {
     /// Re-reads the index and feeds what it shows.
     async fn observe(&mut self) {
         let started = Instant::now();
-        self.changes.borrow_and_update();
+        self.subscription.changes.borrow_and_update();
         self.last_observed = Some(started);
         self.observe_at = started + self.ctx.timing.resync;
         let observed = self.observed();
@@ -242,7 +243,7 @@ impl Task {
     /// Feeds a fresh observation first if the index changed since the last one, so that
     /// no decision is taken on a view older than the index.
     async fn refresh(&mut self) {
-        if self.changes.has_changed().unwrap_or(false) {
+        if self.subscription.changes.has_changed().unwrap_or(false) {
             self.observe().await;
         }
     }
@@ -251,12 +252,17 @@ impl Task {
     fn observed(&self) -> Observed {
         let index = &self.ctx.index;
         let Some(entry) = index.kvs(&self.namespace, &self.name) else {
+            self.subscription.follow(None, None);
             return Observed::default();
         };
         let service = index.service(&self.namespace, &entry.object.spec.service);
-        let managed = service
+        let selector = service
             .as_ref()
-            .and_then(|s| managed_selector(s.selector.as_ref()))
+            .and_then(|s| managed_selector(s.selector.as_ref()));
+        // Before the pods are read: a pod changed after the read then wakes the task.
+        self.subscription
+            .follow(Some(&entry.object.spec.service), selector.as_ref());
+        let managed = selector
             .map(|selector| {
                 index
                     .pods_matching(&self.namespace, &selector)
