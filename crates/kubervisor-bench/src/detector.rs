@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 pub struct PathStats {
     pub queries: u64,
     pub first_query: Option<Instant>,
+    pub last_query: Option<Instant>,
     /// Pods reported now.
     pub reporting: Vec<String>,
     /// When the pods were set to be reported.
@@ -34,6 +35,16 @@ pub struct PathStats {
 struct Paths {
     by_key: HashMap<String, PathStats>,
     total: u64,
+    lateness: Lateness,
+}
+
+/// Gaps between two queries of one path, every path together: a breaker evaluated every
+/// `period` is late when its next query comes more than `late_after` after the last.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lateness {
+    pub late_after: Option<std::time::Duration>,
+    pub gaps: u64,
+    pub late: u64,
 }
 
 /// The detector: cheap to clone, stopped when the last clone is dropped.
@@ -107,6 +118,30 @@ impl Detector {
         }
     }
 
+    /// Counts from now on the gaps longer than `late_after` between two queries of a path.
+    pub fn count_late_after(&self, late_after: std::time::Duration) {
+        self.lock().lateness.late_after = Some(late_after);
+    }
+
+    /// The gaps counted so far.
+    pub fn lateness(&self) -> Lateness {
+        self.lock().lateness
+    }
+
+    /// Of `keys`: how many were not queried since `since`.
+    pub fn silent_since(&self, keys: &[String], since: Instant) -> usize {
+        let paths = self.lock();
+        keys.iter()
+            .filter(|key| {
+                paths
+                    .by_key
+                    .get(*key)
+                    .and_then(|s| s.last_query)
+                    .is_none_or(|at| at < since)
+            })
+            .count()
+    }
+
     /// Queries answered so far, every path together.
     pub fn total_queries(&self) -> u64 {
         self.lock().total
@@ -137,18 +172,25 @@ async fn answer(
     let items: Vec<serde_json::Value> = {
         let mut paths = paths.lock().unwrap_or_else(|e| e.into_inner());
         paths.total += 1;
+        let late_after = paths.lateness.late_after;
         let stats = paths.by_key.entry(key).or_default();
         let now = Instant::now();
         stats.queries += 1;
         stats.first_query.get_or_insert(now);
+        let gap = stats.last_query.replace(now).map(|last| now - last);
         if !stats.reporting.is_empty() {
             stats.first_reporting_answer.get_or_insert(now);
         }
-        stats
+        let items = stats
             .reporting
             .iter()
             .map(|pod| json!({"metadata": {"name": pod, "namespace": namespace}}))
-            .collect()
+            .collect();
+        if let Some((gap, late_after)) = gap.zip(late_after) {
+            paths.lateness.gaps += 1;
+            paths.lateness.late += u64::from(gap > late_after);
+        }
+        items
     };
     let body = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
     (
