@@ -193,7 +193,9 @@ pub fn adopted_pods(sim: &Sim) -> usize {
     sim.store()
         .list_all(&ResKey::new("", "pods"), Some(NAMESPACE))
         .iter()
-        .filter(|p| p.pointer("/metadata/labels/kubervisor~1name").is_some())
+        // Indexed, not `pointer`: that parses and unescapes the path for each pod, which
+        // at 100,000 pods every half second took a quarter of the driver's CPU.
+        .filter(|p| p["metadata"]["labels"].get("kubervisor/name").is_some())
         .count()
 }
 
