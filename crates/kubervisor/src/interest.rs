@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use kubervisor_api::pod::NAME_LABEL;
 use tokio::sync::watch;
 
+use crate::labels::Labels;
+
 /// One task's registration.
 struct Interest {
     kvs: String,
@@ -34,10 +36,10 @@ impl Interest {
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    fn selects<'a>(&self, labels: impl Fn(&str) -> Option<&'a str>) -> bool {
+    fn selects(&self, labels: &Labels) -> bool {
         self.selector
             .as_ref()
-            .is_some_and(|s| s.iter().all(|(k, v)| labels(k) == Some(v.as_str())))
+            .is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v.as_str())))
     }
 
     fn wake(&self) {
@@ -128,16 +130,11 @@ impl Namespace {
         self.interests.values().for_each(Interest::wake);
     }
 
-    /// Wakes the interests a pod with these labels concerns: those whose selector it
+    /// Adds the interests a pod with these labels concerns: those whose selector it
     /// matches, and the resource its `kubervisor/name` label names.
-    fn woken_by<'a>(
-        &self,
-        labels: impl Fn(&str) -> Option<&'a str> + Copy,
-        pairs: &[(&str, &str)],
-        woken: &mut Vec<u64>,
-    ) {
-        for (k, v) in pairs {
-            let Some(ids) = self.by_pair.get(*k).and_then(|values| values.get(*v)) else {
+    fn woken_by(&self, labels: &Labels, woken: &mut Vec<u64>) {
+        for (k, v) in labels.iter() {
+            let Some(ids) = self.by_pair.get(k).and_then(|values| values.get(v)) else {
                 continue;
             };
             woken.extend(
@@ -145,7 +142,10 @@ impl Namespace {
                     .filter(|id| self.interests.get(id).is_some_and(|i| i.selects(labels))),
             );
         }
-        if let Some(ids) = labels(NAME_LABEL).and_then(|owner| self.by_kvs.get(owner)) {
+        if let Some(ids) = labels
+            .get(NAME_LABEL)
+            .and_then(|owner| self.by_kvs.get(owner))
+        {
             woken.extend(ids);
         }
     }
@@ -217,19 +217,13 @@ impl Interests {
     }
 
     /// A pod changed from `old` labels (`None`: it is new) to `new` (`None`: it is gone).
-    pub fn pod_changed<'a>(
-        &self,
-        namespace: &str,
-        old: Option<&'a crate::labels::Labels>,
-        new: Option<&'a crate::labels::Labels>,
-    ) {
+    pub fn pod_changed(&self, namespace: &str, old: Option<&Labels>, new: Option<&Labels>) {
         let Some(ns) = self.namespaces.get(namespace) else {
             return;
         };
         let mut woken = Vec::new();
         for labels in [old, new].into_iter().flatten() {
-            let pairs: Vec<(&str, &str)> = labels.iter().collect();
-            ns.woken_by(|k| labels.get(k), &pairs, &mut woken);
+            ns.woken_by(labels, &mut woken);
         }
         woken.sort_unstable();
         woken.dedup();
@@ -273,7 +267,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::labels::Labels;
 
     const KEYS: [&str; 3] = ["app", "tier", NAME_LABEL];
     const VALUES: [&str; 3] = ["a", "b", "c"];
