@@ -48,22 +48,22 @@ impl Interest {
 }
 
 /// Ids of interests by the value they are filed under; a few per value at most.
-type Filed<K> = HashMap<K, Vec<u64>>;
+type Filed = HashMap<String, Vec<u64>>;
 
 #[derive(Default)]
 struct Namespace {
     interests: HashMap<u64, Interest>,
-    by_kvs: Filed<String>,
-    by_service: Filed<String>,
+    by_kvs: Filed,
+    by_service: Filed,
     /// selector's first label key → its value → interests.
-    by_pair: HashMap<String, Filed<String>>,
+    by_pair: HashMap<String, Filed>,
 }
 
-fn file<K: std::hash::Hash + Eq>(filed: &mut Filed<K>, key: K, id: u64) {
+fn file(filed: &mut Filed, key: String, id: u64) {
     filed.entry(key).or_default().push(id);
 }
 
-fn unfile(filed: &mut Filed<String>, key: &str, id: u64) {
+fn unfile(filed: &mut Filed, key: &str, id: u64) {
     if let Some(ids) = filed.get_mut(key) {
         ids.retain(|i| *i != id);
         if ids.is_empty() {
