@@ -13,7 +13,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kubervisor_api::pod::{
-    MarksIn, NAME_LABEL, TRAFFIC_CONDITION, TRAFFIC_LABEL, Traffic, managed_selector,
+    BREAK_AT_ANNOTATION, MarksIn, NAME_LABEL, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL,
+    TRAFFIC_CONDITION, TRAFFIC_LABEL, Traffic, format_break_at, managed_selector,
 };
 use kubervisor_api::{
     BreakerStatus, FleetStatisticStatus, KillMethod, KubervisorService, KubervisorServiceCondition,
@@ -373,6 +374,18 @@ struct Pending {
     after: Option<Arc<SlimPod>>,
 }
 
+/// A pod write asked for and not yet come back.
+#[derive(Clone, Debug)]
+struct Awaiting {
+    /// The pod as the write read it.
+    before: Arc<SlimPod>,
+    cause: Cause,
+    /// An ejection on its way: until it comes back, decisions see the pod as ejected
+    /// (`breaker`, `retry_count`, `at`), so that no decision taken meanwhile counts it as
+    /// serving against the floor.
+    ejecting: Option<(String, u32, Timestamp)>,
+}
+
 /// Why a pod write was asked for, to report it once it is done.
 #[derive(Clone, Debug)]
 enum Cause {
@@ -407,8 +420,12 @@ pub struct State {
     observed: Observed,
     /// Writes done that the index has not shown yet, by pod.
     pending: HashMap<String, Pending>,
-    /// Writes asked for and not yet come back, by pod.
-    awaiting: HashMap<String, (Arc<SlimPod>, Cause)>,
+    /// Writes asked for and not yet come back, by pod. Decisions may be taken while they
+    /// are on their way: see [`State::overlay`].
+    awaiting: HashMap<String, Awaiting>,
+    /// Answers that named as anomalous a pod with a write on its way, by breaker: judged
+    /// again once the writes are back, as if they had come after them.
+    held: BTreeMap<String, Findings>,
     /// Pods a write found changed since they were read, with the version it was made on:
     /// the outcomes of writes do not bring a write on that version again (that would meet
     /// the same conflict as fast as the API answers); the next input from outside does.
@@ -557,6 +574,11 @@ impl State {
             self.status_dirty = true;
         }
         // The rest looks at the whole fleet: once per batch of writes, not once per write.
+        if self.awaiting.is_empty() {
+            for (breaker, findings) in std::mem::take(&mut self.held) {
+                self.evaluate(&breaker, Ok(findings), now, out);
+            }
+        }
         if self.awaiting.is_empty() {
             if std::mem::take(&mut self.status_dirty) {
                 self.write_status(now, out);
@@ -776,6 +798,8 @@ impl State {
         let Some(breaker) = spec.breakers.iter().find(|b| b.name == breaker_name) else {
             return;
         };
+        // A newer answer replaces one held back.
+        self.held.remove(breaker_name);
         let findings = match result {
             Ok(findings) => {
                 if self.source_errors.remove(breaker_name).is_some() {
@@ -822,6 +846,13 @@ impl State {
             out,
         );
         let mut holding = BTreeSet::new();
+        // A pod with a write on its way (its adoption, its return to traffic) is judged
+        // again once the write is back; the rest of the answer is acted on now.
+        let hold = !self.awaiting.is_empty()
+            && findings
+                .anomalies
+                .iter()
+                .any(|a| self.awaiting.contains_key(&a.pod));
         for ejection in &plan.ejections {
             let Some(pod) = fleet.pod(&ejection.pod) else {
                 continue;
@@ -869,6 +900,9 @@ impl State {
                 }));
             }
             self.floor_notes.insert(breaker.name.clone(), spared);
+        }
+        if hold {
+            self.held.insert(breaker.name.clone(), findings);
         }
     }
 
@@ -1021,9 +1055,18 @@ impl State {
     }
 
     fn written(&mut self, pod: &str, outcome: Written, now: Timestamp, out: &mut Vec<Effect>) {
-        let Some((before, cause)) = self.awaiting.remove(pod) else {
+        let Some(Awaiting {
+            before,
+            cause,
+            ejecting,
+        }) = self.awaiting.remove(pod)
+        else {
             return;
         };
+        if ejecting.is_some() {
+            // The fleet no longer shows the pod as the ejection would leave it.
+            self.pending_generation += 1;
+        }
         if self.awaiting.is_empty() {
             // A burst of writes (adoption, a mass ejection) leaves room that would stay.
             self.awaiting.shrink_to_fit();
@@ -1130,7 +1173,25 @@ impl State {
         {
             return;
         }
-        self.awaiting.insert(pod.name.clone(), (pod.clone(), cause));
+        let ejecting = match &change {
+            PodChange::Eject {
+                breaker,
+                retry_count,
+                at,
+            } => {
+                self.pending_generation += 1;
+                Some((breaker.clone(), *retry_count, *at))
+            }
+            _ => None,
+        };
+        self.awaiting.insert(
+            pod.name.clone(),
+            Awaiting {
+                before: pod.clone(),
+                cause,
+                ejecting,
+            },
+        );
         out.push(Effect::Pod(PodWrite {
             pod: pod.clone(),
             change,
@@ -1173,8 +1234,42 @@ impl State {
             .retain(|key| !kinds.contains(&key.1) || holding.contains(key));
     }
 
-    /// A pod as decisions must see it: the index, corrected by a write it has not shown yet.
+    /// A pod as decisions must see it: the index, corrected by a write it has not shown
+    /// yet, and ejected if its ejection is on its way.
+    ///
+    /// Only an ejection is shown before it comes back: every other write (an adoption, a
+    /// return to traffic) gives a pod traffic, and until it is done the pod counts as not
+    /// serving, which can only spare pods, never take the fleet below its floor.
     fn overlay(&self, pod: &Arc<SlimPod>) -> Arc<SlimPod> {
+        let shown = self.shown_written(pod);
+        match self
+            .awaiting
+            .get(&pod.name)
+            .and_then(|a| a.ejecting.as_ref())
+        {
+            Some((breaker, retry_count, at)) => {
+                let marks_in = marks_in(self.control);
+                let mut ejected = (*shown).clone();
+                let state = match marks_in {
+                    MarksIn::Labels => &mut ejected.labels,
+                    MarksIn::Annotations => &mut ejected.annotations,
+                };
+                state.insert(TRAFFIC_LABEL, Traffic::No.as_str());
+                state.insert(STRATEGY_LABEL, breaker);
+                ejected
+                    .annotations
+                    .insert(BREAK_AT_ANNOTATION, format_break_at(*at));
+                ejected
+                    .annotations
+                    .insert(RETRY_COUNT_ANNOTATION, retry_count.to_string());
+                Arc::new(ejected)
+            }
+            None => shown,
+        }
+    }
+
+    /// A pod as the index shows it, corrected by a write it has not shown yet.
+    fn shown_written(&self, pod: &Arc<SlimPod>) -> Arc<SlimPod> {
         match self.pending.get(&pod.name) {
             Some(pending) if pending.before.contains(&pod.resource_version) => match &pending.after
             {

@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::effects::{Effects, Written};
 use crate::index::{Index, SlimPod, Subscription};
-use crate::plan::{Effect, Input, Observed, Phase, State, plan};
+use crate::plan::{Effect, Input, Observed, Phase, PodWrite, State, plan};
 use crate::source::{SourceError, Sources};
 use crate::telemetry::Metrics;
 
@@ -57,8 +57,8 @@ pub struct Context {
     pub timing: Timing,
 }
 
-/// Pod writes of one step in flight at once.
-const WRITES_PER_STEP: usize = 16;
+/// Pod writes of one resource in flight at once; more wait their turn.
+const WRITES_IN_FLIGHT: usize = 16;
 
 type StatusWrite = Option<(Arc<KubervisorService>, Box<KubervisorServiceStatus>)>;
 
@@ -116,6 +116,72 @@ impl Drop for StatusWriter {
 
 type Query = BoxFuture<'static, (String, Result<Findings, SourceError>, Duration)>;
 
+/// Pod writes on their way, and those waiting for room. The step goes on deciding while
+/// they are (it sees an ejection on its way as done: [`crate::plan`]); their outcomes are
+/// fed one by one as they come back.
+#[derive(Default)]
+struct Writes {
+    /// `None` when nothing is on its way: an idle task holds no queue.
+    in_flight: Option<FuturesUnordered<BoxFuture<'static, Input>>>,
+    waiting: VecDeque<PodWrite>,
+}
+
+impl Writes {
+    fn is_empty(&self) -> bool {
+        self.in_flight.is_none()
+    }
+
+    /// Starts waiting writes while there is room.
+    fn start(&mut self, ctx: &Arc<Context>, name: &str) {
+        while self.in_flight.as_ref().map_or(0, |w| w.len()) < WRITES_IN_FLIGHT {
+            let Some(write) = self.waiting.pop_front() else {
+                break;
+            };
+            let ctx = ctx.clone();
+            let name = name.to_string();
+            let write = async move {
+                let outcome = ctx.effects.pod(&write, &name).await;
+                match &outcome {
+                    Written::Done(_) => {}
+                    Written::Stale(why) => debug!("{why}; deciding again"),
+                    Written::Blocked(why) => {
+                        info!("{why}; trying again on the next activator pass")
+                    }
+                    Written::Failed(why) => warn!("{why}"),
+                }
+                Input::Written {
+                    pod: write.pod.name.clone(),
+                    outcome,
+                }
+            };
+            self.in_flight
+                .get_or_insert_with(FuturesUnordered::new)
+                .push(write.in_current_span().boxed());
+        }
+    }
+
+    /// The next outcome; pending forever when nothing is on its way.
+    async fn next(&mut self) -> Input {
+        if let Some(in_flight) = &mut self.in_flight
+            && let Some(outcome) = in_flight.next().await
+        {
+            if in_flight.is_empty() {
+                self.in_flight = None;
+            }
+            return outcome;
+        }
+        std::future::pending().await
+    }
+
+    /// Waits for the writes on their way, and drops those not started.
+    async fn finish(&mut self) {
+        self.waiting.clear();
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.for_each(|_| async {}).await;
+        }
+    }
+}
+
 /// Runs the task of one KubervisorService until the resource is gone; abort it to stop sooner.
 pub async fn run(ctx: Arc<Context>, namespace: String, name: String) {
     let span = info_span!("kvs", namespace = %namespace, name = %name);
@@ -143,6 +209,7 @@ struct Task {
     /// When the activator last ran, on the clock the step sees and on the monotonic one.
     activator_ran: Option<(Timestamp, Instant)>,
     status: StatusWriter,
+    writes: Writes,
 }
 
 impl Task {
@@ -163,6 +230,7 @@ impl Task {
             last_observed: None,
             activator_ran: None,
             status,
+            writes: Writes::default(),
         }
     }
 
@@ -173,6 +241,8 @@ impl Task {
     async fn run(mut self) {
         loop {
             if *self.state().phase() == Phase::Finished {
+                // Not cut off halfway: a write on its way is let come back.
+                self.writes.finish().await;
                 break;
             }
             self.follow_spec();
@@ -180,7 +250,7 @@ impl Task {
             let wake = [
                 Some(self.observe_at),
                 self.next_evaluation.values().min().copied(),
-                self.activator_wake(now),
+                self.activator_wake(now).filter(|_| self.writes.is_empty()),
             ]
             .into_iter()
             .flatten()
@@ -199,6 +269,10 @@ impl Task {
                     self.querying.remove(&breaker);
                     // Boxed: an idle task then holds a few bytes, not a whole step's state.
                     Box::pin(self.answered(breaker, result, took)).await;
+                }
+                outcome = self.writes.next() => {
+                    self.writes.start(&self.ctx, &self.name);
+                    Box::pin(self.feed(outcome)).await;
                 }
                 _ = tokio::time::sleep_until(wake) => Box::pin(self.due(Instant::now())).await,
             }
@@ -220,7 +294,9 @@ impl Task {
         for breaker in due {
             self.start_query(&breaker, now);
         }
-        if self.activator_wake(now).is_some_and(|at| at <= now) {
+        // The activator waits for the writes on their way: what it gives back is
+        // counted on pods whose adoption and ejections are done.
+        if self.writes.is_empty() && self.activator_wake(now).is_some_and(|at| at <= now) {
             self.refresh().await;
             self.activator_ran = Some((crate::clock::now(), now));
             self.feed(Input::ActivatorDue).await;
@@ -391,48 +467,45 @@ impl Task {
         }
     }
 
-    /// Runs the step on `input`, carries out its effects and feeds their outcomes back,
-    /// until nothing is left. Returns the reason of a failed status or finalizer write.
+    /// Runs the step on `input` and carries out its effects; pod writes are started, and
+    /// their outcomes fed when they come back. Returns the reason of a failed status or
+    /// finalizer write.
     async fn feed(&mut self, input: Input) -> Option<&'static str> {
-        let mut error = None;
-        let mut inputs = VecDeque::from([input]);
-        while let Some(input) = inputs.pop_front() {
-            let state = self.state.take().expect("state is back after every step");
-            let (state, effects) = plan(state, input, crate::clock::now());
-            self.state = Some(state);
-            let kvs = self.state().resource().cloned();
-            let (outcomes, failed) = execute(
-                &self.ctx,
-                &self.status,
-                &self.namespace,
-                &self.name,
-                kvs,
-                effects,
-            )
-            .await;
-            error = error.or(failed).or(self.status.take_failure());
-            inputs.extend(outcomes);
-        }
-        error
+        let state = self.state.take().expect("state is back after every step");
+        let (state, effects) = plan(state, input, crate::clock::now());
+        self.state = Some(state);
+        let kvs = self.state().resource().cloned();
+        let failed = execute(
+            &self.ctx,
+            &self.status,
+            &mut self.writes,
+            &self.namespace,
+            &self.name,
+            kvs,
+            effects,
+        )
+        .await;
+        self.writes.start(&self.ctx, &self.name);
+        failed.or(self.status.take_failure())
     }
 }
 
-/// Carries out the effects of one step: pod writes concurrently, the status in the
-/// background, the rest in order. Returns the outcomes of the pod writes, and the reason
-/// of a failed finalizer write.
+/// Carries out the effects of one step: pod writes queued (the task starts them), the
+/// status in the background, the rest in order. Returns the reason of a failed finalizer
+/// write.
 async fn execute(
     ctx: &Context,
     status_writer: &StatusWriter,
+    writes: &mut Writes,
     namespace: &str,
     name: &str,
     kvs: Option<Arc<KubervisorService>>,
     effects: Vec<Effect>,
-) -> (Vec<Input>, Option<&'static str>) {
-    let mut writes = Vec::new();
+) -> Option<&'static str> {
     let mut error = None;
     for effect in effects {
         match effect {
-            Effect::Pod(write) => writes.push(write),
+            Effect::Pod(write) => writes.waiting.push_back(write),
             Effect::Publish(report) => {
                 if report.note.is_warning() {
                     warn!(reason = report.note.reason(), "{}", report.note);
@@ -480,23 +553,5 @@ async fn execute(
             ),
         }
     }
-    let effects: &Effects = &ctx.effects;
-    let outcomes = futures::stream::iter(writes)
-        .map(|write| async move {
-            let outcome = effects.pod(&write, name).await;
-            match &outcome {
-                Written::Done(_) => {}
-                Written::Stale(why) => debug!("{why}; deciding again"),
-                Written::Blocked(why) => info!("{why}; trying again on the next activator pass"),
-                Written::Failed(why) => warn!("{why}"),
-            }
-            Input::Written {
-                pod: write.pod.name.clone(),
-                outcome,
-            }
-        })
-        .buffer_unordered(WRITES_PER_STEP)
-        .collect()
-        .await;
-    (outcomes, error)
+    error
 }

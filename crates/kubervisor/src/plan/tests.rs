@@ -2,7 +2,7 @@
 //! server. A small fleet applies the writes the step asks for, as the API server would,
 //! and feeds them back as outcomes and observations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use kubervisor_api::pod::{BREAK_AT_ANNOTATION, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL};
@@ -1774,4 +1774,176 @@ fn a_write_found_stale_is_not_made_again_on_the_same_version() {
     h.fleet.conflicts.clear();
     let effects = h.observe();
     assert_eq!(gate_writes(&effects), [("p0", true)], "{effects:?}");
+}
+
+// --- decisions taken while writes are on their way
+
+impl Harness {
+    /// Feeds one input and keeps the pod writes it asks for on their way: nothing is
+    /// applied and no outcome is fed until [`Harness::complete`].
+    fn ask(&mut self, input: Input) -> Vec<PodWrite> {
+        let (state, effects) = plan(self.state.take().unwrap(), input, self.now);
+        self.state = Some(state);
+        let writes = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Pod(write) => Some(write.clone()),
+                _ => None,
+            })
+            .collect();
+        self.effects.extend(effects);
+        writes
+    }
+
+    /// The writes come back in this order, each outcome fed as it comes.
+    fn complete(&mut self, writes: Vec<PodWrite>) {
+        for write in writes {
+            let outcome = self.fleet.apply(&write);
+            self.feed(Input::Written {
+                pod: write.pod.name.clone(),
+                outcome,
+            });
+        }
+    }
+}
+
+fn ejected(writes: &[PodWrite]) -> BTreeSet<String> {
+    writes
+        .iter()
+        .filter(|w| matches!(w.change, PodChange::Eject { .. }))
+        .map(|w| w.pod.name.clone())
+        .collect()
+}
+
+fn names(mask: &[bool], pods: usize) -> Vec<String> {
+    (0..pods)
+        .filter(|i| mask[*i])
+        .map(|i| format!("p{i}"))
+        .collect()
+}
+
+#[test]
+fn an_ejection_on_its_way_counts_as_done_for_the_next_decision() {
+    let spec = json!({
+        "service": "web",
+        "breakers": [
+            {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1", "minPodsAvailableCount": 3},
+            {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2", "minPodsAvailableCount": 3},
+        ],
+    });
+    let mut h = Harness::running(spec, 5);
+    let first = h.ask(Input::Findings {
+        breaker: "breaker-1".into(),
+        result: Ok(detect::custom(&["p0".into(), "p1".into()])),
+    });
+    assert_eq!(ejected(&first), BTreeSet::from(["p0".into(), "p1".into()]));
+    // Before p0 and p1 are out, another breaker finds p2 anomalous: 3 must keep traffic.
+    let second = h.ask(Input::Findings {
+        breaker: "breaker-2".into(),
+        result: Ok(detect::custom(&["p2".into()])),
+    });
+    assert!(ejected(&second).is_empty(), "{second:?}");
+    h.complete(first);
+    assert_eq!(h.with_traffic("no"), ["p0", "p1"]);
+}
+
+#[test]
+fn an_anomaly_on_a_pod_being_adopted_is_judged_once_the_adoption_is_back() {
+    let mut h = Harness::running(custom(1, 0, json!(null)), 3);
+    h.fleet.pods.insert("p3".into(), pod("p3"));
+    let adoption = h.ask(Input::Observed(h.observed()));
+    assert_eq!(pod_writes(&h.effects), [("p3", &PodChange::Adopt)]);
+    let meanwhile = h.ask(Input::Findings {
+        breaker: "faulty".into(),
+        result: Ok(detect::custom(&["p3".into()])),
+    });
+    assert!(meanwhile.is_empty(), "p3 does not serve yet: {meanwhile:?}");
+    h.complete(adoption);
+    assert_eq!(h.with_traffic("no"), ["p3"]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Two breakers deciding while the first one's ejections are on their way never take
+    /// the fleet below its floor, whatever each finds and whenever the writes come back.
+    #[test]
+    fn decisions_taken_while_ejections_are_on_their_way_keep_the_floor(
+        pods in 2usize..10,
+        floor in 0u32..10,
+        first in proptest::collection::vec(proptest::bool::ANY, 10),
+        second in proptest::collection::vec(proptest::bool::ANY, 10),
+        observe_between in proptest::bool::ANY,
+        reversed in proptest::bool::ANY,
+    ) {
+        let floor = floor.min(pods as u32);
+        let spec = json!({
+            "service": "web",
+            "breakers": [
+                {"name": "breaker-1", "evaluationPeriod": 5, "customService": "d:80/1",
+                 "minPodsAvailableCount": floor},
+                {"name": "breaker-2", "evaluationPeriod": 5, "customService": "d:80/2",
+                 "minPodsAvailableCount": floor},
+            ],
+        });
+        let mut h = Harness::running(spec, pods);
+        let mut writes = h.ask(Input::Findings {
+            breaker: "breaker-1".into(),
+            result: Ok(detect::custom(&names(&first, pods))),
+        });
+        if observe_between {
+            // The watch still shows every pod serving.
+            writes.extend(h.ask(Input::Observed(h.observed())));
+        }
+        let later = h.ask(Input::Findings {
+            breaker: "breaker-2".into(),
+            result: Ok(detect::custom(&names(&second, pods))),
+        });
+        let out = ejected(&writes);
+        proptest::prop_assert!(ejected(&later).is_disjoint(&out), "a pod ejected twice");
+        let on_their_way = out.len() + ejected(&later).len();
+        let budget = pods - floor as usize;
+        proptest::prop_assert!(
+            on_their_way <= budget,
+            "{} ejections on their way, {} pods, floor {}", on_their_way, pods, floor
+        );
+        writes.extend(later);
+        if reversed {
+            writes.reverse();
+        }
+        h.complete(writes);
+        proptest::prop_assert!(h.with_traffic("no").len() <= budget);
+    }
+
+    /// An answer that finds anomalous a pod whose adoption is on its way is acted on once
+    /// the adoption is back, as if it had come after it.
+    #[test]
+    fn anomalies_on_pods_with_writes_on_their_way_are_judged_when_the_writes_are_back(
+        adopted in 2usize..6,
+        new in 1usize..4,
+        mask in proptest::collection::vec(proptest::bool::ANY, 10),
+    ) {
+        let mut h = Harness::running(custom(1, 0, json!(null)), adopted);
+        let total = adopted + new;
+        for i in adopted..total {
+            h.fleet.pods.insert(format!("p{i}"), pod(&format!("p{i}")));
+        }
+        let mut writes = h.ask(Input::Observed(h.observed()));
+        proptest::prop_assert_eq!(writes.len(), new);
+        // p0 is never anomalous, and at least one new pod always is: the floor of 1
+        // then never spares anyone.
+        let mut anomalous: BTreeSet<String> = (1..total)
+            .filter(|i| mask[*i])
+            .map(|i| format!("p{i}"))
+            .collect();
+        anomalous.insert(format!("p{adopted}"));
+        let list: Vec<String> = anomalous.iter().cloned().collect();
+        writes.extend(h.ask(Input::Findings {
+            breaker: "faulty".into(),
+            result: Ok(detect::custom(&list)),
+        }));
+        h.complete(writes);
+        let out: BTreeSet<String> = h.with_traffic("no").into_iter().map(String::from).collect();
+        proptest::prop_assert_eq!(out, anomalous);
+    }
 }
