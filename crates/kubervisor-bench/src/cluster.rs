@@ -199,6 +199,23 @@ pub fn adopted_pods(sim: &Sim) -> usize {
         .count()
 }
 
+/// The fleet's KubervisorServices whose status reports a result for each of `breakers`
+/// breakers: the operator has written what its start-up decided.
+pub fn reported_resources(sim: &Sim, breakers: usize) -> usize {
+    sim.store()
+        .list_all(
+            &ResKey::new("kubervisor.k8s.io", "kubervisorservices"),
+            Some(NAMESPACE),
+        )
+        .iter()
+        .filter(|kvs| {
+            kvs["status"]["breakers"]
+                .as_array()
+                .is_some_and(|b| b.len() >= breakers)
+        })
+        .count()
+}
+
 /// When each timed change was seen, per pod.
 #[derive(Debug, Default)]
 pub struct Timeline {
