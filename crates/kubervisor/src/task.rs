@@ -116,25 +116,6 @@ impl Drop for StatusWriter {
 
 type Query = BoxFuture<'static, (String, Result<Findings, SourceError>, Duration)>;
 
-/// Runs `work` as a task of its own, so that it goes on while the resource's task does
-/// something else: a request that holds one of the operator's shared slots (API writes,
-/// a source's connections) must not wait for its task to look at it again before it
-/// gives the slot back. A panic in it is the task's own, as if it had run inline.
-fn spawned<T: Send + 'static>(
-    work: impl Future<Output = T> + Send + 'static,
-) -> BoxFuture<'static, T> {
-    let handle = tokio::spawn(work);
-    async move {
-        match handle.await {
-            Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled: only as the runtime shuts down, which ends this task as well.
-            Err(_) => std::future::pending().await,
-        }
-    }
-    .boxed()
-}
-
 /// Pod writes on their way, and those waiting for room. The step goes on deciding while
 /// they are (it sees an ejection on its way as done: [`crate::plan`]); their outcomes are
 /// fed one by one as they come back.
@@ -175,7 +156,7 @@ impl Writes {
             };
             self.in_flight
                 .get_or_insert_with(FuturesUnordered::new)
-                .push(spawned(write.in_current_span()));
+                .push(write.in_current_span().boxed());
         }
     }
 
@@ -425,13 +406,15 @@ impl Task {
             return;
         }
         let sources = self.ctx.sources.clone();
-        let query = async move {
-            let started = Instant::now();
-            let breaker = &spec.breakers[i];
-            let result = sources.findings(&breaker.detection, period).await;
-            (breaker.name.clone(), result, started.elapsed())
-        };
-        self.queries.push(spawned(query.in_current_span()));
+        self.queries.push(
+            async move {
+                let started = Instant::now();
+                let breaker = &spec.breakers[i];
+                let result = sources.findings(&breaker.detection, period).await;
+                (breaker.name.clone(), result, started.elapsed())
+            }
+            .boxed(),
+        );
     }
 
     async fn answered(
