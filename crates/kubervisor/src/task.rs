@@ -133,6 +133,10 @@ impl Writes {
 
     /// Starts waiting writes while there is room.
     fn start(&mut self, ctx: &Arc<Context>, name: &str) {
+        if self.waiting.is_empty() && self.waiting.capacity() > 0 {
+            // An adoption's burst would otherwise keep its room in every idle task.
+            self.waiting = VecDeque::new();
+        }
         while self.in_flight.as_ref().map_or(0, |w| w.len()) < WRITES_IN_FLIGHT {
             let Some(write) = self.waiting.pop_front() else {
                 break;

@@ -53,6 +53,48 @@ async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
     );
 }
 
+/// While a pod write waits for the API (kubesim holds it for an hour, the operator gives
+/// up after 15 s), the resource's breaker goes on being evaluated: decisions do not wait
+/// for the writes on their way.
+#[tokio::test]
+async fn the_breakers_go_on_while_a_write_waits_for_the_api() {
+    let (cluster, detector, pods) = three_pods_guarded().await;
+    let faults = cluster.sim.as_ref().unwrap().faults();
+    let before = patches_of_pods(&cluster);
+    faults.add_latency("patch", "pods", Duration::from_secs(3600));
+    detector.report(&pods[..1]);
+    crate::harness::eventually(
+        "the ejection to be sent",
+        Duration::from_secs(10),
+        || async {
+            (patches_of_pods(&cluster) > before)
+                .then_some(())
+                .ok_or_else(|| "no pod patch yet".to_string())
+        },
+    )
+    .await;
+    let queried = detector.queries();
+    // Ten periods of 0.3 s, well before the held write times out.
+    crate::harness::eventually(
+        "the breaker to be evaluated again",
+        Duration::from_secs(8),
+        || async {
+            let since = detector.queries() - queried;
+            (since >= 10)
+                .then_some(())
+                .ok_or_else(|| format!("{since} evaluations since the write was sent"))
+        },
+    )
+    .await;
+    assert_eq!(
+        cluster.traffic("web").await.values().filter(|t| *t == "no").count(),
+        0,
+        "the held write is not done yet"
+    );
+    faults.clear();
+    wait_traffic(&cluster, "no", 1).await;
+}
+
 /// A pod write sent into a connection that never answers (kubesim holds it for an hour)
 /// fails after the operator's write timeout instead of holding the resource's task: once
 /// the API answers again, the ejection is decided again and goes through.

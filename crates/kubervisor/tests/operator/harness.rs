@@ -928,17 +928,21 @@ fn release_finalizers(kubeconfig: &std::path::Path, namespace: &str) {
 pub struct CustomDetector {
     pub url: String,
     faulty: Arc<Mutex<Vec<String>>>,
+    queries: Arc<std::sync::atomic::AtomicU64>,
     _server: JoinHandle<()>,
 }
 
 impl CustomDetector {
     pub async fn start() -> CustomDetector {
         let faulty: Arc<Mutex<Vec<String>>> = Arc::default();
+        let queries: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let state = faulty.clone();
+        let counter = queries.clone();
         let app = axum::Router::new().route(
             "/faulty",
             axum::routing::get(move || {
                 let state = state.clone();
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     let names = state.lock().unwrap().clone();
                     let items: Vec<serde_json::Value> = names
@@ -957,8 +961,14 @@ impl CustomDetector {
         CustomDetector {
             url,
             faulty,
+            queries,
             _server: server,
         }
+    }
+
+    /// Queries answered so far.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn report(&self, pods: &[String]) {
