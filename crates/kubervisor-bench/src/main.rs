@@ -35,6 +35,10 @@ struct Cli {
     /// scale: seconds of the steady-state window.
     #[arg(long, default_value_t = 60)]
     window: u64,
+    /// scale: seconds between the end of start-up and the steady-state window, for what
+    /// start-up queued (breaker queries behind the adoption's writes) to drain.
+    #[arg(long, default_value_t = 30)]
+    settle: u64,
     /// decide: pods in the result (two series each).
     #[arg(long, default_value_t = 50_000)]
     decide_pods: usize,
@@ -124,6 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         let config = ScaleConfig {
             sizes: cli.sizes.clone(),
             window: Duration::from_secs(cli.window),
+            settle: Duration::from_secs(cli.settle),
             ..ScaleConfig::default()
         };
         emit(scale::run(env, &config).await?);
