@@ -87,7 +87,12 @@ async fn the_breakers_go_on_while_a_write_waits_for_the_api() {
     )
     .await;
     assert_eq!(
-        cluster.traffic("web").await.values().filter(|t| *t == "no").count(),
+        cluster
+            .traffic("web")
+            .await
+            .values()
+            .filter(|t| *t == "no")
+            .count(),
         0,
         "the held write is not done yet"
     );
