@@ -53,14 +53,12 @@ async fn a_429_with_retry_after_is_honoured_before_the_write_is_tried_again() {
     );
 }
 
-/// While a pod write waits for the API (kubesim holds it for an hour, the operator gives
-/// up after 15 s), the resource's breaker goes on being evaluated: decisions do not wait
-/// for the writes on their way.
-#[tokio::test]
-async fn the_breakers_go_on_while_a_write_waits_for_the_api() {
+/// [`three_pods_guarded`], with kubesim holding every pod patch for an hour and the
+/// detector reporting one pod: returns once the ejection's patch has been sent.
+async fn ejection_held_by_the_api() -> (Cluster, crate::harness::CustomDetector) {
     let (cluster, detector, pods) = three_pods_guarded().await;
-    let faults = cluster.sim.as_ref().unwrap().faults();
     let before = patches_of_pods(&cluster);
+    let faults = cluster.sim.as_ref().unwrap().faults();
     faults.add_latency("patch", "pods", Duration::from_secs(3600));
     detector.report(&pods[..1]);
     crate::harness::eventually(
@@ -73,6 +71,16 @@ async fn the_breakers_go_on_while_a_write_waits_for_the_api() {
         },
     )
     .await;
+    (cluster, detector)
+}
+
+/// While a pod write waits for the API (kubesim holds it for an hour, the operator gives
+/// up after 15 s), the resource's breaker goes on being evaluated: decisions do not wait
+/// for the writes on their way.
+#[tokio::test]
+async fn the_breakers_go_on_while_a_write_waits_for_the_api() {
+    let (cluster, detector) = ejection_held_by_the_api().await;
+    let faults = cluster.sim.as_ref().unwrap().faults();
     let queried = detector.queries();
     // Ten periods of 0.3 s, well before the held write times out.
     crate::harness::eventually(
@@ -105,21 +113,8 @@ async fn the_breakers_go_on_while_a_write_waits_for_the_api() {
 /// the API answers again, the ejection is decided again and goes through.
 #[tokio::test]
 async fn a_write_that_never_gets_an_answer_times_out_and_is_decided_again() {
-    let (cluster, detector, pods) = three_pods_guarded().await;
+    let (cluster, _detector) = ejection_held_by_the_api().await;
     let faults = cluster.sim.as_ref().unwrap().faults();
-    let before = patches_of_pods(&cluster);
-    faults.add_latency("patch", "pods", Duration::from_secs(3600));
-    detector.report(&pods[..1]);
-    crate::harness::eventually(
-        "the ejection to be sent",
-        Duration::from_secs(10),
-        || async {
-            (patches_of_pods(&cluster) > before)
-                .then_some(())
-                .ok_or_else(|| "no pod patch yet".to_string())
-        },
-    )
-    .await;
     faults.clear();
     let asked = Instant::now();
     wait_traffic(&cluster, "no", 1).await;
