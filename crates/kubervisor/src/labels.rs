@@ -171,6 +171,15 @@ fn interned() -> &'static Mutex<Interned> {
     INTERNED.get_or_init(Mutex::default)
 }
 
+/// `s` as a string shared with every other holder of the same text: label values, and
+/// the label values of metric series, which repeat a resource's name and namespace.
+pub fn share(s: &str) -> Arc<str> {
+    interned()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .share(s)
+}
+
 /// Forgets the strings no kept label uses any more; called from time to time so that a
 /// fleet that changes its labels does not grow the set for ever.
 pub fn sweep() {

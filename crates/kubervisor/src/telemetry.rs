@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::labels::share;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -48,11 +49,15 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str =
 /// The pod states counted per KubervisorService by `kubervisor_breaker_gauge`.
 const POD_STATES: [&str; 4] = ["managed", "breaked", "paused", "unknown"];
 
+// The series kept per KubervisorService hold its namespace and name as strings shared
+// with one another ([`crate::labels::share`]): a dozen series per resource would
+// otherwise hold a dozen copies of each.
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServicePodsLabels {
-    name: String,
-    namespace: String,
-    r#type: String,
+    name: Arc<str>,
+    namespace: Arc<str>,
+    r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,14 +75,14 @@ struct DecisionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconcileLabels {
-    namespace: String,
-    name: String,
+    namespace: Arc<str>,
+    name: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconcileErrorLabels {
-    namespace: String,
-    name: String,
+    namespace: Arc<str>,
+    name: Arc<str>,
     reason: String,
 }
 
@@ -99,6 +104,9 @@ struct PodWriteLabels {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A KubervisorService's namespace and name, shared with its series' labels.
+type ResourceKey = (Arc<str>, Arc<str>);
 
 /// Buckets from 5 ms to about 10 s: a reconcile or a PromQL query slower than that is an outage.
 fn duration_histogram() -> Histogram {
@@ -149,7 +157,7 @@ pub struct Metrics {
     /// Per breaker: anomalous pods, pods spared by the floor, panic, source failing.
     breaker_state: [Family<BreakerLabels, Gauge>; 4],
     /// The breakers each KubervisorService has series for, to remove them with it.
-    breakers_of: std::sync::Mutex<HashMap<(String, String), HashSet<String>>>,
+    breakers_of: std::sync::Mutex<HashMap<ResourceKey, HashSet<Arc<str>>>>,
     /// Per pod (namespace, name): its decision counters' label sets, and since when the
     /// pod has been seen gone.
     decided_pods: std::sync::Mutex<HashMap<(String, String), DecidedPod>>,
@@ -169,9 +177,9 @@ struct DecidedPod {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BreakerLabels {
-    namespace: String,
-    name: String,
-    breaker: String,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    breaker: Arc<str>,
 }
 
 /// What one breaker's last evaluation found, as gauges.
@@ -320,11 +328,11 @@ impl Metrics {
         }
     }
 
-    fn pods_labels(namespace: &str, name: &str, state: &str) -> ServicePodsLabels {
+    fn pods_labels(namespace: &str, name: &str, state: &'static str) -> ServicePodsLabels {
         ServicePodsLabels {
-            name: name.to_owned(),
-            namespace: namespace.to_owned(),
-            r#type: state.to_owned(),
+            name: share(name),
+            namespace: share(namespace),
+            r#type: state,
         }
     }
 
@@ -338,7 +346,10 @@ impl Metrics {
         paused: usize,
         unknown: usize,
     ) {
-        for (state, count) in POD_STATES.iter().zip([managed, breaked, paused, unknown]) {
+        for (state, count) in POD_STATES
+            .into_iter()
+            .zip([managed, breaked, paused, unknown])
+        {
             self.breaker_gauge
                 .get_or_create(&Self::pods_labels(namespace, name, state))
                 .set(gauge_value(count));
@@ -356,12 +367,12 @@ impl Metrics {
             .breakers_of
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(namespace.to_owned(), name.to_owned()))
+            .remove(&(share(namespace), share(name)))
             .unwrap_or_default();
         for breaker in breakers {
             let labels = BreakerLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+                namespace: share(namespace),
+                name: share(name),
                 breaker,
             };
             for family in &self.breaker_state {
@@ -378,17 +389,17 @@ impl Metrics {
         breaker: &str,
         state: BreakerState,
     ) {
+        let labels = BreakerLabels {
+            namespace: share(namespace),
+            name: share(name),
+            breaker: share(breaker),
+        };
         self.breakers_of
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((namespace.to_owned(), name.to_owned()))
+            .entry((labels.namespace.clone(), labels.name.clone()))
             .or_default()
-            .insert(breaker.to_owned());
-        let labels = BreakerLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            breaker: breaker.to_owned(),
-        };
+            .insert(labels.breaker.clone());
         let values = [
             i64::from(state.anomalous),
             i64::from(state.spared_by_floor),
@@ -474,15 +485,15 @@ impl Metrics {
     ) {
         self.reconcile_duration
             .get_or_create(&ReconcileLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+                namespace: share(namespace),
+                name: share(name),
             })
             .observe(took.as_secs_f64());
         if let Some(reason) = error_reason {
             self.reconcile_errors
                 .get_or_create(&ReconcileErrorLabels {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
+                    namespace: share(namespace),
+                    name: share(name),
                     reason: reason.to_owned(),
                 })
                 .inc();
