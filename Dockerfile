@@ -15,11 +15,14 @@ COPY . .
 # The cache mounts keep the registry and build artefacts between builds; the binary is
 # copied out in the same step because the target cache is not part of the layer.
 # Symbol names are kept for backtraces; debug info is dropped to keep the image small.
-# Without default features: no `demo`, so the emulator is not in the image.
+# Without the `demo` feature, so the emulator is not in the image; with `jemalloc`, the
+# operator's allocator, which `make` builds from its C source.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     CARGO_PROFILE_RELEASE_STRIP=debuginfo \
-    cargo build --release --locked -p kubervisor --no-default-features \
+    cargo build --release --locked -p kubervisor --no-default-features --features jemalloc \
  && cp target/release/kubervisor /kubervisor
 
 # glibc and libgcc only (rustls: no OpenSSL); `nonroot` is uid/gid 65532 with no shell.

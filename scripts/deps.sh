@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real components the tests and the demo run against, when missing:
 # kubectl (Debian package kubernetes-client), Prometheus (Debian package prometheus) and
-# libfaketime (Debian package faketime), which steps the operator's clock in a chaos test.
+# libfaketime (Debian package faketime), which steps the operator's clock in a chaos test;
+# and `make` with a C compiler, which build jemalloc, the operator's allocator.
 set -euo pipefail
 
 warn_old_kubectl() {
@@ -18,6 +19,8 @@ missing=()
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -26,7 +29,7 @@ else
     sudo=
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: please install ${missing[*]} (kubectl, prometheus and faketime must be on PATH)" >&2
+    echo "error: please install ${missing[*]} (kubectl, prometheus, faketime, make and cc must be on PATH)" >&2
     exit 1
 fi
 echo "installing ${missing[*]} with apt-get" >&2

@@ -233,11 +233,11 @@ pub async fn run(
     };
 
     let manager = tokio::spawn(manage(ctx, leading));
-    let trim = tokio::spawn(return_freed_memory());
+    let sweep = tokio::spawn(sweep_shared_strings());
     shutdown.await;
     info!("shutting down");
     manager.abort();
-    trim.abort();
+    sweep.abort();
     let _ = manager.await;
     if let Some(election) = election {
         election.release().await;
@@ -326,19 +326,12 @@ async fn manage(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
     }
 }
 
-/// Hands memory freed after a burst (a start-up that adopts a large fleet, a relist)
-/// back to the system: glibc keeps it otherwise, and the resident size would stay at
-/// the burst's peak.
-async fn return_freed_memory() {
+/// Forgets shared label strings that nothing uses any more ([`crate::labels::sweep`]).
+async fn sweep_shared_strings() {
     let mut ticks = tokio::time::interval(Duration::from_secs(10));
     loop {
         ticks.tick().await;
         crate::labels::sweep();
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
-        }
     }
 }
 
