@@ -119,20 +119,55 @@ type Query = BoxFuture<'static, (String, Result<Findings, SourceError>, Duration
 /// Pod writes on their way, and those waiting for room. The step goes on deciding while
 /// they are (it sees an ejection on its way as done: [`crate::plan`]); their outcomes are
 /// fed one by one as they come back.
+///
+/// The finalizer is written the same way, ahead of the pod writes: breakers are queried
+/// while it is on its way (at 100,000 pods a new resource's finalizer queues behind the
+/// fleet's adoption patches), and pods are written once it is back, as before, so a
+/// resource never changes a pod before its finalizer was asked for.
 #[derive(Default)]
 struct Writes {
     /// `None` when nothing is on its way: an idle task holds no queue.
     in_flight: Option<FuturesUnordered<BoxFuture<'static, Input>>>,
     waiting: VecDeque<PodWrite>,
+    /// The finalizer write on its way (its failure's reason when it fails).
+    finalizer: Option<BoxFuture<'static, Option<&'static str>>>,
+    /// The finalizer write asked for while another was on its way: the latest version.
+    next_finalizer: Option<Arc<KubervisorService>>,
+    /// Why the last finalizer write failed, reported with the next step.
+    finalizer_failed: Option<&'static str>,
 }
 
 impl Writes {
     fn is_empty(&self) -> bool {
         self.in_flight.is_none()
+            && self.waiting.is_empty()
+            && self.finalizer.is_none()
+            && self.next_finalizer.is_none()
     }
 
-    /// Starts waiting writes while there is room.
+    /// Asks for the finalizer on this version of the resource.
+    fn add_finalizer(&mut self, kvs: Arc<KubervisorService>) {
+        self.next_finalizer = Some(kvs);
+    }
+
+    /// Starts the finalizer write asked for, or else waiting pod writes while there is room.
     fn start(&mut self, ctx: &Arc<Context>, name: &str) {
+        if self.finalizer.is_none()
+            && let Some(kvs) = self.next_finalizer.take()
+        {
+            let ctx = ctx.clone();
+            let write = async move {
+                let failed = ctx.effects.finalizer(kvs).await.err();
+                failed.map(|e| {
+                    warn!("{e}");
+                    "FinalizerError"
+                })
+            };
+            self.finalizer = Some(write.in_current_span().boxed());
+        }
+        if self.finalizer.is_some() {
+            return;
+        }
         if self.waiting.is_empty() && self.waiting.capacity() > 0 {
             // An adoption's burst would otherwise keep its room in every idle task.
             self.waiting = VecDeque::new();
@@ -164,22 +199,38 @@ impl Writes {
         }
     }
 
-    /// The next outcome; pending forever when nothing is on its way.
-    async fn next(&mut self) -> Input {
-        if let Some(in_flight) = &mut self.in_flight
-            && let Some(outcome) = in_flight.next().await
-        {
-            if in_flight.is_empty() {
-                self.in_flight = None;
+    /// The next pod write's outcome, or `None` when the finalizer write came back (start
+    /// the writes again then); pending forever when nothing is on its way.
+    async fn next(&mut self) -> Option<Input> {
+        let Writes {
+            in_flight,
+            finalizer,
+            finalizer_failed,
+            ..
+        } = self;
+        tokio::select! {
+            failed = async { finalizer.as_mut().expect("checked by the guard").await }, if finalizer.is_some() => {
+                *finalizer = None;
+                *finalizer_failed = finalizer_failed.or(failed);
+                None
             }
-            return outcome;
+            Some(outcome) = async { in_flight.as_mut().expect("checked by the guard").next().await }, if in_flight.is_some() => {
+                if in_flight.as_ref().is_some_and(|w| w.is_empty()) {
+                    *in_flight = None;
+                }
+                Some(outcome)
+            }
+            else => std::future::pending().await,
         }
-        std::future::pending().await
     }
 
     /// Waits for the writes on their way, and drops those not started.
     async fn finish(&mut self) {
         self.waiting.clear();
+        self.next_finalizer = None;
+        if let Some(finalizer) = self.finalizer.take() {
+            finalizer.await;
+        }
         if let Some(in_flight) = self.in_flight.take() {
             in_flight.for_each(|_| async {}).await;
         }
@@ -279,7 +330,9 @@ impl Task {
                 }
                 outcome = self.writes.next() => {
                     self.writes.start(&self.ctx, &self.name);
-                    Box::pin(self.feed(outcome)).await;
+                    if let Some(outcome) = outcome {
+                        Box::pin(self.feed(outcome)).await;
+                    }
                 }
                 _ = tokio::time::sleep_until(wake) => Box::pin(self.due(Instant::now())).await,
             }
@@ -493,13 +546,15 @@ impl Task {
         )
         .await;
         self.writes.start(&self.ctx, &self.name);
-        failed.or(self.status.take_failure())
+        failed
+            .or(self.status.take_failure())
+            .or(self.writes.finalizer_failed.take())
     }
 }
 
-/// Carries out the effects of one step: pod writes queued (the task starts them), the
-/// status in the background, the rest in order. Returns the reason of a failed finalizer
-/// write.
+/// Carries out the effects of one step: pod writes and the finalizer's addition queued
+/// (the task starts them), the status in the background, the rest in order. Returns the
+/// reason of a failed finalizer removal.
 async fn execute(
     ctx: &Context,
     status_writer: &StatusWriter,
@@ -528,7 +583,11 @@ async fn execute(
                     status_writer.write(kvs.clone(), status);
                 }
             }
-            Effect::AddFinalizer(object) | Effect::RemoveFinalizer(object) => {
+            Effect::AddFinalizer(object) => writes.add_finalizer(object),
+            Effect::RemoveFinalizer(object) => {
+                // The last write of a resource being deleted, once every pod got its traffic
+                // back: awaited, and an addition not yet sent is moot.
+                writes.next_finalizer = None;
                 if let Err(e) = ctx.effects.finalizer(object).await {
                     warn!("{e}");
                     error = Some("FinalizerError");

@@ -124,3 +124,36 @@ async fn a_write_that_never_gets_an_answer_times_out_and_is_decided_again() {
         "ejected {took:?} after the API answered again: the held write cannot have timed out yet"
     );
 }
+
+/// While a new resource's finalizer write waits for the API (kubesim holds it for an
+/// hour, the operator gives up after 15 s), its breaker is evaluated already: at 100,000
+/// pods that write queues behind the fleet's adoption patches. Its pods are written only
+/// once the finalizer write is back.
+#[tokio::test]
+async fn the_breakers_start_while_the_finalizer_write_waits_for_the_api() {
+    let (cluster, detector) = setup(Backend::Kubesim, 3).await;
+    let before = patches_of_pods(&cluster);
+    let faults = cluster.sim.as_ref().unwrap().faults();
+    faults.add_latency("patch", "kubervisorservices", Duration::from_secs(3600));
+    let breakers = serde_json::json!([{
+        "name": "faulty", "evaluationPeriod": 0.3, "minPodsAvailableCount": 1,
+        "customService": detector.url,
+    }]);
+    cluster.guard(breakers, periodic(600.0), false).await;
+    crate::harness::eventually(
+        "the breaker to be evaluated",
+        Duration::from_secs(8),
+        || async {
+            let queried = detector.queries();
+            (queried >= 5)
+                .then_some(())
+                .ok_or_else(|| format!("{queried} evaluations while the finalizer is held"))
+        },
+    )
+    .await;
+    assert_eq!(
+        patches_of_pods(&cluster) - before,
+        0,
+        "no pod is written before the finalizer write is back"
+    );
+}
