@@ -7,8 +7,9 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 // jemalloc rather than glibc's malloc: at 10,000 pods the operator's heap is a few
 // hundred thousand small long-lived allocations, and glibc left about as many bytes
 // again in free chunks between them that it could not hand back, even with
-// `malloc_trim` every 10 s (BENCHMARKS.md, "Allocator"). jemalloc keeps small objects
-// of one size together and returns pages as soon as they are empty.
+// `malloc_trim` every 10 s (BENCHMARKS.md, "Where the steady memory went, and the
+// allocator"). jemalloc keeps small objects of one size together and returns pages as
+// soon as they are empty.
 #[cfg(all(target_os = "linux", feature = "jemalloc", not(feature = "dhat-heap")))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -621,6 +621,7 @@ async fn execute(
     }
     error
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
