@@ -206,23 +206,16 @@ pub fn plan_ejections(
         panic: panic(limits.panic_threshold_percent, pods, findings),
         ..EjectionPlan::default()
     };
-    // Findings may name every pod of a large fleet: then pods are looked up in a map. A
-    // few anomalies (most evaluations have none) are found by scanning, with no map built.
-    let by_name: Option<std::collections::HashMap<&str, &PodView>> =
-        (findings.anomalies.len() > 8).then(|| pods.iter().map(|p| (p.name.as_str(), p)).collect());
-    let find = |name: &str| match &by_name {
-        Some(map) => map.get(name).copied(),
-        None => pods.iter().find(|p| p.name == name),
-    };
     let mut anomalies: Vec<&crate::detect::Anomaly> = findings.anomalies.iter().collect();
     anomalies.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.pod.cmp(&b.pod)));
-    for anomaly in anomalies {
+    let found = find_pods(pods, &anomalies);
+    for (anomaly, pod) in anomalies.into_iter().zip(found) {
         let spare = |reason| Spared {
             pod: anomaly.pod.clone(),
             evidence: anomaly.evidence.clone(),
             reason,
         };
-        let Some(pod) = find(&anomaly.pod) else {
+        let Some(pod) = pod else {
             plan.spared.push(spare(SpareReason::NotManaged));
             continue;
         };
@@ -259,6 +252,40 @@ pub fn plan_ejections(
         });
     }
     plan
+}
+
+/// The pod each anomaly names, in the anomalies' order (`None` for a pod not in `pods`).
+///
+/// A few anomalies (most evaluations have none) are found by scanning the pods. More are
+/// put in a map that one pass over the pods fills: the map is as large as the anomalies,
+/// not the fleet, which at 50,000 pods saves building a 50,000-entry table per evaluation.
+fn find_pods<'p>(
+    pods: &'p [PodView],
+    anomalies: &[&crate::detect::Anomaly],
+) -> Vec<Option<&'p PodView>> {
+    if anomalies.len() <= 8 {
+        return anomalies
+            .iter()
+            .map(|a| pods.iter().find(|p| p.name == a.pod))
+            .collect();
+    }
+    // Each name's first anomaly holds the pod found for every anomaly of that name.
+    let mut wanted: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(anomalies.len());
+    for (i, anomaly) in anomalies.iter().enumerate() {
+        wanted.entry(anomaly.pod.as_str()).or_insert(i);
+    }
+    let mut found = vec![None; anomalies.len()];
+    for pod in pods {
+        if let Some(&i) = wanted.get(pod.name.as_str()) {
+            // The first pod of a name, as the scan finds it.
+            found[i].get_or_insert(pod);
+        }
+    }
+    anomalies
+        .iter()
+        .map(|anomaly| found[wanted[anomaly.pod.as_str()]])
+        .collect()
 }
 
 /// Whether fewer than `threshold_percent` of the judged pods are healthy.
@@ -484,5 +511,35 @@ mod tests {
             &findings,
         );
         assert_eq!(ejected(&plan), ["p0"]);
+    }
+
+    proptest::proptest! {
+        /// Past a few anomalies the pods are found through a map: it must find what a scan
+        /// of the pods finds, for names that are missing or given twice too.
+        #[test]
+        fn anomalies_find_the_pods_a_scan_finds(
+            fleet_size in 0usize..40,
+            named in proptest::collection::vec(0usize..50, 0..40),
+        ) {
+            let pods = fleet(fleet_size);
+            let anomalies: Vec<Anomaly> = named
+                .iter()
+                .map(|i| Anomaly {
+                    pod: format!("p{i}"),
+                    score: 1.0,
+                    evidence: detect::Evidence::Reported,
+                })
+                .collect();
+            let anomalies: Vec<&Anomaly> = anomalies.iter().collect();
+            let scanned: Vec<Option<&str>> = anomalies
+                .iter()
+                .map(|a| pods.iter().find(|p| p.name == a.pod).map(|p| p.name.as_str()))
+                .collect();
+            let found: Vec<Option<&str>> = find_pods(&pods, &anomalies)
+                .into_iter()
+                .map(|p| p.map(|p| p.name.as_str()))
+                .collect();
+            proptest::prop_assert_eq!(found, scanned);
+        }
     }
 }
