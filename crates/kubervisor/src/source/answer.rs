@@ -556,6 +556,32 @@ mod compact {
         (status && data && scan.at == text.len()).then_some(())
     }
 
+    /// Where a string's bytes stop being plain: the first quote, backslash or control
+    /// character. Eight bytes are tested at a time, with the classic bit tricks for "some
+    /// byte is zero" and "some byte is less than n"; their lowest flagged byte is always
+    /// exact (a false flag can only sit above a true one), and that is the one taken.
+    pub(super) fn plain_string_end(bytes: &[u8]) -> Option<usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGHS: u64 = 0x8080_8080_8080_8080;
+        let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x;
+        let mut at = 0;
+        while let Some(chunk) = bytes.get(at..at + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let hits = (zero_bytes(x ^ (ONES * u64::from(b'"')))
+                | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+                | (x.wrapping_sub(ONES * 0x20) & !x))
+                & HIGHS;
+            if hits != 0 {
+                return Some(at + hits.trailing_zeros() as usize / 8);
+            }
+            at += 8;
+        }
+        bytes[at..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .map(|i| at + i)
+    }
+
     struct Scan<'de> {
         text: &'de str,
         at: usize,
@@ -582,9 +608,7 @@ mod compact {
         fn string(&mut self) -> Option<&'de str> {
             self.eat(b'"')?;
             let rest = &self.text.as_bytes()[self.at..];
-            let end = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            let end = plain_string_end(rest)?;
             if rest[end] != b'"' {
                 return None;
             }
@@ -731,6 +755,61 @@ mod compact {
             let value = sample_value(self.string()?)?;
             self.eat(b']')?;
             Some(value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::compact::plain_string_end;
+
+    /// The byte-at-a-time definition the word-at-a-time search must agree with.
+    fn by_bytes(bytes: &[u8]) -> Option<usize> {
+        bytes
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    }
+
+    /// Bytes next to the ones that stop a string, where a bit trick would go wrong.
+    fn tricky_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            prop::sample::select(vec![
+                0x00, 0x01, 0x1f, 0x20, 0x21, b'"', 0x23, b'\\', 0x5b, 0x5d, 0x7f, 0x80, 0x9f,
+                0xa0, 0xa2, 0xdc, 0xff,
+            ]),
+            b'a'..=b'z',
+            any::<u8>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn the_word_search_finds_the_first_byte_that_ends_a_plain_string(
+            bytes in prop::collection::vec(tricky_byte(), 0..40),
+        ) {
+            prop_assert_eq!(plain_string_end(&bytes), by_bytes(&bytes));
+        }
+    }
+
+    #[test]
+    fn a_stop_byte_is_found_in_every_lane_behind_every_kind_of_byte() {
+        for stop in [b'"', b'\\', 0x00, 0x1f] {
+            for filler in [b'a', 0x20, 0x7f, 0x80, 0xff, b'#', b']'] {
+                for at in 0..20 {
+                    let mut bytes = vec![filler; 20];
+                    bytes[at] = stop;
+                    assert_eq!(
+                        plain_string_end(&bytes),
+                        Some(at),
+                        "{stop:#x} at {at} in {filler:#x}"
+                    );
+                }
+                assert_eq!(plain_string_end(&[filler; 20]), None);
+            }
         }
     }
 }
