@@ -408,6 +408,24 @@ impl Slot {
     };
 }
 
+/// Linear probing from `hash`'s slot in a table a power of two long, never full: the pod
+/// of the first slot holding `hash` that `is_it` accepts, or else the empty slot where it
+/// would go.
+fn probe(slots: &[Slot], hash: u64, mut is_it: impl FnMut(usize) -> bool) -> Result<usize, usize> {
+    let mask = slots.len() - 1;
+    let mut i = hash as usize & mask;
+    loop {
+        let slot = slots[i];
+        if slot.at == usize::MAX {
+            return Err(i);
+        }
+        if slot.hash == hash && is_it(slot.at) {
+            return Ok(slot.at);
+        }
+        i = (i + 1) & mask;
+    }
+}
+
 /// Samples counted together: the table's probes for a batch are made before any of its
 /// samples is counted (see [`Tallies::flush`]).
 const BATCH: usize = 32;
@@ -517,7 +535,8 @@ impl<'r, 'a> Tallies<'r, 'a> {
             std::hint::black_box(self.slots[p.hash as usize & mask].at);
         }
         for p in &pending {
-            if let Some(at) = self.first_with(p.hash) {
+            // The pod a lookup compares first.
+            if let Ok(at) = probe(&self.slots, p.hash, |_| true) {
                 std::hint::black_box(self.pods[at].0.as_bytes().first().copied());
             }
         }
@@ -526,22 +545,6 @@ impl<'r, 'a> Tallies<'r, 'a> {
             self.pods[at].2.count(p.observation);
         }
         self.pending = pending;
-    }
-
-    /// The pod of the first slot holding `hash`, if any: the one a lookup compares first.
-    fn first_with(&self, hash: u64) -> Option<usize> {
-        let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
-        loop {
-            let slot = self.slots[i];
-            if slot.at == usize::MAX {
-                return None;
-            }
-            if slot.hash == hash {
-                return Some(slot.at);
-            }
-            i = (i + 1) & mask;
-        }
     }
 
     /// The position of `pod` in `pods`, added if it is new.
@@ -553,34 +556,24 @@ impl<'r, 'a> Tallies<'r, 'a> {
         {
             return self.pods.len() - 1;
         }
-        let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
-        loop {
-            let slot = self.slots[i];
-            if slot.at == usize::MAX {
-                break;
+        match probe(&self.slots, hash, |at| self.pods[at].0 == pod) {
+            Ok(at) => at,
+            Err(empty) => {
+                let at = self.pods.len();
+                self.slots[empty] = Slot { hash, at };
+                self.pods.push((pod, hash, Tally::default()));
+                at
             }
-            if slot.hash == hash && self.pods[slot.at].0 == pod {
-                return slot.at;
-            }
-            i = (i + 1) & mask;
         }
-        let at = self.pods.len();
-        self.slots[i] = Slot { hash, at };
-        self.pods.push((pod, hash, Tally::default()));
-        at
     }
 
     /// Doubles the table until `pods` pods fit, placing the known ones again.
     fn grow(&mut self, pods: usize) {
         let mut slots = vec![Slot::EMPTY; Self::slots_for(pods).max(self.slots.len() * 2)];
-        let mask = slots.len() - 1;
         for (at, (_, hash, _)) in self.pods.iter().enumerate() {
-            let mut i = *hash as usize & mask;
-            while slots[i].at != usize::MAX {
-                i = (i + 1) & mask;
-            }
-            slots[i] = Slot { hash: *hash, at };
+            // Names are unique here: no slot is taken for another, only the empty one is.
+            let empty = probe(&slots, *hash, |_| false).unwrap_err();
+            slots[empty] = Slot { hash: *hash, at };
         }
         self.slots = slots;
     }
