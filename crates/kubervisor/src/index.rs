@@ -121,8 +121,9 @@ impl SlimPod {
 pub struct SlimService {
     pub namespace: String,
     pub name: String,
-    /// `None` for a Service without selector (its endpoints are managed by hand).
-    pub selector: Option<BTreeMap<String, String>>,
+    /// `None` for a Service without selector (its endpoints are managed by hand). Its
+    /// strings are shared with the pods' labels.
+    pub selector: Option<Labels>,
 }
 
 impl SlimService {
@@ -134,9 +135,18 @@ impl SlimService {
             selector: service
                 .spec
                 .as_ref()
-                .and_then(|s| s.selector.clone())
-                .filter(|s| !s.is_empty()),
+                .and_then(|s| s.selector.as_ref())
+                .filter(|s| !s.is_empty())
+                .map(Labels::from_map),
         }
+    }
+
+    /// The selector of the pods a KubervisorService on this Service manages: the
+    /// Service's selector without the traffic requirement Kubervisor itself toggles.
+    /// `None` when that leaves nothing (no selector, or one on the traffic label only).
+    pub fn managed_selector(&self) -> Option<Labels> {
+        let selector = self.selector.as_ref()?.without(TRAFFIC_LABEL);
+        (!selector.is_empty()).then_some(selector)
     }
 }
 
@@ -190,14 +200,10 @@ impl NamespacePods {
         Some(old)
     }
 
-    fn matching(&self, selector: &BTreeMap<String, String>) -> Vec<Arc<SlimPod>> {
+    fn matching(&self, selector: &Labels) -> Vec<Arc<SlimPod>> {
         let mut sets: Vec<&PodNames> = Vec::with_capacity(selector.len());
-        for (k, v) in selector {
-            match self
-                .by_label
-                .get(k.as_str())
-                .and_then(|values| values.get(v.as_str()))
-            {
+        for (k, v) in selector.iter() {
+            match self.by_label.get(k).and_then(|values| values.get(v)) {
                 Some(names) => sets.push(names),
                 None => return Vec::new(),
             }
@@ -392,11 +398,7 @@ impl Index {
     }
 
     /// Pods of `namespace` whose labels include every pair of `selector`.
-    pub fn pods_matching(
-        &self,
-        namespace: &str,
-        selector: &BTreeMap<String, String>,
-    ) -> Vec<Arc<SlimPod>> {
+    pub fn pods_matching(&self, namespace: &str, selector: &Labels) -> Vec<Arc<SlimPod>> {
         self.read()
             .pods
             .get(namespace)
@@ -559,7 +561,7 @@ impl Subscription {
     /// Names what the task's observation reads besides its own resource: the Service it
     /// names and that Service's selector. Call it before reading the pods, so that a pod
     /// changed after the read wakes the task.
-    pub fn follow(&self, service: Option<&str>, selector: Option<&BTreeMap<String, String>>) {
+    pub fn follow(&self, service: Option<&str>, selector: Option<&Labels>) {
         lock_interests(&self.interests).follow(&self.namespace, self.id, service, selector);
     }
 }
@@ -614,11 +616,27 @@ mod tests {
         }
     }
 
-    fn sel(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn sel(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_services_managed_selector_leaves_out_the_traffic_label() {
+        let service = |selector: &[(&str, &str)]| SlimService {
+            namespace: "ns".into(),
+            name: "web".into(),
+            selector: Some(sel(selector)),
+        };
+        assert_eq!(
+            service(&[("app", "web"), (TRAFFIC_LABEL, "yes")]).managed_selector(),
+            Some(sel(&[("app", "web")]))
+        );
+        assert_eq!(service(&[(TRAFFIC_LABEL, "yes")]).managed_selector(), None);
+        let manual = SlimService {
+            selector: None,
+            ..service(&[])
+        };
+        assert_eq!(manual.managed_selector(), None);
     }
 
     fn names(pods: &[Arc<SlimPod>]) -> Vec<&str> {
@@ -629,10 +647,7 @@ mod tests {
     fn slim_pod_keeps_only_what_decisions_need() {
         let slim = SlimPod::from_pod(&pod("ns", "a", &[("app", "web")], true));
         assert!(slim.running && slim.ready && !slim.terminating);
-        assert_eq!(
-            slim.annotations.to_map(),
-            sel(&[("breaker/retryCount", "2")])
-        );
+        assert_eq!(slim.annotations, sel(&[("breaker/retryCount", "2")]));
         assert_eq!(slim.view().marks.retries(), Some(2));
     }
 

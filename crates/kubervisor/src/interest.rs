@@ -10,7 +10,7 @@
 //! What cannot be narrowed wakes the whole namespace: a KubervisorService created or
 //! deleted (a pod claimed by a deleted resource may be claimed by another) and relists.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use kubervisor_api::pod::NAME_LABEL;
 use tokio::sync::watch;
@@ -21,7 +21,8 @@ use crate::labels::Labels;
 struct Interest {
     kvs: String,
     service: Option<String>,
-    selector: Option<BTreeMap<String, String>>,
+    /// Its strings shared with the pods' labels.
+    selector: Option<Labels>,
     tx: watch::Sender<u64>,
 }
 
@@ -29,17 +30,11 @@ impl Interest {
     /// The selector's first pair, under which the interest is filed: a pod the selector
     /// matches has that pair among its labels.
     fn filed_under(&self) -> Option<(&str, &str)> {
-        self.selector
-            .as_ref()?
-            .iter()
-            .next()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+        self.selector.as_ref()?.iter().next()
     }
 
     fn selects(&self, labels: &Labels) -> bool {
-        self.selector
-            .as_ref()
-            .is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v.as_str())))
+        self.selector.as_ref().is_some_and(|s| s.selects(labels))
     }
 
     fn wake(&self) {
@@ -195,7 +190,7 @@ impl Interests {
         namespace: &str,
         id: u64,
         service: Option<&str>,
-        selector: Option<&BTreeMap<String, String>>,
+        selector: Option<&Labels>,
     ) {
         let Some(ns) = self.namespaces.get_mut(namespace) else {
             return;
@@ -264,6 +259,8 @@ impl Interests {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -304,7 +301,8 @@ mod tests {
                 let selector: Option<BTreeMap<String, String>> = selector.as_ref().map(|pairs| {
                     pairs.iter().map(|(k, v)| (KEYS[*k].to_string(), VALUES[*v].to_string())).collect()
                 }).filter(|s: &BTreeMap<String, String>| !s.is_empty());
-                interests.follow("ns", id, Some("svc"), selector.as_ref());
+                let followed = selector.as_ref().map(Labels::from_map);
+                interests.follow("ns", id, Some("svc"), followed.as_ref());
                 registered.push((VALUES[*kvs], selector, rx));
             }
             let (old, new) = (old.as_deref().map(labels), new.as_deref().map(labels));

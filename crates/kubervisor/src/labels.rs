@@ -89,6 +89,22 @@ impl Labels {
         }
     }
 
+    /// These pairs without `key`, the strings still shared.
+    pub fn without(&self, key: &str) -> Labels {
+        Labels(
+            self.0
+                .iter()
+                .filter(|(k, _)| **k != *key)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether `labels` has every pair of these (as a label selector matches).
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -224,6 +240,20 @@ mod tests {
         l.remove("b");
         l.remove("absent");
         assert_eq!(l.iter().collect::<Vec<_>>(), [("a", "1"), ("c", "3")]);
+        assert_eq!(l.without("a").iter().collect::<Vec<_>>(), [("c", "3")]);
+        assert_eq!(l.without("absent"), l);
+    }
+
+    #[test]
+    fn a_selector_selects_labels_holding_each_of_its_pairs() {
+        let pod = labels(&[("app", "web"), ("tier", "front"), ("x", "1")]);
+        assert!(labels(&[("app", "web"), ("tier", "front")]).selects(&pod));
+        assert!(
+            labels(&[]).selects(&pod),
+            "an empty selector selects everything"
+        );
+        assert!(!labels(&[("app", "web"), ("tier", "back")]).selects(&pod));
+        assert!(!labels(&[("app", "web"), ("zone", "a")]).selects(&pod));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kubervisor_api::pod::{
     BREAK_AT_ANNOTATION, MarksIn, NAME_LABEL, RETRY_COUNT_ANNOTATION, STRATEGY_LABEL,
-    TRAFFIC_CONDITION, TRAFFIC_LABEL, Traffic, format_break_at, managed_selector,
+    TRAFFIC_CONDITION, TRAFFIC_LABEL, Traffic, format_break_at,
 };
 use kubervisor_api::{
     BreakerStatus, FleetStatisticStatus, KillMethod, KubervisorService, KubervisorServiceCondition,
@@ -34,6 +34,7 @@ use kubervisor_core::status::{PodCounts, count};
 
 use crate::effects::Written;
 use crate::index::{KvsEntry, SlimPod, SlimService};
+use crate::labels::Labels;
 use crate::source::SourceError;
 use crate::telemetry::BreakerState;
 
@@ -353,7 +354,7 @@ pub enum Phase {
     /// Breakers and activator run on this spec, over the pods this selector picks.
     Running {
         spec: Arc<ResolvedSpec>,
-        selector: BTreeMap<String, String>,
+        selector: Labels,
     },
     /// Nothing runs; the status says why.
     Stopped(StopReason),
@@ -617,7 +618,7 @@ impl State {
             let message = format!("Service {}/{} not found", self.namespace, spec.service);
             return self.stop(StopReason::ServiceNotFound, message, now, out);
         };
-        let Some(selector) = managed_selector(service.selector.as_ref()) else {
+        let Some(selector) = service.managed_selector() else {
             let message = format!(
                 "Service {}/{} selects no pods besides {TRAFFIC_LABEL}: Kubervisor cannot tell which pods it guards",
                 self.namespace, spec.service
@@ -932,7 +933,11 @@ impl State {
         result.last_evaluation_time = Some(Time(now));
         match index {
             Some(i) => self.breaker_results[i] = result,
-            None => self.breaker_results.push(result),
+            None => {
+                // Kept for the resource's life: no room for more than its breakers.
+                self.breaker_results.reserve_exact(1);
+                self.breaker_results.push(result);
+            }
         }
         self.status_dirty = true;
     }
@@ -1569,13 +1574,16 @@ fn next_status(
         }
         _ => Some(now.clone()),
     };
-    let mut conditions: Vec<KubervisorServiceCondition> = old
-        .conditions
-        .iter()
-        .filter(|c| c.type_ != condition.type_)
-        .cloned()
-        .collect();
+    // Kept for the resource's life (in the status last written): no spare room.
+    let mut conditions = Vec::with_capacity(old.conditions.len() + 1);
+    conditions.extend(
+        old.conditions
+            .iter()
+            .filter(|c| c.type_ != condition.type_)
+            .cloned(),
+    );
     conditions.push(condition);
+    conditions.shrink_to_fit();
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     KubervisorServiceStatus {
         conditions,

@@ -3,7 +3,7 @@
 //! writes return, and carries out the effects. Nothing is shared with other tasks but the
 //! index (read-only here) and the executor.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,15 +11,15 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
-use kubervisor_api::pod::{NAME_LABEL, managed_selector};
+use kubervisor_api::pod::NAME_LABEL;
 use kubervisor_api::{Detection, KubervisorService, KubervisorServiceStatus, ResolvedSpec};
 use kubervisor_core::detect::Findings;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::effects::{Effects, Written};
 use crate::index::{Index, SlimPod, Subscription};
+use crate::labels::Labels;
 use crate::plan::{Effect, Input, Observed, Phase, PodWrite, State, plan};
 use crate::source::{SourceError, Sources};
 use crate::telemetry::Metrics;
@@ -60,57 +60,57 @@ pub struct Context {
 /// Pod writes of one resource in flight at once; more wait their turn.
 const WRITES_IN_FLIGHT: usize = 16;
 
-type StatusWrite = Option<(Arc<KubervisorService>, Box<KubervisorServiceStatus>)>;
-
 /// Writes one resource's status in the background, the latest asked for only, one write
 /// at a time: a status is a report, and an API that throttles it (429, retried as told)
-/// must not hold up the decisions of the task (it held a due re-activation for 9 s).
-struct StatusWriter {
-    latest: watch::Sender<StatusWrite>,
+/// must not hold up the decisions of the task (it held a due re-activation for 9 s). The
+/// task polls the write beside its other work rather than in a task of its own: a spawned
+/// writer per resource cost a task, a channel and a lock even while idle.
+#[derive(Default)]
+struct StatusWrites {
+    on_its_way: Option<BoxFuture<'static, Result<(), String>>>,
+    /// The status asked for while another write was on its way: the latest only.
+    next: Option<(Arc<KubervisorService>, Box<KubervisorServiceStatus>)>,
     /// Why the last write failed, reported with the next step.
-    failed: Arc<std::sync::Mutex<Option<&'static str>>>,
-    task: tokio::task::JoinHandle<()>,
+    failed: Option<&'static str>,
 }
 
-impl StatusWriter {
-    fn spawn(effects: Effects) -> StatusWriter {
-        let (latest, mut asked) = watch::channel::<StatusWrite>(None);
-        let failed: Arc<std::sync::Mutex<Option<&'static str>>> = Arc::default();
-        let failure = failed.clone();
-        let task = tokio::spawn(
-            async move {
-                while asked.changed().await.is_ok() {
-                    let next = asked.borrow_and_update().clone();
-                    let Some((kvs, status)) = next else { continue };
-                    // Boxed: the writer waits most of its life, and would otherwise
-                    // hold room for a whole request while it does.
-                    if let Err(e) = Box::pin(effects.status(&kvs, &status)).await {
-                        warn!("{e}");
-                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some("StatusError");
-                    }
-                }
-            }
-            .in_current_span(),
-        );
-        StatusWriter {
-            latest,
-            failed,
-            task,
+impl StatusWrites {
+    fn write(
+        &mut self,
+        ctx: &Arc<Context>,
+        kvs: Arc<KubervisorService>,
+        status: Box<KubervisorServiceStatus>,
+    ) {
+        self.next = Some((kvs, status));
+        self.start(ctx);
+    }
+
+    /// Starts the write asked for, unless one is on its way.
+    fn start(&mut self, ctx: &Arc<Context>) {
+        if self.on_its_way.is_some() {
+            return;
         }
+        let Some((kvs, status)) = self.next.take() else {
+            return;
+        };
+        let ctx = ctx.clone();
+        let write = async move { ctx.effects.status(&kvs, &status).await };
+        self.on_its_way = Some(write.in_current_span().boxed());
     }
 
-    fn write(&self, kvs: Arc<KubervisorService>, status: Box<KubervisorServiceStatus>) {
-        self.latest.send_replace(Some((kvs, status)));
-    }
-
-    fn take_failure(&self) -> Option<&'static str> {
-        self.failed.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-impl Drop for StatusWriter {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// Waits for the write on its way to come back (pending forever when none is), then
+    /// starts the next one asked for.
+    async fn next(&mut self, ctx: &Arc<Context>) {
+        let Some(write) = self.on_its_way.as_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = write.await;
+        self.on_its_way = None;
+        if let Err(e) = outcome {
+            warn!("{e}");
+            self.failed = Some("StatusError");
+        }
+        self.start(ctx);
     }
 }
 
@@ -256,24 +256,29 @@ struct Task {
     subscription: Subscription,
     /// The spec the breaker timers follow.
     spec: Option<Arc<ResolvedSpec>>,
-    /// When each breaker evaluates next.
-    next_evaluation: BTreeMap<String, Instant>,
-    /// Queries under way, at most one per breaker.
-    queries: FuturesUnordered<Query>,
-    querying: BTreeMap<String, ()>,
+    /// Each breaker's timer, in the spec's order.
+    timers: Vec<Timer>,
+    /// Queries under way, at most one per breaker; `None` when there is none.
+    queries: Option<FuturesUnordered<Query>>,
     /// When the next observation is due.
     observe_at: Instant,
     last_observed: Option<Instant>,
     /// When the activator last ran, on the clock the step sees and on the monotonic one.
     activator_ran: Option<(Timestamp, Instant)>,
-    status: StatusWriter,
+    status: StatusWrites,
     writes: Writes,
+}
+
+/// When a breaker evaluates next, and whether its query is under way.
+struct Timer {
+    breaker: String,
+    next: Instant,
+    querying: bool,
 }
 
 impl Task {
     fn new(ctx: Arc<Context>, namespace: String, name: String) -> Task {
         let subscription = ctx.index.subscribe(&namespace, &name);
-        let status = StatusWriter::spawn(ctx.effects.clone());
         Task {
             state: Some(State::new(&namespace, &name)),
             ctx,
@@ -281,13 +286,12 @@ impl Task {
             name,
             subscription,
             spec: None,
-            next_evaluation: BTreeMap::new(),
-            queries: FuturesUnordered::new(),
-            querying: BTreeMap::new(),
+            timers: Vec::new(),
+            queries: None,
             observe_at: Instant::now(),
             last_observed: None,
             activator_ran: None,
-            status,
+            status: StatusWrites::default(),
             writes: Writes::default(),
         }
     }
@@ -307,7 +311,7 @@ impl Task {
             let now = Instant::now();
             let wake = [
                 Some(self.observe_at),
-                self.next_evaluation.values().min().copied(),
+                self.timers.iter().map(|t| t.next).min(),
                 self.activator_wake(now).filter(|_| self.writes.is_empty()),
             ]
             .into_iter()
@@ -323,11 +327,17 @@ impl Task {
                     let earliest = self.last_observed.map_or(now, |at| at + self.ctx.timing.reconcile_min_interval);
                     self.observe_at = self.observe_at.min(earliest.max(now));
                 }
-                Some((breaker, result, took)) = self.queries.next(), if !self.queries.is_empty() => {
-                    self.querying.remove(&breaker);
+                Some((breaker, result, took)) = async { self.queries.as_mut().expect("checked by the guard").next().await }, if self.queries.is_some() => {
+                    if self.queries.as_ref().is_some_and(|q| q.is_empty()) {
+                        self.queries = None;
+                    }
+                    if let Some(timer) = self.timers.iter_mut().find(|t| t.breaker == breaker) {
+                        timer.querying = false;
+                    }
                     // Boxed: an idle task then holds a few bytes, not a whole step's state.
                     Box::pin(self.answered(breaker, result, took)).await;
                 }
+                () = self.status.next(&self.ctx) => {}
                 outcome = self.writes.next() => {
                     self.writes.start(&self.ctx, &self.name);
                     if let Some(outcome) = outcome {
@@ -346,10 +356,10 @@ impl Task {
             self.observe().await;
         }
         let due: Vec<String> = self
-            .next_evaluation
+            .timers
             .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(name, _)| name.clone())
+            .filter(|t| t.next <= now)
+            .map(|t| t.breaker.clone())
             .collect();
         for breaker in due {
             self.start_query(&breaker, now);
@@ -392,9 +402,7 @@ impl Task {
             return Observed::default();
         };
         let service = index.service(&self.namespace, &entry.object.spec.service);
-        let selector = service
-            .as_ref()
-            .and_then(|s| managed_selector(s.selector.as_ref()));
+        let selector = service.as_ref().and_then(|s| s.managed_selector());
         // Before the pods are read: a pod changed after the read then wakes the task.
         self.subscription
             .follow(Some(&entry.object.spec.service), selector.as_ref());
@@ -407,7 +415,7 @@ impl Task {
                     .collect()
             })
             .unwrap_or_default();
-        let mine = BTreeMap::from([(NAME_LABEL.to_string(), self.name.clone())]);
+        let mine = Labels::from_pairs([(NAME_LABEL, self.name.as_str())]);
         Observed {
             labelled: index.pods_matching(&self.namespace, &mine),
             kvs: Some(entry),
@@ -436,14 +444,18 @@ impl Task {
             info!("spec changed: restarting breaker evaluations");
         }
         let now = Instant::now();
-        self.next_evaluation = running
+        self.timers = running
             .iter()
             .flat_map(|spec| spec.breakers.iter())
-            .map(|b| (b.name.clone(), now))
+            .map(|b| Timer {
+                breaker: b.name.clone(),
+                next: now,
+                querying: false,
+            })
             .collect();
+        self.timers.shrink_to_fit();
         // Answers to queries of an older spec would judge by the old rules.
-        self.queries = FuturesUnordered::new();
-        self.querying.clear();
+        self.queries = None;
         self.spec = running;
     }
 
@@ -453,20 +465,20 @@ impl Task {
             Some((spec.clone(), i))
         });
         let Some((spec, i)) = found else {
-            self.next_evaluation.remove(name);
+            self.timers.retain(|t| t.breaker != name);
             return;
         };
-        let breaker = &spec.breakers[i];
-        let period = breaker.evaluation_period;
+        let period = spec.breakers[i].evaluation_period;
+        let Some(timer) = self.timers.iter_mut().find(|t| t.breaker == name) else {
+            return;
+        };
         // A slow source delays its own next evaluation, never the others'.
-        if let Some(at) = self.next_evaluation.get_mut(name) {
-            *at = now + period;
-        }
-        if self.querying.insert(breaker.name.clone(), ()).is_some() {
+        timer.next = now + period;
+        if std::mem::replace(&mut timer.querying, true) {
             return;
         }
         let sources = self.ctx.sources.clone();
-        self.queries.push(
+        self.queries.get_or_insert_with(FuturesUnordered::new).push(
             async move {
                 let started = Instant::now();
                 let breaker = &spec.breakers[i];
@@ -537,7 +549,7 @@ impl Task {
         let kvs = self.state().resource().cloned();
         let failed = execute(
             &self.ctx,
-            &self.status,
+            &mut self.status,
             &mut self.writes,
             &self.namespace,
             &self.name,
@@ -547,7 +559,7 @@ impl Task {
         .await;
         self.writes.start(&self.ctx, &self.name);
         failed
-            .or(self.status.take_failure())
+            .or(self.status.failed.take())
             .or(self.writes.finalizer_failed.take())
     }
 }
@@ -556,8 +568,8 @@ impl Task {
 /// (the task starts them), the status in the background, the rest in order. Returns the
 /// reason of a failed finalizer removal.
 async fn execute(
-    ctx: &Context,
-    status_writer: &StatusWriter,
+    ctx: &Arc<Context>,
+    status_writes: &mut StatusWrites,
     writes: &mut Writes,
     namespace: &str,
     name: &str,
@@ -580,7 +592,7 @@ async fn execute(
             }
             Effect::Status(status) => {
                 if let Some(kvs) = &kvs {
-                    status_writer.write(kvs.clone(), status);
+                    status_writes.write(ctx, kvs.clone(), status);
                 }
             }
             Effect::AddFinalizer(object) => writes.add_finalizer(object),

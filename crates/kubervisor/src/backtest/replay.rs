@@ -232,7 +232,7 @@ impl Fleet {
             service: Arc::new(SlimService {
                 namespace,
                 name: spec.service.clone(),
-                selector: Some([(FLEET_LABEL.to_string(), "yes".to_string())].into()),
+                selector: Some([(FLEET_LABEL, "yes")].into_iter().collect()),
             }),
             lifetimes,
             pods: BTreeMap::new(),

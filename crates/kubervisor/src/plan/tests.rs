@@ -94,10 +94,11 @@ impl Harness {
             service: Some(SlimService {
                 namespace: NS.into(),
                 name: "web".into(),
-                selector: Some(BTreeMap::from([
-                    ("app".to_string(), "web".to_string()),
-                    (TRAFFIC_LABEL.to_string(), "yes".to_string()),
-                ])),
+                selector: Some(
+                    [("app", "web"), (TRAFFIC_LABEL, "yes")]
+                        .into_iter()
+                        .collect(),
+                ),
             }),
             pods: (0..pods)
                 .map(|i| (format!("p{i}"), pod(&format!("p{i}"))))
@@ -136,7 +137,7 @@ impl Harness {
             .fleet
             .service
             .as_ref()
-            .and_then(|s| managed_selector(s.selector.as_ref()));
+            .and_then(|s| s.managed_selector());
         let pods = |keep: &dyn Fn(&SlimPod) -> bool| -> Vec<Arc<SlimPod>> {
             self.fleet
                 .pods
@@ -477,7 +478,7 @@ fn a_missing_service_stops_the_resource_until_it_appears() {
     h.fleet.service = Some(SlimService {
         namespace: NS.into(),
         name: "web".into(),
-        selector: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+        selector: Some([("app", "web")].into_iter().collect()),
     });
     let effects = h.observe();
     assert!(matches!(h.state().phase(), Phase::Running { .. }));
@@ -487,10 +488,8 @@ fn a_missing_service_stops_the_resource_until_it_appears() {
 #[test]
 fn a_service_selecting_only_on_traffic_cannot_be_guarded() {
     let mut h = Harness::new(custom(1, 0, json!(null)), 2);
-    h.fleet.service.as_mut().unwrap().selector = Some(BTreeMap::from([(
-        TRAFFIC_LABEL.to_string(),
-        "yes".to_string(),
-    )]));
+    h.fleet.service.as_mut().unwrap().selector =
+        Some([(TRAFFIC_LABEL, "yes")].into_iter().collect());
     let effects = h.observe();
     assert_eq!(
         *h.state().phase(),
