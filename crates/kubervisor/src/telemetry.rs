@@ -17,7 +17,7 @@
 //! | `kubervisor_breaker_evaluations_total` | counter | `outcome` (ok, source_error) |
 //! | `kubervisor_breaker_act_duration_seconds_{bucket,sum,count}` | histogram | (none): from the source's answer to the last write acknowledged |
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,10 +30,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -145,7 +147,8 @@ impl Format {
 /// The operator's metrics. Every method takes `&self` and is safe to call from any task.
 pub struct Metrics {
     registry: Registry,
-    breaker_gauge: Family<ServicePodsLabels, Gauge>,
+    /// `kubervisor_breaker_gauge` and the breaker gauges.
+    gauges: Arc<ResourceGauges>,
     item_gauge: Family<NamespaceLabels, Gauge>,
     breaker_count: Family<DecisionLabels, Counter>,
     reconcile_duration: HistogramFamily<ReconcileLabels>,
@@ -155,10 +158,6 @@ pub struct Metrics {
     pod_writes: Family<PodWriteLabels, Counter>,
     evaluations: Family<OutcomeLabels, Counter>,
     act_duration: Histogram,
-    /// Per breaker: anomalous pods, pods spared by the floor, panic, source failing.
-    breaker_state: [Family<BreakerLabels, Gauge>; 4],
-    /// The breakers each KubervisorService has series for, to remove them with it.
-    breakers_of: std::sync::Mutex<HashMap<ResourceKey, HashSet<Arc<str>>>>,
     /// Per pod (namespace, name): its decision counters' label sets, and since when the
     /// pod has been seen gone.
     decided_pods: std::sync::Mutex<HashMap<(String, String), DecidedPod>>,
@@ -217,6 +216,81 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+/// The gauges of each KubervisorService, its pod counts and its breakers' last
+/// evaluations, kept as plain numbers per resource and written out at each scrape. A
+/// family of gauges holds each series behind an allocation and a hash entry of its own:
+/// with a dozen series per resource, that was 1.8 KiB a resource (heap profile at 10,000
+/// pods, `BENCHMARKS.md`).
+#[derive(Debug, Default)]
+struct ResourceGauges(std::sync::Mutex<BTreeMap<ResourceKey, ResourceValues>>);
+
+#[derive(Debug, Default)]
+struct ResourceValues {
+    /// managed, breaked, paused, unknown ([`POD_STATES`]); `None` until first set.
+    pods: Option<[i64; 4]>,
+    /// Each breaker's last evaluation, in the order first set.
+    breakers: Vec<(Arc<str>, BreakerState)>,
+}
+
+impl BreakerState {
+    /// The values of [`BREAKER_STATE_SERIES`], in its order.
+    fn values(self) -> [i64; 4] {
+        [
+            i64::from(self.anomalous),
+            i64::from(self.spared_by_floor),
+            i64::from(self.panic),
+            i64::from(self.source_failing),
+        ]
+    }
+}
+
+impl ResourceGauges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ResourceKey, ResourceValues>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Collector for ResourceGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let resources = self.lock();
+        let mut family = encoder.encode_descriptor(
+            "kubervisor_breaker_gauge",
+            BREAKER_GAUGE_HELP,
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((namespace, name), values) in resources.iter() {
+            for (state, count) in POD_STATES.into_iter().zip(values.pods.iter().flatten()) {
+                let labels = ServicePodsLabels {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    r#type: state,
+                };
+                ConstGauge::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (i, (series, help)) in BREAKER_STATE_SERIES.into_iter().enumerate() {
+            let mut family = encoder.encode_descriptor(series, help, None, MetricType::Gauge)?;
+            for ((namespace, name), values) in resources.iter() {
+                for (breaker, state) in &values.breakers {
+                    let labels = BreakerLabels {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        breaker: breaker.clone(),
+                    };
+                    ConstGauge::new(state.values()[i]).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const BREAKER_GAUGE_HELP: &str =
+    "Pods of a KubervisorService by state (managed, breaked, paused, unknown)";
+
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -238,12 +312,8 @@ impl Metrics {
     /// A registry with every series of the operator registered and empty.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let breaker_gauge = Family::default();
-        registry.register(
-            "kubervisor_breaker_gauge",
-            "Pods of a KubervisorService by state (managed, breaked, paused, unknown)",
-            breaker_gauge.clone(),
-        );
+        let gauges = Arc::new(ResourceGauges::default());
+        registry.register_collector(Box::new(gauges.clone()));
         let item_gauge = Family::default();
         registry.register(
             "kubervisor_item_gauge",
@@ -300,10 +370,6 @@ impl Metrics {
             "Writes to pods by verb (patch, delete) and outcome (ok, conflict, error)",
             pod_writes.clone(),
         );
-        let breaker_state: [Family<BreakerLabels, Gauge>; 4] = Default::default();
-        for ((name, help), family) in BREAKER_STATE_SERIES.iter().zip(&breaker_state) {
-            registry.register(*name, *help, family.clone());
-        }
         let leading = Gauge::default();
         registry.register(
             "kubervisor_leading",
@@ -312,11 +378,9 @@ impl Metrics {
         );
         Metrics {
             registry,
-            breaker_state,
-            breakers_of: Default::default(),
+            gauges,
             decided_pods: Default::default(),
             leading,
-            breaker_gauge,
             item_gauge,
             breaker_count,
             reconcile_duration,
@@ -326,14 +390,6 @@ impl Metrics {
             pod_writes,
             evaluations,
             act_duration,
-        }
-    }
-
-    fn pods_labels(namespace: &str, name: &str, state: &'static str) -> ServicePodsLabels {
-        ServicePodsLabels {
-            name: share(name),
-            namespace: share(namespace),
-            r#type: state,
         }
     }
 
@@ -347,39 +403,19 @@ impl Metrics {
         paused: usize,
         unknown: usize,
     ) {
-        for (state, count) in POD_STATES
-            .into_iter()
-            .zip([managed, breaked, paused, unknown])
-        {
-            self.breaker_gauge
-                .get_or_create(&Self::pods_labels(namespace, name, state))
-                .set(gauge_value(count));
-        }
+        let counts = [managed, breaked, paused, unknown].map(gauge_value);
+        let mut resources = self.gauges.lock();
+        resources
+            .entry((share(namespace), share(name)))
+            .or_default()
+            .pods = Some(counts);
     }
 
     /// Removes the gauge series of a KubervisorService that is gone; counters and
     /// histograms stay, since they are cumulative and rates over them remain true.
     pub fn forget(&self, namespace: &str, name: &str) {
-        for state in POD_STATES {
-            self.breaker_gauge
-                .remove(&Self::pods_labels(namespace, name, state));
-        }
-        let breakers = self
-            .breakers_of
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(share(namespace), share(name)))
-            .unwrap_or_default();
-        for breaker in breakers {
-            let labels = BreakerLabels {
-                namespace: share(namespace),
-                name: share(name),
-                breaker,
-            };
-            for family in &self.breaker_state {
-                family.remove(&labels);
-            }
-        }
+        let mut resources = self.gauges.lock();
+        resources.remove(&(Arc::from(namespace), Arc::from(name)));
     }
 
     /// Sets the gauges of one breaker's last evaluation.
@@ -390,25 +426,17 @@ impl Metrics {
         breaker: &str,
         state: BreakerState,
     ) {
-        let labels = BreakerLabels {
-            namespace: share(namespace),
-            name: share(name),
-            breaker: share(breaker),
-        };
-        self.breakers_of
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((labels.namespace.clone(), labels.name.clone()))
+        let mut resources = self.gauges.lock();
+        let breakers = &mut resources
+            .entry((share(namespace), share(name)))
             .or_default()
-            .insert(labels.breaker.clone());
-        let values = [
-            i64::from(state.anomalous),
-            i64::from(state.spared_by_floor),
-            i64::from(state.panic),
-            i64::from(state.source_failing),
-        ];
-        for (family, value) in self.breaker_state.iter().zip(values) {
-            family.get_or_create(&labels).set(value);
+            .breakers;
+        match breakers.iter_mut().find(|(b, _)| **b == *breaker) {
+            Some((_, kept)) => *kept = state,
+            None => {
+                breakers.reserve_exact(1);
+                breakers.push((share(breaker), state));
+            }
         }
     }
 

@@ -313,4 +313,15 @@ async fn breaker_gauges_follow_the_last_evaluation_and_go_with_their_service() {
             r#"kubervisor_breaker_panic{namespace="shop",name="api",breaker="latency"} 1"#
         )
     );
+    // A later evaluation replaces the breaker's values: one series, the last value.
+    m.set_breaker_state("shop", "api", "latency", BreakerState::default());
+    let text = m.encode();
+    let panic_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("kubervisor_breaker_panic{"))
+        .collect();
+    assert_eq!(
+        panic_lines,
+        [r#"kubervisor_breaker_panic{namespace="shop",name="api",breaker="latency"} 0"#]
+    );
 }
