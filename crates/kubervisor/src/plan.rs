@@ -1337,9 +1337,16 @@ impl State {
 
     /// The spec of this version of the resource, resolved once.
     fn resolve(&mut self, entry: &KvsEntry) -> Resolved {
-        if let Some((object, resolved)) = &self.resolved
-            && Arc::ptr_eq(object, &entry.object)
+        if let Some((object, resolved)) = &mut self.resolved
+            && (Arc::ptr_eq(object, &entry.object)
+                || (resolved.is_ok()
+                    && entry.decode_error.is_none()
+                    && object.spec == entry.object.spec))
         {
+            // The same spec in a newer version of the object (its status was written):
+            // the same resolution, shared by everything that holds it, and the older
+            // object let go.
+            *object = entry.object.clone();
             return resolved.clone();
         }
         let resolved = resolve(entry).map(Arc::new);

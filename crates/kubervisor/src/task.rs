@@ -438,6 +438,9 @@ impl Task {
     fn follow_spec(&mut self) {
         let running = self.state().running_spec().cloned();
         if running == self.spec {
+            // The same spec (compared by value): kept as the step holds it, so that the
+            // task and the step never hold two copies.
+            self.spec = running;
             return;
         }
         if self.spec.is_some() && running.is_some() {

@@ -424,6 +424,43 @@ fn new_pods_are_adopted_and_the_status_counts_them() {
 }
 
 #[test]
+fn a_new_version_with_the_same_spec_shares_the_resolved_spec() {
+    let mut h = Harness::new(custom(1, 0, json!(null)), 2);
+    h.observe();
+    let first = h.state().running_spec().cloned().expect("running");
+    let replace = |h: &mut Harness, change: &dyn Fn(&mut KubervisorService)| {
+        let mut kvs = (*h.fleet.kvs.as_ref().unwrap().object).clone();
+        change(&mut kvs);
+        h.fleet.kvs.as_mut().unwrap().object = Arc::new(kvs);
+        h.observe();
+    };
+    // A status write brings a new version of the object, with the same spec.
+    replace(&mut h, &|kvs| {
+        kvs.metadata.resource_version = Some("7".into());
+        kvs.status = Some(Default::default());
+    });
+    let after_status = h.state().running_spec().cloned().expect("running");
+    assert!(
+        Arc::ptr_eq(&first, &after_status),
+        "one resolved spec per resource, not one per version of the object"
+    );
+    assert!(Arc::ptr_eq(
+        h.state().resource().unwrap(),
+        &h.fleet.kvs.as_ref().unwrap().object
+    ));
+    // A spec change is resolved again.
+    replace(&mut h, &|kvs| {
+        kvs.spec.breakers[0].evaluation_period = Some(3.0)
+    });
+    let changed = h.state().running_spec().cloned().expect("running");
+    assert!(!Arc::ptr_eq(&first, &changed));
+    assert_eq!(
+        changed.breakers[0].evaluation_period,
+        std::time::Duration::from_secs(3)
+    );
+}
+
+#[test]
 fn the_finalizer_is_added_once_per_version() {
     let mut kvs = resource(custom(1, 0, json!(null)));
     kvs.metadata.finalizers = None;
