@@ -16,10 +16,15 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::stats::Histogram;
 
+/// The features of the operator image's build (`Dockerfile`).
+const IMAGE_FEATURES: [&str; 3] = ["--no-default-features", "--features", "jemalloc"];
+
 /// Where the `kubervisor` binary is: beside this executable (`target/release/`), unless given.
 ///
 /// When the driver runs under `cargo run`, `cargo build -p kubervisor` with the same
-/// profile runs first, so the operator measured is built from the current sources.
+/// profile runs first, so the operator measured is built from the current sources, and
+/// with the features the image is built with (`Dockerfile`): the operator that runs in a
+/// cluster carries no emulator, and its code is part of its resident memory.
 pub fn binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path.to_path_buf());
@@ -32,6 +37,7 @@ pub fn binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut build = std::process::Command::new(cargo);
         build.args(["build", "-p", "kubervisor", "--bin", "kubervisor"]);
+        build.args(IMAGE_FEATURES);
         // `cargo run` describes this package in the environment; build scripts that watch
         // those variables (ring's does) would otherwise rebuild on every run.
         for (name, _) in std::env::vars_os() {
@@ -66,7 +72,7 @@ pub fn binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     if !candidate.is_file() {
         bail!(
-            "operator binary {} not found: run `cargo build --release -p kubervisor` first, or give --operator-bin",
+            "operator binary {} not found: run `cargo build --release -p kubervisor --no-default-features --features jemalloc` first, or give --operator-bin",
             candidate.display()
         );
     }
@@ -436,6 +442,18 @@ mod tests {
         let h = scrape.histogram("h");
         assert_eq!(h.buckets, vec![(0.001, 3.0), (f64::INFINITY, 4.0)]);
         assert_eq!(h.count, 4.0);
+    }
+
+    #[test]
+    fn the_operator_measured_is_built_as_the_image_is() {
+        let dockerfile =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Dockerfile"))
+                .unwrap();
+        let build = dockerfile
+            .lines()
+            .find(|l| l.contains("cargo build --release"))
+            .expect("the Dockerfile builds the operator");
+        assert!(build.contains(&IMAGE_FEATURES.join(" ")), "{build}");
     }
 
     #[test]
