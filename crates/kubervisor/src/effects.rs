@@ -229,8 +229,8 @@ pub fn pod_reference(pod: &SlimPod) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
-        namespace: Some(pod.namespace.clone()),
-        name: Some(pod.name.clone()),
+        namespace: Some(pod.namespace.to_string()),
+        name: Some(pod.name.to_string()),
         uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
         ..Default::default()
     }
@@ -593,7 +593,7 @@ pub fn eviction_body(pod: &SlimPod) -> Value {
     json!({
         "apiVersion": "policy/v1",
         "kind": "Eviction",
-        "metadata": {"name": pod.name, "namespace": pod.namespace},
+        "metadata": {"name": &*pod.name, "namespace": &*pod.namespace},
         "deleteOptions": {"preconditions": preconditions},
     })
 }

@@ -27,8 +27,10 @@ const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-config
 /// What decisions need of a pod.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SlimPod {
-    pub namespace: String,
-    pub name: String,
+    /// Shared with every pod of the namespace.
+    pub namespace: Arc<str>,
+    /// Shared with the index's keys.
+    pub name: Arc<str>,
     pub uid: String,
     pub resource_version: String,
     pub labels: Labels,
@@ -77,8 +79,8 @@ impl SlimPod {
             .and_then(|s| s.readiness_gates.as_ref())
             .is_some_and(|gates| gates.iter().any(|g| g.condition_type == TRAFFIC_CONDITION));
         SlimPod {
-            namespace: pod.namespace().unwrap_or_default(),
-            name: pod.name_any(),
+            namespace: crate::labels::share(pod.metadata.namespace.as_deref().unwrap_or_default()),
+            name: Arc::from(pod.name_any()),
             uid: pod.uid().unwrap_or_default(),
             resource_version: pod.resource_version().unwrap_or_default(),
             labels: Labels::from_map(pod.labels()),
@@ -107,7 +109,7 @@ impl SlimPod {
             TrafficControl::ReadinessGate => (self.containers_ready, MarksIn::Annotations),
         };
         PodView {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             running: self.running,
             ready,
             terminating: self.terminating,
@@ -164,10 +166,8 @@ struct NamespacePods {
 impl NamespacePods {
     /// Inserts `pod`, returning the pod it replaces.
     fn insert(&mut self, pod: Arc<SlimPod>) -> Option<Arc<SlimPod>> {
-        let name: Arc<str> = match self.pods.get_key_value(pod.name.as_str()) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(pod.name.as_str()),
-        };
+        // The old pod's name goes with it: the keys share the new pod's.
+        let name = pod.name.clone();
         let old = self.remove(&pod.name);
         for (k, v) in pod.labels.pairs() {
             self.by_label
@@ -352,7 +352,7 @@ impl Index {
         let old = self
             .write()
             .pods
-            .entry(slim.namespace.clone())
+            .entry(slim.namespace.to_string())
             .or_default()
             .insert(slim.clone());
         self.interests().pod_changed(
@@ -380,7 +380,7 @@ impl Index {
         for pod in pods {
             let slim = Arc::new(pod);
             fresh
-                .entry(slim.namespace.clone())
+                .entry(slim.namespace.to_string())
                 .or_default()
                 .insert(slim);
         }
@@ -621,6 +621,21 @@ mod tests {
     }
 
     #[test]
+    fn the_index_keeps_one_copy_of_each_pod_name() {
+        let index = Index::default();
+        index.apply_pod(slim("ns", "a", &[("app", "web")], true));
+        // A new version of the pod: the keys follow it, the old name goes.
+        index.apply_pod(slim("ns", "a", &[("app", "web")], false));
+        let state = index.read();
+        let ns = &state.pods["ns"];
+        let (key, pod) = ns.pods.get_key_value("a").unwrap();
+        assert!(!pod.ready, "the new version is kept");
+        assert!(Arc::ptr_eq(key, &pod.name));
+        let listed = ns.by_label["app"]["web"].iter().next().unwrap();
+        assert!(Arc::ptr_eq(listed, &pod.name));
+    }
+
+    #[test]
     fn a_services_managed_selector_leaves_out_the_traffic_label() {
         let service = |selector: &[(&str, &str)]| SlimService {
             namespace: "ns".into(),
@@ -640,7 +655,7 @@ mod tests {
     }
 
     fn names(pods: &[Arc<SlimPod>]) -> Vec<&str> {
-        pods.iter().map(|p| p.name.as_str()).collect()
+        pods.iter().map(|p| &*p.name).collect()
     }
 
     #[test]

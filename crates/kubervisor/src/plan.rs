@@ -512,7 +512,7 @@ impl Fleet {
 
     fn pod(&self, name: &str) -> Option<&Arc<SlimPod>> {
         self.pods
-            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .binary_search_by(|p| (*p.name).cmp(name))
             .ok()
             .map(|i| &self.pods[i])
     }
@@ -659,15 +659,15 @@ impl State {
                 .managed
                 .iter()
                 .filter(|p| !p.traffic_gate && !p.terminating)
-                .map(|p| p.name.clone())
+                .map(|p| p.name.to_string())
                 .collect(),
         };
         for pod in self.observed.managed.iter() {
-            if gateless.contains(&pod.name) && !self.gateless.contains(&pod.name) {
+            if gateless.contains(&*pod.name) && !self.gateless.contains(&*pod.name) {
                 out.push(Effect::Publish(Report {
                     pod: Some(pod.clone()),
                     note: Note::NoReadinessGate {
-                        pod: pod.name.clone(),
+                        pod: pod.name.to_string(),
                     },
                 }));
             }
@@ -690,7 +690,7 @@ impl State {
         }
         let fleet = self.fleet(false);
         for (pod, view) in fleet.pods.iter().zip(&fleet.views) {
-            if pod.terminating || self.awaiting.contains_key(&pod.name) {
+            if pod.terminating || self.awaiting.contains_key(&*pod.name) {
                 continue;
             }
             let Some(traffic) = view.marks.traffic() else {
@@ -744,9 +744,9 @@ impl State {
             }
         }
         // Pods that carry our name but left the selector get their traffic back.
-        let managed_names: BTreeSet<&str> = managed.iter().map(|p| p.name.as_str()).collect();
+        let managed_names: BTreeSet<&str> = managed.iter().map(|p| &*p.name).collect();
         for pod in self.observed.labelled.clone() {
-            if !managed_names.contains(pod.name.as_str()) && !pod.terminating {
+            if !managed_names.contains(&*pod.name) && !pod.terminating {
                 self.write(&pod, PodChange::Release, Cause::Release, out);
             }
         }
@@ -858,11 +858,11 @@ impl State {
             let Some(pod) = fleet.pod(&ejection.pod) else {
                 continue;
             };
-            if self.awaiting.contains_key(&pod.name) {
+            if self.awaiting.contains_key(&*pod.name) {
                 continue;
             }
             if dry_run {
-                holding.insert((pod.name.clone(), DecisionKind::Break));
+                holding.insert((pod.name.to_string(), DecisionKind::Break));
                 self.report_dry_run(
                     pod,
                     &breaker.name,
@@ -1016,18 +1016,21 @@ impl State {
             let Some(pod) = fleet.pod(&activation.pod) else {
                 continue;
             };
-            if self.awaiting.contains_key(&pod.name) {
+            if self.awaiting.contains_key(&*pod.name) {
                 continue;
             }
             if activation.action == Action::Kill
-                && self.kill_blocked.get(&pod.name).is_some_and(|at| *at > now)
+                && self
+                    .kill_blocked
+                    .get(&*pod.name)
+                    .is_some_and(|at| *at > now)
             {
                 continue;
             }
             let kind = DecisionKind::of(activation.action);
             let breaker = pod.view_in(self.control).marks.strategy.unwrap_or_default();
             if spec.dry_run {
-                holding.insert((pod.name.clone(), kind));
+                holding.insert((pod.name.to_string(), kind));
                 self.report_dry_run(pod, &breaker, kind, Note::DryRunReinstate(activation), out);
                 continue;
             }
@@ -1101,7 +1104,7 @@ impl State {
             // the watch brings; not at once on this one.
             Written::Stale(_) => {
                 self.stale
-                    .insert(before.name.clone(), before.resource_version.clone());
+                    .insert(before.name.to_string(), before.resource_version.clone());
                 return;
             }
             // Decided again on the next input.
@@ -1111,7 +1114,7 @@ impl State {
         // A write on top of a write the index has not shown yet: the index may still hold
         // the version from before the first one, or any version between.
         self.pending_generation += 1;
-        let mut shown = match self.pending.remove(&before.name) {
+        let mut shown = match self.pending.remove(&*before.name) {
             Some(p)
                 if p.after.as_ref().map(|a| &a.resource_version)
                     == Some(&before.resource_version) =>
@@ -1122,7 +1125,7 @@ impl State {
         };
         shown.push(before.resource_version.clone());
         self.pending.insert(
-            before.name.clone(),
+            before.name.to_string(),
             Pending {
                 before: shown,
                 after: after.map(Arc::new),
@@ -1156,7 +1159,7 @@ impl State {
         };
         out.push(Effect::CountDecision {
             breaker,
-            pod: before.name.clone(),
+            pod: before.name.to_string(),
             kind,
             dry_run: false,
         });
@@ -1173,8 +1176,8 @@ impl State {
         cause: Cause,
         out: &mut Vec<Effect>,
     ) {
-        if self.awaiting.contains_key(&pod.name)
-            || self.stale.get(&pod.name) == Some(&pod.resource_version)
+        if self.awaiting.contains_key(&*pod.name)
+            || self.stale.get(&*pod.name) == Some(&pod.resource_version)
         {
             return;
         }
@@ -1190,7 +1193,7 @@ impl State {
             _ => None,
         };
         self.awaiting.insert(
-            pod.name.clone(),
+            pod.name.to_string(),
             Awaiting {
                 before: pod.clone(),
                 cause,
@@ -1213,12 +1216,12 @@ impl State {
         note: Note,
         out: &mut Vec<Effect>,
     ) {
-        if !self.dry_run_reported.insert((pod.name.clone(), kind)) {
+        if !self.dry_run_reported.insert((pod.name.to_string(), kind)) {
             return;
         }
         out.push(Effect::CountDecision {
             breaker: breaker.to_string(),
-            pod: pod.name.clone(),
+            pod: pod.name.to_string(),
             kind,
             dry_run: true,
         });
@@ -1249,7 +1252,7 @@ impl State {
         let shown = self.shown_written(pod);
         match self
             .awaiting
-            .get(&pod.name)
+            .get(&*pod.name)
             .and_then(|a| a.ejecting.as_ref())
         {
             Some((breaker, retry_count, at)) => {
@@ -1275,7 +1278,7 @@ impl State {
 
     /// A pod as the index shows it, corrected by a write it has not shown yet.
     fn shown_written(&self, pod: &Arc<SlimPod>) -> Arc<SlimPod> {
-        match self.pending.get(&pod.name) {
+        match self.pending.get(&*pod.name) {
             Some(pending) if pending.before.contains(&pod.resource_version) => match &pending.after
             {
                 Some(after) => after.clone(),
@@ -1298,7 +1301,7 @@ impl State {
                 .managed
                 .iter()
                 .chain(&observed.labelled)
-                .any(|p| p.name == *name && pending.before.contains(&p.resource_version))
+                .any(|p| *p.name == **name && pending.before.contains(&p.resource_version))
         });
         if self.pending.len() != writes {
             self.pending_generation += 1;

@@ -189,7 +189,7 @@ impl Writes {
                     Written::Failed(why) => warn!("{why}"),
                 }
                 Input::Written {
-                    pod: write.pod.name.clone(),
+                    pod: write.pod.name.to_string(),
                     outcome,
                 }
             };

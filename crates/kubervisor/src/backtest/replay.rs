@@ -268,8 +268,8 @@ impl Fleet {
                 self.pods.insert(
                     pod.clone(),
                     Arc::new(SlimPod {
-                        namespace: self.namespace.clone(),
-                        name: pod.clone(),
+                        namespace: self.namespace.as_str().into(),
+                        name: pod.as_str().into(),
                         uid: pod.clone(),
                         resource_version: self.version.to_string(),
                         labels,
@@ -302,7 +302,7 @@ impl Fleet {
 
     /// Carries out a pod write the way the executor does: its JSON Patch, on the pod as it is.
     fn write(&mut self, pod: &SlimPod, change: &PodChange, marks_in: MarksIn) -> Written {
-        let Some(current) = self.pods.get(&pod.name).cloned() else {
+        let Some(current) = self.pods.get(&*pod.name).cloned() else {
             return Written::Stale(format!("pod {} is gone", pod.name));
         };
         if current.resource_version != pod.resource_version
@@ -327,12 +327,13 @@ impl Fleet {
                 let mut after = current.as_ref().clone();
                 after.traffic_condition = Some(*serve);
                 after.resource_version = self.version.to_string();
-                self.pods.insert(pod.name.clone(), Arc::new(after.clone()));
+                self.pods
+                    .insert(pod.name.to_string(), Arc::new(after.clone()));
                 return Written::Done(Some(after));
             }
             PodChange::Kill(_) => {
-                self.pods.remove(&pod.name);
-                self.killed.insert(pod.name.clone());
+                self.pods.remove(&*pod.name);
+                self.killed.insert(pod.name.to_string());
                 return Written::Done(None);
             }
         };
@@ -365,7 +366,8 @@ impl Fleet {
             has_annotations: annotations.is_object(),
             ..(*current).clone()
         };
-        self.pods.insert(pod.name.clone(), Arc::new(after.clone()));
+        self.pods
+            .insert(pod.name.to_string(), Arc::new(after.clone()));
         Written::Done(Some(after))
     }
 }
@@ -399,7 +401,7 @@ impl Sim {
                         inputs.insert(
                             0,
                             Input::Written {
-                                pod: write.pod.name.clone(),
+                                pod: write.pod.name.to_string(),
                                 outcome,
                             },
                         );
@@ -446,7 +448,7 @@ impl Sim {
                     DecisionKind::Pause => Action::Pause,
                     DecisionKind::Kill => Action::Kill,
                 };
-                push(breaker, pod.map(|p| p.name.clone()), action, reason);
+                push(breaker, pod.map(|p| p.name.to_string()), action, reason);
             }
             Note::Floor { breaker, pods, .. } => {
                 for spared in pods {

@@ -168,7 +168,7 @@ impl Harness {
             for effect in &effects {
                 match effect {
                     Effect::Pod(write) => inputs.push_back(Input::Written {
-                        pod: write.pod.name.clone(),
+                        pod: write.pod.name.to_string(),
                         outcome: self.fleet.apply(write),
                     }),
                     Effect::RemoveFinalizer(_) => self.fleet.kvs = None,
@@ -212,7 +212,7 @@ impl Harness {
         self.fleet
             .pods
             .values()
-            .map(|p| (p.name.as_str(), p.labels.get(TRAFFIC_LABEL).unwrap_or("-")))
+            .map(|p| (&*p.name, p.labels.get(TRAFFIC_LABEL).unwrap_or("-")))
             .collect()
     }
 
@@ -228,7 +228,7 @@ impl Harness {
 impl Fleet {
     /// Applies a write as the API server would, preconditions included.
     fn apply(&mut self, write: &PodWrite) -> Written {
-        let name = &write.pod.name;
+        let name: &str = &write.pod.name;
         if let Some(n) = self.conflicts.get_mut(name).filter(|n| **n > 0) {
             // Someone else wrote the pod: the API server holds a newer version, which the
             // watch shows on the next observation.
@@ -316,7 +316,7 @@ impl Fleet {
             pod.containers_ready && (!pod.traffic_gate || pod.traffic_condition == Some(true));
         self.version += 1;
         pod.resource_version = self.version.to_string();
-        self.pods.insert(name.clone(), pod.clone());
+        self.pods.insert(name.to_string(), pod.clone());
         Written::Done(Some(pod))
     }
 }
@@ -325,7 +325,7 @@ fn pod_writes(effects: &[Effect]) -> Vec<(&str, &PodChange)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Pod(w) => Some((w.pod.name.as_str(), &w.change)),
+            Effect::Pod(w) => Some((&*w.pod.name, &w.change)),
             _ => None,
         })
         .collect()
@@ -338,7 +338,7 @@ fn events(effects: &[Effect]) -> Vec<(&'static str, Option<String>, String)> {
         .filter_map(|e| match e {
             Effect::Publish(r) => Some((
                 r.note.reason(),
-                r.pod.as_ref().map(|p| p.name.clone()),
+                r.pod.as_ref().map(|p| p.name.to_string()),
                 r.note.to_string(),
             )),
             _ => None,
@@ -1836,7 +1836,7 @@ impl Harness {
         for write in writes {
             let outcome = self.fleet.apply(&write);
             self.feed(Input::Written {
-                pod: write.pod.name.clone(),
+                pod: write.pod.name.to_string(),
                 outcome,
             });
         }
@@ -1847,7 +1847,7 @@ fn ejected(writes: &[PodWrite]) -> BTreeSet<String> {
     writes
         .iter()
         .filter(|w| matches!(w.change, PodChange::Eject { .. }))
-        .map(|w| w.pod.name.clone())
+        .map(|w| w.pod.name.to_string())
         .collect()
 }
 
