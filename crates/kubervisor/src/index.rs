@@ -222,7 +222,8 @@ impl NamespacePods {
 
 #[derive(Default)]
 struct State {
-    pods: HashMap<String, NamespacePods>,
+    /// By namespace, keyed by the string the pods share.
+    pods: HashMap<Arc<str>, NamespacePods>,
     pods_synced: bool,
     services: HashMap<(String, String), Arc<SlimService>>,
     services_synced: bool,
@@ -352,7 +353,7 @@ impl Index {
         let old = self
             .write()
             .pods
-            .entry(slim.namespace.to_string())
+            .entry(slim.namespace.clone())
             .or_default()
             .insert(slim.clone());
         self.interests().pod_changed(
@@ -376,15 +377,15 @@ impl Index {
 
     /// Replaces every pod with a fresh listing, already made slim.
     pub fn reset_pods(&self, pods: Vec<SlimPod>) {
-        let mut fresh: HashMap<String, NamespacePods> = HashMap::new();
+        let mut fresh: HashMap<Arc<str>, NamespacePods> = HashMap::new();
         for pod in pods {
             let slim = Arc::new(pod);
             fresh
-                .entry(slim.namespace.to_string())
+                .entry(slim.namespace.clone())
                 .or_default()
                 .insert(slim);
         }
-        let touched: BTreeSet<String> = {
+        let touched: BTreeSet<Arc<str>> = {
             let mut state = self.write();
             let old = std::mem::replace(&mut state.pods, fresh);
             state.pods_synced = true;
